@@ -1,0 +1,1 @@
+"""Pure FIX: framing, parsing and encoding. Nothing here awaits or imports trio."""

@@ -1,0 +1,192 @@
+"""Parse and encode FIX messages (pure).
+
+Parsing is for the few messages fixproxy must understand (the Logon, the gateway's Logon
+answer, locally generated messages, the simulator); messages that pass through are never parsed.
+Encoding always recomputes BodyLength (9) and CheckSum (10).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from typing import Final
+
+from fixproxy.errors import FramingError
+from fixproxy.fix import tags
+
+Field = tuple[int, bytes]
+FieldValue = bytes | str | int
+
+_DATA_TAG_BY_LENGTH_TAG: Final = {length: data for data, length in tags.LENGTH_OF.items()}
+_FRAME_TAGS: Final = frozenset({tags.BEGIN_STRING, tags.BODY_LENGTH, tags.CHECKSUM})
+
+
+def checksum(data: bytes | bytearray) -> bytes:
+    """FIX CheckSum (10) of ``data``: byte sum modulo 256 as three ASCII digits."""
+    return b"%03d" % (sum(data) & 0xFF)
+
+
+def _as_bytes(value: FieldValue) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, int):
+        return b"%d" % value
+    return value.encode()
+
+
+def encode(fields: Iterable[tuple[int, FieldValue]],
+           begin_string: bytes = tags.BEGIN_STRING_FIXT11) -> bytes:
+    """Encode body fields (35 first, no 8/9/10) into a complete message.
+
+    Args:
+        fields: (tag, value) pairs in wire order, starting with MsgType (35).
+        begin_string: the value of tag 8.
+    Returns:
+        The message with BeginString, BodyLength and CheckSum computed.
+    """
+    parts: list[bytes] = []
+    for tag, value in fields:
+        raw = _as_bytes(value)
+        if tag not in tags.LENGTH_OF and b"\x01" in raw:
+            raise ValueError(f"value of tag {tag} contains SOH")
+        parts.append(b"%d=%s\x01" % (tag, raw))
+    body = b"".join(parts)
+    if not body.startswith(b"35="):
+        raise ValueError("a FIX body must start with MsgType (35)")
+    head = b"8=%s\x019=%d\x01" % (begin_string, len(body))
+    message = head + body
+    return message + b"10=" + checksum(message) + b"\x01"
+
+
+def iter_fields(raw: bytes) -> Iterator[Field]:
+    """Yield (tag, value) of every field of ``raw``, 8, 9 and 10 included.
+
+    Data fields (96 RawData and friends) are read by the length given in their length field,
+    because their value may contain SOH.
+
+    Raises:
+        FramingError: a field is not ``tag=value`` followed by SOH.
+    """
+    pos = 0
+    end = len(raw)
+    data_length: dict[int, int] = {}
+    while pos < end:
+        eq = raw.find(b"=", pos)
+        if eq <= pos:
+            raise FramingError(f"malformed field at byte {pos}")
+        tag_bytes = raw[pos:eq]
+        if not tag_bytes.isdigit() or not tag_bytes.isascii() or tag_bytes[0] == 0x30:
+            raise FramingError(f"malformed tag {tag_bytes[:16]!r} at byte {pos}")
+        tag = int(tag_bytes)
+        value_at = eq + 1
+        length = data_length.pop(tag, None)
+        if length is not None:
+            soh = value_at + length
+            if soh >= end or raw[soh] != 1:
+                raise FramingError(f"data field {tag} is not {length} bytes long")
+        else:
+            soh = raw.find(b"\x01", value_at)
+            if soh < 0:
+                raise FramingError(f"field {tag} is not terminated by SOH")
+        value = raw[value_at:soh]
+        data_tag = _DATA_TAG_BY_LENGTH_TAG.get(tag)
+        if data_tag is not None and value.isdigit() and value.isascii():
+            data_length[data_tag] = int(value)
+        yield tag, value
+        pos = soh + 1
+
+
+class FixMessage:
+    """An ordered, mutable list of (tag, value) fields without 8, 9 and 10."""
+
+    __slots__ = ("begin_string", "fields")
+
+    def __init__(self, fields: Iterable[tuple[int, FieldValue]] = (),
+                 begin_string: bytes = tags.BEGIN_STRING_FIXT11) -> None:
+        self.fields: list[Field] = [(tag, _as_bytes(value)) for tag, value in fields]
+        self.begin_string = begin_string
+
+    @classmethod
+    def parse(cls, raw: bytes) -> FixMessage:
+        """Parse a framed message (as returned by the framer)."""
+        begin_string = b""
+        body: list[Field] = []
+        for tag, value in iter_fields(raw):
+            if tag == tags.BEGIN_STRING:
+                begin_string = value
+            elif tag not in _FRAME_TAGS:
+                body.append((tag, value))
+        return cls(body, begin_string or tags.BEGIN_STRING_FIXT11)
+
+    @property
+    def msg_type(self) -> bytes:
+        return self.get(tags.MSG_TYPE) or b""
+
+    def get(self, tag: int) -> bytes | None:
+        """The value of the first ``tag``, or None."""
+        for field_tag, value in self.fields:
+            if field_tag == tag:
+                return value
+        return None
+
+    def get_str(self, tag: int) -> str | None:
+        value = self.get(tag)
+        return None if value is None else value.decode("ascii", "replace")
+
+    def count(self, tag: int) -> int:
+        return sum(1 for field_tag, _ in self.fields if field_tag == tag)
+
+    def set(self, tag: int, value: FieldValue) -> None:
+        """Replace the first ``tag`` in place (dropping repeats), or append it."""
+        raw = _as_bytes(value)
+        for index, (field_tag, _) in enumerate(self.fields):
+            if field_tag == tag:
+                self.fields[index] = (tag, raw)
+                self.fields[index + 1 :] = [f for f in self.fields[index + 1 :] if f[0] != tag]
+                return
+        self.fields.append((tag, raw))
+
+    def remove(self, *tags_to_remove: int) -> None:
+        """Drop every occurrence of the given tags."""
+        drop = set(tags_to_remove)
+        self.fields = [field for field in self.fields if field[0] not in drop]
+
+    def encode(self) -> bytes:
+        return encode(self.fields, self.begin_string)
+
+    def __repr__(self) -> str:
+        return f"FixMessage({render_fields(self.fields)})"
+
+
+def render_fields(fields: Iterable[Field], *, shorten_secrets: bool = False) -> str:
+    """Human-readable ``tag=value|...`` with secrets (96, 554, ...) hidden.
+
+    Args:
+        shorten_secrets: show the first characters of secret values (for a demo transcript
+            with throwaway keys) instead of hiding them entirely.
+    """
+    out: list[str] = []
+    for tag, value in fields:
+        text = value.decode("ascii", "replace")
+        if tag in tags.SECRET_TAGS:
+            text = f"{text[:10]}...({len(value)} bytes)" if shorten_secrets \
+                else f"<redacted {len(value)} bytes>"
+        out.append(f"{tag}={text}")
+    return "|".join(out) + "|"
+
+
+def render(raw: bytes, *, shorten_secrets: bool = False) -> str:
+    """Human-readable form of a framed message, secrets redacted; never raises."""
+    try:
+        return render_fields(iter_fields(raw), shorten_secrets=shorten_secrets)
+    except FramingError:
+        return f"<unparseable {len(raw)} bytes>"
+
+
+def utc_timestamp(now: float | None = None) -> bytes:
+    """A FIX UTCTimestamp with milliseconds, truncated: ``YYYYMMDD-HH:MM:SS.mmm``."""
+    if now is None:
+        now = time.time()
+    whole = int(now)
+    millis = int((now - whole) * 1000)
+    return time.strftime("%Y%m%d-%H:%M:%S", time.gmtime(whole)).encode() + b".%03d" % millis
