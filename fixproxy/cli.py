@@ -1,0 +1,185 @@
+"""The ``fixproxy`` command line: the only caller of ``trio.run`` and the only place errors
+become exit codes."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Final, TypeVar
+
+import click
+import trio
+
+from fixproxy import __version__
+from fixproxy.config import ENV_CONFIG, Config, load_config
+from fixproxy.errors import FixProxyError
+from fixproxy.metrics import Metrics
+
+EXIT_ERROR: Final = 1
+EXIT_USAGE: Final = 2
+T = TypeVar("T")
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _run(async_fn: Callable[[], Awaitable[T]]) -> T:
+    """Run ``async_fn`` under trio, turning our errors into a message and exit code 1."""
+    try:
+        return trio.run(async_fn)
+    except FixProxyError as exc:
+        click.echo(f"fixproxy: error: {exc}", err=True)
+        sys.exit(EXIT_ERROR)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+def _load(config_path: Path | None) -> Config:
+    if config_path is None:
+        click.echo(f"fixproxy: error: no configuration: pass --config FILE or set {ENV_CONFIG}",
+                   err=True)
+        sys.exit(EXIT_USAGE)
+    try:
+        return load_config(config_path)
+    except FixProxyError as exc:
+        click.echo(f"fixproxy: configuration error: {exc}", err=True)
+        sys.exit(EXIT_ERROR)
+
+
+config_option = click.option(
+    "--config", "config_path", type=click.Path(path_type=Path, dir_okay=False),
+    envvar=ENV_CONFIG, show_envvar=True, help="The TOML configuration file.")
+log_level_option = click.option(
+    "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
+    show_default=True, help="How much to log (to stderr).")
+
+
+@click.group()
+@click.version_option(__version__, prog_name="fixproxy")
+def main() -> None:
+    """fixproxy: plain-TCP FIX engines in, signed Logons over pinned TLS to Kalshi out.
+
+    Point an unmodified FIX engine at a local listener; fixproxy signs its Logon, speaks TLS
+    to Kalshi with pinned certificates, and relays everything else byte for byte.
+    """
+
+
+@main.command()
+@config_option
+@log_level_option
+def run(config_path: Path | None, log_level: str) -> None:
+    """Run the sidecar: listen for engines and relay them to Kalshi until SIGTERM/SIGINT."""
+    from fixproxy.server import run_until_signal
+
+    _setup_logging(log_level)
+    config = _load(config_path)
+    metrics = Metrics()
+    _run(lambda: run_until_signal(config, metrics))
+
+
+@main.command()
+@config_option
+@click.option("--offline", is_flag=True,
+              help="Check the file and keys only; do not connect to the gateways.")
+def check(config_path: Path | None, offline: bool) -> None:
+    """Validate the configuration and keys, then test TLS and pins against each gateway."""
+    from fixproxy.preflight import preflight
+
+    config = _load(config_path)
+    ok = _run(lambda: preflight(config, online=not offline, echo=click.echo))
+    sys.exit(0 if ok else EXIT_ERROR)
+
+
+@main.command()
+@click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False),
+              default=Path("keys"), show_default=True, help="Directory for the key pair.")
+@click.option("--name", default="kalshi-fix", show_default=True, help="File name stem.")
+def keygen(out_dir: Path, name: str) -> None:
+    """Create an RSA-2048 key pair as Kalshi asks (PKCS#8 private key, mode 0600).
+
+    Upload the .pub.pem file to Kalshi when creating the FIX API key; keep the .key file
+    private and point the session's private_key at it.
+    """
+    from fixproxy.signing import generate_key_pair
+
+    try:
+        key_path, pub_path = generate_key_pair(out_dir, name)
+    except FixProxyError as exc:
+        click.echo(f"fixproxy: error: {exc}", err=True)
+        sys.exit(EXIT_ERROR)
+    click.echo(f"private key: {key_path} (mode 0600; never share it)")
+    click.echo(f"public key:  {pub_path} (upload this to Kalshi)")
+
+
+@main.command()
+@click.argument("target", metavar="HOST:PORT")
+@click.option("--server-name", help="SNI and certificate name, if not HOST.")
+@click.option("--ca-file", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+              help="Trust anchors to verify against (default: the system store).")
+@click.option("--save", "save_path", type=click.Path(path_type=Path, dir_okay=False),
+              help="Write the leaf certificate (PEM) here, for pinned_cert.")
+@click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait.")
+def pin(target: str, server_name: str | None, ca_file: Path | None, save_path: Path | None,
+        timeout: float) -> None:
+    """Show a gateway's certificate chain and the pins to paste into the configuration."""
+    from fixproxy import tls
+
+    host, sep, port_text = target.rpartition(":")
+    if not sep or not port_text.isdigit():
+        click.echo("fixproxy: error: expected HOST:PORT, e.g. fix.elections.kalshi.com:8228",
+                   err=True)
+        sys.exit(EXIT_USAGE)
+    host = host.strip("[]")
+    report = _run(lambda: tls.fetch_chain(host, int(port_text), server_name, timeout=timeout,
+                                          ca_file=ca_file))
+    click.echo(tls.format_chain_report(report))
+    if save_path is not None:
+        save_path.write_bytes(tls.leaf_pem(report))
+        click.echo(f"saved the leaf certificate to {save_path} (use it as pinned_cert)")
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--base-port", default=8228, show_default=True,
+              help="Port of KalshiNR; the other endpoints follow Kalshi's layout from here "
+                   "(0: ephemeral ports).")
+@click.option("--key", "key_specs", multiple=True, metavar="APIKEY=PUBLIC.pem", required=True,
+              help="Register an API key with its public key (repeatable).")
+@click.option("--cert", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+              help="Server certificate chain (PEM); a throwaway one is made if absent.")
+@click.option("--cert-key", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+              help="Private key of --cert.")
+@click.option("--cert-out", type=click.Path(path_type=Path, file_okay=False),
+              help="Where to write the throwaway certificates (CA, leaf) for clients to trust.")
+@log_level_option
+def sim(host: str, base_port: int, key_specs: tuple[str, ...], cert: Path | None,
+        cert_key: Path | None, cert_out: Path | None, log_level: str) -> None:
+    """Run the simulated Kalshi FIX gateway (strict: it verifies every Logon signature)."""
+    from fixproxy.sim.run import run_sim
+
+    _setup_logging(log_level)
+    _run(lambda: run_sim(host=host, base_port=base_port, key_specs=list(key_specs),
+                         cert=cert, cert_key=cert_key, cert_out=cert_out, echo=click.echo))
+
+
+@main.command()
+@click.option("--serve", is_flag=True,
+              help="Keep the simulator and proxy running for a real engine, until Ctrl-C.")
+@click.option("--orders", default=3, show_default=True, help="Orders the scripted engine sends.")
+@log_level_option
+def demo(serve: bool, orders: int, log_level: str) -> None:
+    """Run a whole session locally: simulated Kalshi, fixproxy in front, a scripted engine.
+
+    Needs no Kalshi credentials: certificates and keys are throwaway, made for this run.
+    """
+    from fixproxy.sim.demo import run_demo
+
+    _setup_logging("warning" if log_level == "info" else log_level)
+    _run(lambda: run_demo(serve=serve, orders=orders, echo=click.echo))

@@ -1,0 +1,54 @@
+"""``fixproxy check``: prove a configuration works before the first Logon depends on it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import trio
+from prometheus_client import CollectorRegistry
+
+from fixproxy.config import Config
+from fixproxy.errors import FixProxyError, PinMismatchError, UpstreamError
+from fixproxy.metrics import Metrics
+from fixproxy.server import build_runtime
+
+
+async def preflight(config: Config, *, online: bool, echo: Callable[[str], object]) -> bool:
+    """Check every session's key and TLS settings, and (online) its gateway's TLS and pins.
+
+    Returns:
+        True if every check passed; each result is reported through ``echo``.
+    """
+    ok = True
+    metrics = Metrics(CollectorRegistry())
+    echo(f"configuration {config.path}: {len(config.sessions)} session(s)")
+    for session in config.sessions:
+        label = f"session {session.name!r} ({session.endpoint.target_comp_id})"
+        try:
+            runtime = build_runtime(session, metrics)
+        except FixProxyError as exc:
+            echo(f"FAIL {label}: {exc}")
+            ok = False
+            continue
+        policy = runtime.policy
+        echo(f"ok   {label}: key {session.private_key} loads; listens on "
+             f"{session.listen[0]}:{session.listen[1]}; 141=Y "
+             f"{'forced' if policy.force_reset else 'as the engine asks'}; "
+             f"verify {session.tls.verify}")
+        if not online:
+            continue
+        try:
+            stream, info = await runtime.connect()
+        except PinMismatchError as exc:
+            echo(f"FAIL {label}: {exc}\n     presented pins: {list(exc.presented)}")
+            ok = False
+            continue
+        except UpstreamError as exc:
+            echo(f"FAIL {label}: {session.host}:{session.port}: {exc}")
+            ok = False
+            continue
+        with trio.move_on_after(2):
+            await stream.aclose()
+        echo(f"ok   {label}: TLS to {session.host}:{session.port} ({info.tls_version}); "
+             f"certificate {info.leaf_subject} valid until {info.leaf_not_after:%Y-%m-%d}")
+    return ok

@@ -1,0 +1,29 @@
+"""Fixtures shared by the test modules: one RSA key per run, and a FIX message builder."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from fixproxy.fix.codec import FieldValue, encode
+
+MakeFrame = Callable[..., bytes]
+"""``make_frame(msg_type, (tag, value), ...)``: a complete message with 9 and 10 computed."""
+
+
+def _make_frame(msg_type: bytes | str, *fields: tuple[int, FieldValue]) -> bytes:
+    return encode([(35, msg_type), *fields])
+
+
+@pytest.fixture(scope="session")
+def rsa_key() -> rsa.RSAPrivateKey:
+    """An RSA-2048 private key, generated once per test run (generation takes a while)."""
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+@pytest.fixture(scope="session")
+def make_frame() -> MakeFrame:
+    """Build a framed FIXT.1.1 message from its MsgType and body fields."""
+    return _make_frame

@@ -1,0 +1,639 @@
+"""The configuration loader: every rule, the line it reports, host/TLS resolution, the example."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from fixproxy.config import (
+    ENV_CONFIG,
+    Config,
+    SessionConfig,
+    config_path_from,
+    load_config,
+)
+from fixproxy.errors import ConfigError, FixProxyError
+from fixproxy.fix import tags
+from fixproxy.kalshi import ENDPOINTS
+
+EXAMPLE: Path = Path(__file__).resolve().parent.parent / "conf" / "fixproxy.toml"
+
+API_KEYS = (
+    "11111111-1111-4111-8111-111111111111",
+    "22222222-2222-4222-8222-222222222222",
+    "33333333-3333-4333-8333-333333333333",
+)
+PIN_A = "sha256/" + "A" * 43 + "="
+PIN_B = "sha256/" + "B" * 43 + "="
+MARK = "#<"
+"""Marks the line a case expects the error on."""
+FILES = ("k0.key", "k1.key", "k2.key", "cert.pem", "other.pem", "ca.pem")
+
+
+def session(index: int, *lines: str, drop: tuple[str, ...] = (), header: str = "") -> str:
+    """A valid [[session]] number ``index``, with ``lines`` replacing or adding keys."""
+    base = {
+        "name": f'"s{index}"',
+        "listen": f'"127.0.0.1:{9878 + index}"',
+        "endpoint": '"KalshiNR"',
+        "api_key": f'"{API_KEYS[index]}"',
+        "private_key": f'"k{index}.key"',
+    }
+    given = {line.split("=", 1)[0].strip() for line in lines}
+    kept = [f"{key} = {value}" for key, value in base.items()
+            if key not in drop and key not in given]
+    return "\n".join([f"[[session]] {header}".rstrip(), *kept, *lines]) + "\n"
+
+
+def gateway(*lines: str) -> str:
+    return "\n".join(["[gateway]", *lines]) + "\n"
+
+
+def metrics(*lines: str) -> str:
+    return "\n".join(["[metrics]", *lines]) + "\n"
+
+
+@pytest.fixture
+def confdir(tmp_path: Path) -> Path:
+    """A directory holding the files the cases refer to (empty: they are never opened)."""
+    for name in FILES:
+        (tmp_path / name).write_bytes(b"")
+    return tmp_path
+
+
+def write(directory: Path, text: str) -> Path:
+    path = directory / "fixproxy.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def load(directory: Path, text: str) -> Config:
+    return load_config(write(directory, text))
+
+
+def load_one(directory: Path, text: str) -> SessionConfig:
+    config = load(directory, text)
+    assert len(config.sessions) == 1
+    return config.sessions[0]
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    text: str
+    key: str
+    message: str
+
+
+ERROR_CASES = [
+    # --- TOML syntax ---
+    Case("syntax-unterminated-string", session(0, 'name = "s0 #<'), "", "TOML syntax error"),
+    Case("syntax-bare-value", gateway('environment = prod #<') + session(0), "",
+         "TOML syntax error"),
+    # --- unknown keys at every level ---
+    Case("unknown-top-level-key", "colour = 1 #<\n" + session(0), "colour", "unknown key"),
+    Case("unknown-table", "[logging] #<\nlevel = 1\n" + session(0), "logging", "unknown key"),
+    Case("unknown-gateway-key", gateway('hots = "x" #<') + session(0), "gateway.hots",
+         "did you mean 'host'"),
+    Case("unknown-metrics-key", metrics("port = 9464 #<") + session(0), "metrics.port",
+         "unknown key"),
+    Case("unknown-session-key", session(0, f'apikey = "{API_KEYS[0]}" #<'), "session[0].apikey",
+         "did you mean 'api_key'"),
+    Case("unknown-key-second-session", session(0) + session(1, 'colour = "red" #<'),
+         "session[1].colour", "unknown key"),
+    Case("unknown-subtable", session(0) + "[session.tls] #<\npins = []\n", "session[0].tls",
+         "unknown key"),
+    Case("unknown-dotted-key", session(0, "tls.pins = [] #<"), "session[0].tls", "unknown key"),
+    # --- wrong types ---
+    Case("bool-for-timeout", gateway("connect_timeout = true #<") + session(0),
+         "gateway.connect_timeout", "got a boolean"),
+    Case("bool-for-port", session(0, "port = true #<"), "session[0].port", "got a boolean"),
+    Case("float-for-hours", session(0, "message_retention_hours = 24.0 #<"),
+         "session[0].message_retention_hours", "expected an integer"),
+    Case("string-for-bool", session(0, 'use_dollars = "yes" #<'), "session[0].use_dollars",
+         "expected true or false"),
+    Case("int-for-string", session(0, "name = 5 #<"), "session[0].name", "expected a string"),
+    Case("datetime-for-timeout", session(0, "logon_timeout = 1979-05-27T07:32:00Z #<"),
+         "session[0].logon_timeout", "got a date-time"),
+    Case("string-for-pins", gateway(f'pins = "{PIN_A}" #<') + session(0), "gateway.pins",
+         "expected an array of strings"),
+    Case("int-in-pins", gateway(f'pins = ["{PIN_A}", 1] #<') + session(0), "gateway.pins[1]",
+         "expected a string"),
+    Case("gateway-not-a-table", "gateway = 3 #<\n" + session(0), "gateway", "expected a [gateway]"),
+    Case("session-single-brackets",
+         f'[session] #<\nname = "s0"\nlisten = "127.0.0.1:9878"\napi_key = "{API_KEYS[0]}"\n',
+         "session", "[[session]]"),
+    Case("session-empty-array", "session = [] #<\n", "session", "at least one"),
+    # --- environment and endpoint ---
+    Case("unknown-environment", gateway('environment = "staging" #<') + session(0),
+         "gateway.environment", "'prod', 'demo'"),
+    Case("unknown-endpoint", session(0, 'endpoint = "KalshiXX" #<'), "session[0].endpoint",
+         ", ".join(ENDPOINTS)),
+    # --- listen addresses ---
+    Case("listen-no-port", session(0, 'listen = "127.0.0.1" #<'), "session[0].listen",
+         "not host:port"),
+    Case("listen-port-zero", session(0, 'listen = "127.0.0.1:0" #<'), "session[0].listen",
+         "out of range"),
+    Case("listen-port-too-big", session(0, 'listen = "127.0.0.1:65536" #<'),
+         "session[0].listen", "out of range"),
+    Case("listen-ipv6-unbracketed", session(0, 'listen = "::1:9878" #<'), "session[0].listen",
+         "not host:port"),
+    Case("listen-bad-ipv6", session(0, 'listen = "[::g]:9878" #<'), "session[0].listen",
+         "not host:port"),
+    Case("listen-wildcard", session(0, 'listen = "0.0.0.0:9878" #<'), "session[0].listen",
+         "anyone who can connect can trade as you"),
+    Case("listen-lan-address", session(0, 'listen = "10.1.2.3:9878" #<'), "session[0].listen",
+         "allow_remote = true"),
+    Case("listen-remote-allowed-elsewhere",
+         session(0, "allow_remote = true") + session(1, 'listen = "0.0.0.0:9900" #<'),
+         "session[1].listen", "not a loopback address"),
+    Case("listen-on-second-session-line", session(0) + session(1, 'listen = "bad" #<'),
+         "session[1].listen", "not host:port"),
+    Case("metrics-remote", metrics('listen = "0.0.0.0:9464" #<') + session(0), "metrics.listen",
+         "plain-TCP FIX"),
+    Case("listen-duplicate", session(0) + session(1, 'listen = "127.0.0.1:9878" #<'),
+         "session[1].listen", "session[0].listen"),
+    Case("listen-duplicate-ipv6-spelling",
+         session(0, 'listen = "[::1]:9878"') + session(1, 'listen = "[0::1]:9878" #<'),
+         "session[1].listen", "session[0].listen"),
+    Case("listen-on-default-metrics", session(0, 'listen = "127.0.0.1:9464" #<'),
+         "session[0].listen", "metrics.listen"),
+    Case("listen-on-metrics", metrics('listen = "127.0.0.1:9999"')
+         + session(0, 'listen = "127.0.0.1:9999" #<'), "session[0].listen", "metrics.listen"),
+    # --- names and keys ---
+    Case("name-duplicate", session(0) + session(1, 'name = "s0" #<'), "session[1].name",
+         "already the name of session[0]"),
+    Case("name-empty", session(0, 'name = "" #<'), "session[0].name", "not a session name"),
+    Case("name-with-space", session(0, 'name = "order entry" #<'), "session[0].name",
+         "metric label"),
+    Case("api-key-not-uuid", session(0, 'api_key = "my-key" #<'), "session[0].api_key",
+         "not a UUID"),
+    Case("api-key-braced-uuid", session(0, f'api_key = "{{{API_KEYS[0]}}}" #<'),
+         "session[0].api_key", "not a UUID"),
+    Case("api-key-shared", session(0) + session(1, f'api_key = "{API_KEYS[0].upper()}" #<'),
+         "session[1].api_key", "one FIX connection per API key"),
+    Case("missing-api-key", session(0, drop=("api_key",), header=MARK), "session[0].api_key",
+         "missing required key"),
+    Case("missing-name-second-session", session(0) + session(1, drop=("name",), header=MARK),
+         "session[1].name", "missing required key"),
+    Case("missing-private-key", session(0, drop=("private_key",), header=MARK),
+         "session[0].private_key", "missing required key"),
+    Case("private-key-absent", session(0, 'private_key = "nope.key" #<'),
+         "session[0].private_key", "does not exist"),
+    Case("private-key-is-directory", session(0, 'private_key = "." #<'),
+         "session[0].private_key", "not a regular file"),
+    Case("private-key-unknown-user", session(0, 'private_key = "~no-such-user-fx/k.key" #<'),
+         "session[0].private_key", "cannot expand"),
+    Case("private-key-empty", session(0, 'private_key = "" #<'), "session[0].private_key",
+         "empty path"),
+    # --- hosts and ports ---
+    Case("host-with-scheme", session(0, 'host = "https://fix.example" #<'), "session[0].host",
+         "not a host name"),
+    Case("gateway-host-with-port", gateway('host = "fix.elections.kalshi.com:8228" #<')
+         + session(0), "gateway.host", "not a host name"),
+    Case("server-name-with-space", gateway('server_name = "a b" #<') + session(0),
+         "gateway.server_name", "not a host name"),
+    Case("port-out-of-range", session(0, "port = 70000 #<"), "session[0].port", "1..65535"),
+    # --- TLS verification ---
+    Case("pin-wrong-algorithm", gateway('pins = ["sha1/abc"] #<') + session(0),
+         "gateway.pins[0]", "fixproxy pin HOST:PORT"),
+    Case("pin-too-short", gateway(f'pins = ["{PIN_A}", "{PIN_B[:-2]}="] #<') + session(0),
+         "gateway.pins[1]", "not a pin"),
+    Case("pin-sha384-length", gateway(f'pins = ["sha256/{"A" * 64}"] #<') + session(0),
+         "gateway.pins[0]", "not a pin"),
+    Case("pin-in-session", session(0, 'pins = ["sha256/xyz"] #<'), "session[0].pins[0]",
+         "not a pin"),
+    Case("pinned-cert-absent", gateway('pinned_cert = "missing.pem" #<') + session(0),
+         "gateway.pinned_cert", "does not exist"),
+    Case("ca-file-absent", gateway('ca_file = "missing.pem" #<') + session(0),
+         "gateway.ca_file", "does not exist"),
+    Case("session-ca-file-absent", session(0, 'ca_file = "missing.pem" #<'),
+         "session[0].ca_file", "does not exist"),
+    Case("verify-none", gateway('verify = "none" #<') + session(0), "gateway.verify",
+         "never disables certificate verification"),
+    Case("verify-none-suggests-pin", gateway('verify = "none" #<') + session(0),
+         "gateway.verify", 'verify = "pin" with pins'),
+    Case("verify-false", session(0, "verify = false #<"), "session[0].verify",
+         "never disables"),
+    Case("verify-unknown", gateway('verify = "strict" #<') + session(0), "gateway.verify",
+         "not a verify mode"),
+    Case("verify-int", gateway("verify = 1 #<") + session(0), "gateway.verify",
+         "expected a string"),
+    Case("verify-pin-without-pins", gateway('verify = "pin" #<') + session(0), "gateway.verify",
+         "needs pins or pinned_cert"),
+    Case("verify-ca-pin-without-pins", session(0, 'verify = "ca+pin" #<'), "session[0].verify",
+         "needs pins or pinned_cert"),
+    Case("verify-pin-session-drops-pins",
+         gateway('verify = "pin" #<', f'pins = ["{PIN_A}"]') + session(0, "pins = []"),
+         "gateway.verify", "needs pins"),
+    Case("verify-ca-ignores-pins", gateway('verify = "ca" #<', f'pins = ["{PIN_A}"]')
+         + session(0), "gateway.verify", "would ignore the pins"),
+    Case("verify-ca-ignores-session-cert", session(0, 'verify = "ca" #<',
+                                                   'pinned_cert = "cert.pem"'),
+         "session[0].verify", "would ignore the pins"),
+    # --- timeouts and flags ---
+    Case("connect-timeout-zero", gateway("connect_timeout = 0 #<") + session(0),
+         "gateway.connect_timeout", "out of range"),
+    Case("connect-timeout-too-long", session(0, "connect_timeout = 300.5 #<"),
+         "session[0].connect_timeout", "at most 300"),
+    Case("connect-timeout-nan", session(0, "connect_timeout = nan #<"),
+         "session[0].connect_timeout", "out of range"),
+    Case("logon-timeout-negative", session(0, "logon_timeout = -1 #<"),
+         "session[0].logon_timeout", "out of range"),
+    Case("retention-zero", session(0, "message_retention_hours = 0 #<"),
+         "session[0].message_retention_hours", "1..72"),
+    Case("retention-too-long", session(0, "message_retention_hours = 73 #<"),
+         "session[0].message_retention_hours", "1..72"),
+    Case("reset-policy-unknown", session(0, 'reset_on_logon = "never" #<'),
+         "session[0].reset_on_logon", "not a reset policy"),
+    Case("listener-on-drop-copy", session(0, 'endpoint = "KalshiDC"', "listener = true #<"),
+         "session[0].listener", "KalshiNR and KalshiRT"),
+    Case("listener-with-cancel-on-disconnect",
+         session(0, "listener = true", "cancel_orders_on_disconnect = true #<"),
+         "session[0].cancel_orders_on_disconnect", "N or absent"),
+    # --- the line finder is not fooled by key-like text inside a multi-line string ---
+    Case("key-text-inside-multiline-string",
+         session(0, 'host = """\nlisten = "x"\n"""', 'listen = "bad" #<'),
+         "session[0].listen", "not host:port"),
+]
+
+
+def expected_line(text: str) -> int:
+    lines = [number for number, line in enumerate(text.splitlines(), start=1) if MARK in line]
+    assert len(lines) == 1, "each case marks exactly one line"
+    return lines[0]
+
+
+@pytest.mark.parametrize("case", ERROR_CASES, ids=[case.id for case in ERROR_CASES])
+def test_rejects_with_key_and_line(confdir: Path, case: Case) -> None:
+    path = write(confdir, case.text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    error = info.value
+    assert error.key == case.key
+    assert error.line == expected_line(case.text)
+    assert error.path == str(path)
+    assert case.message in error.detail
+    assert str(error).startswith(f"{path}:{error.line}: ")
+
+
+def test_no_session_at_all(confdir: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(confdir, gateway('environment = "demo"'))
+    assert info.value.key == "session"
+    assert info.value.line is None
+    assert "at least one session" in info.value.detail
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "absent.toml"
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.path == str(path)
+    assert info.value.line is None
+    assert isinstance(info.value.__cause__, FileNotFoundError)
+
+
+def test_not_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "fixproxy.toml"
+    path.write_bytes(session(0).encode() + b'# caf\xe9\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.line == len(session(0).splitlines()) + 1
+
+
+def test_syntax_error_at_end_of_document(tmp_path: Path) -> None:
+    text = session(0) + "pins = ["
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, text)
+    assert info.value.line == len(text.splitlines())
+    assert isinstance(info.value, FixProxyError)
+
+
+# --- accepted values ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("listen", "expected"), [
+    ("127.0.0.1:9878", ("127.0.0.1", 9878)),
+    ("127.8.9.10:1", ("127.8.9.10", 1)),
+    ("localhost:65535", ("localhost", 65535)),
+    ("LocalHost:9878", ("LocalHost", 9878)),
+    ("[::1]:9878", ("::1", 9878)),
+])
+def test_loopback_listen_addresses(confdir: Path, listen: str,
+                                   expected: tuple[str, int]) -> None:
+    assert load_one(confdir, session(0, f'listen = "{listen}"')).listen == expected
+
+
+@pytest.mark.parametrize("listen", ["0.0.0.0:9878", "[::]:9878", "10.1.2.3:9878",
+                                    "fixhost.internal:9878"])
+def test_remote_listen_needs_allow_remote(confdir: Path, listen: str) -> None:
+    with pytest.raises(ConfigError, match="not a loopback address"):
+        load(confdir, session(0, f'listen = "{listen}"'))
+    loaded = load_one(confdir, session(0, f'listen = "{listen}"', "allow_remote = true"))
+    assert loaded.allow_remote is True
+    assert loaded.listen[1] == 9878
+
+
+def test_metrics_settings(confdir: Path) -> None:
+    assert load(confdir, session(0)).metrics.listen == ("127.0.0.1", 9464)
+    assert load(confdir, metrics('listen = ""') + session(0)).metrics.listen is None
+    # Disabled metrics free the default port for a session.
+    disabled = load(confdir, metrics('listen = ""') + session(0, 'listen = "127.0.0.1:9464"'))
+    assert disabled.sessions[0].listen == ("127.0.0.1", 9464)
+    remote = load(confdir, metrics('listen = "0.0.0.0:9100"', "allow_remote = true")
+                  + session(0))
+    assert remote.metrics.listen == ("0.0.0.0", 9100)
+    assert remote.metrics.allow_remote is True
+
+
+def test_paths_resolve_against_the_config_directory(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    conf = tmp_path / "etc"
+    (conf / "keys").mkdir(parents=True)
+    (conf / "keys" / "a.key").write_bytes(b"")
+    (tmp_path / "ca.pem").write_bytes(b"")
+    absolute = tmp_path / "abs.pem"
+    absolute.write_bytes(b"")
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "b.key").write_bytes(b"")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(home)  # the working directory must not matter
+    path = conf / "fixproxy.toml"
+    path.write_text(
+        gateway('ca_file = "../ca.pem"', f'pinned_cert = "{absolute}"')
+        + session(0, 'private_key = "keys/a.key"')
+        + session(1, 'private_key = "~/b.key"'), encoding="utf-8")
+    config = load_config(path)
+    assert config.path == path
+    first, second = config.sessions
+    assert first.private_key.samefile(conf / "keys" / "a.key")
+    assert first.private_key.is_absolute()
+    assert second.private_key.samefile(home / "b.key")
+    assert config.gateway.ca_file is not None
+    assert config.gateway.ca_file.samefile(tmp_path / "ca.pem")
+    assert first.tls.ca_file == config.gateway.ca_file
+    assert first.tls.pinned_cert == absolute
+
+
+def test_check_files_false_skips_existence_only(tmp_path: Path) -> None:
+    text = gateway('pinned_cert = "gone.pem"') + session(0, 'private_key = "gone.key"')
+    with pytest.raises(ConfigError, match="does not exist"):
+        load(tmp_path, text)
+    config = load_config(write(tmp_path, text), check_files=False)
+    assert config.sessions[0].private_key == tmp_path.absolute() / "gone.key"
+    # Everything else is still checked.
+    with pytest.raises(ConfigError, match="not a UUID"):
+        load_config(write(tmp_path, session(0, 'api_key = "x"')), check_files=False)
+
+
+def test_defaults(confdir: Path) -> None:
+    config = load(confdir, session(0))
+    assert config.gateway.environment == "prod"
+    assert config.gateway.verify is None
+    one = config.sessions[0]
+    assert one.connect_timeout == 10.0
+    assert one.logon_timeout == 30.0
+    assert one.allow_remote is False
+    assert one.listener is False
+    assert one.reset_on_logon is None
+    assert one.cancel_orders_on_disconnect is None
+    assert one.use_dollars is None
+    assert one.receive_settlement_reports is None
+    assert one.message_retention_hours is None
+    assert one.tls.verify == "ca"
+    assert one.tls.pins == ()
+    assert one.tls.pinned_cert is None
+    assert one.tls.ca_file is None
+
+
+def test_timeouts(confdir: Path) -> None:
+    config = load(confdir, gateway("connect_timeout = 5") + session(0)
+                  + session(1, "connect_timeout = 2.5", "logon_timeout = 300"))
+    first, second = config.sessions
+    assert config.gateway.connect_timeout == 5.0
+    assert first.connect_timeout == 5.0
+    assert isinstance(first.connect_timeout, float)
+    assert second.connect_timeout == 2.5
+    assert second.logon_timeout == 300.0
+
+
+# --- host, port, server name and pins -------------------------------------------------------
+
+
+@pytest.mark.parametrize(("gateway_lines", "session_lines", "host", "port"), [
+    ((), (), "fix.elections.kalshi.com", 8228),
+    (('environment = "demo"',), ('endpoint = "KalshiRT"',), "fix.demo.kalshi.co", 8230),
+    ((), ('endpoint = "KalshiMD"',), "marketdata.fix.elections.kalshi.com", 8233),
+    (('environment = "demo"',), ('endpoint = "KalshiMD"',), "marketdata.fix.demo.kalshi.co",
+     8233),
+    (('host = "mm.fix.elections.kalshi.com"',), ('endpoint = "KalshiPT"',),
+     "mm.fix.elections.kalshi.com", 8231),
+    (('host = "mm.fix.elections.kalshi.com"',), ('host = "fix.private.example"',),
+     "fix.private.example", 8228),
+    ((), ('endpoint = "KalshiDC"', "port = 443"), "fix.elections.kalshi.com", 443),
+    ((), ('host = "10.0.0.7"', 'endpoint = "KalshiRFQ"'), "10.0.0.7", 8232),
+])
+def test_host_and_port_resolution(confdir: Path, gateway_lines: tuple[str, ...],
+                                  session_lines: tuple[str, ...], host: str, port: int) -> None:
+    loaded = load_one(confdir, gateway(*gateway_lines) + session(0, *session_lines))
+    assert (loaded.host, loaded.port) == (host, port)
+
+
+@pytest.mark.parametrize(("gateway_lines", "session_lines", "server_name"), [
+    ((), (), "fix.elections.kalshi.com"),
+    (('server_name = "gw.sni"',), (), "gw.sni"),
+    (('host = "10.0.0.7"', 'server_name = "mm.fix.elections.kalshi.com"'), (),
+     "mm.fix.elections.kalshi.com"),
+    # A session with its own host does not inherit the gateway's server name.
+    (('server_name = "gw.sni"',), ('host = "fix.private.example"',), "fix.private.example"),
+    # Even when it names the gateway's host: overriding host means choosing its name too.
+    (('host = "mm.fix.elections.kalshi.com"', 'server_name = "gw.sni"'),
+     ('host = "mm.fix.elections.kalshi.com"',), "mm.fix.elections.kalshi.com"),
+    # Nor does a session that goes to the market-data host.
+    (('server_name = "gw.sni"',), ('endpoint = "KalshiMD"',),
+     "marketdata.fix.elections.kalshi.com"),
+    # Unless the gateway's host is where the market-data session goes too.
+    (('host = "10.0.0.7"', 'server_name = "gw.sni"'), ('endpoint = "KalshiMD"',), "gw.sni"),
+    (('server_name = "gw.sni"',), ('host = "10.0.0.8"', 'server_name = "s.sni"'), "s.sni"),
+    ((), ('server_name = "s.sni"',), "s.sni"),
+])
+def test_server_name_resolution(confdir: Path, gateway_lines: tuple[str, ...],
+                                session_lines: tuple[str, ...], server_name: str) -> None:
+    loaded = load_one(confdir, gateway(*gateway_lines) + session(0, *session_lines))
+    assert loaded.tls.server_name == server_name
+
+
+@pytest.mark.parametrize(
+    ("gateway_lines", "session_lines", "expected"), [
+        ((f'pins = ["{PIN_A}"]',), (), ((PIN_A,), None, "ca+pin")),
+        (('pinned_cert = "cert.pem"',), (), ((), "cert.pem", "ca+pin")),
+        ((f'pins = ["{PIN_A}"]',), (f'pins = ["{PIN_B}"]',), ((PIN_B,), None, "ca+pin")),
+        # The session's pin set replaces the gateway's whole set, pinned_cert included.
+        ((f'pins = ["{PIN_A}"]', 'pinned_cert = "cert.pem"'), (f'pins = ["{PIN_B}"]',),
+         ((PIN_B,), None, "ca+pin")),
+        (('pinned_cert = "cert.pem"',), ('pinned_cert = "other.pem"',),
+         ((), "other.pem", "ca+pin")),
+        ((f'pins = ["{PIN_A}"]',), ("pins = []",), ((), None, "ca")),
+        ((f'pins = ["{PIN_A}", "{PIN_B}"]', 'verify = "pin"'), (),
+         ((PIN_A, PIN_B), None, "pin")),
+        ((f'pins = ["{PIN_A}"]',), ('verify = "pin"',), ((PIN_A,), None, "pin")),
+        ((f'pins = ["{PIN_A}"]', 'verify = "pin"'), ('verify = "ca+pin"',),
+         ((PIN_A,), None, "ca+pin")),
+        ((), (f'pins = ["{PIN_B}"]',), ((PIN_B,), None, "ca+pin")),
+        ((), ('verify = "ca"',), ((), None, "ca")),
+    ])
+def test_pin_resolution(confdir: Path, gateway_lines: tuple[str, ...],
+                        session_lines: tuple[str, ...],
+                        expected: tuple[tuple[str, ...], str | None, str]) -> None:
+    pins, pinned_cert, verify = expected
+    loaded = load_one(confdir, gateway(*gateway_lines) + session(0, *session_lines))
+    assert loaded.tls.pins == pins
+    expected_cert = None if pinned_cert is None else confdir.absolute() / pinned_cert
+    assert loaded.tls.pinned_cert == expected_cert
+    assert loaded.tls.verify == verify
+
+
+def test_ca_file_per_session(confdir: Path) -> None:
+    config = load(confdir, gateway('ca_file = "ca.pem"') + session(0)
+                  + session(1, 'ca_file = "other.pem"'))
+    assert [s.tls.ca_file for s in config.sessions] == [confdir.absolute() / "ca.pem",
+                                                        confdir.absolute() / "other.pem"]
+
+
+# --- Logon flags and policy -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("session_lines", "flags"), [
+    ((), ()),
+    (("cancel_orders_on_disconnect = false",), ((tags.CANCEL_ORDERS_ON_DISCONNECT, b"N"),)),
+    (("listener = true",), ((tags.LISTENER_SESSION, b"Y"),
+                            (tags.SKIP_PENDING_EXEC_REPORTS, b"Y"))),
+    (("listener = true", "cancel_orders_on_disconnect = false"),
+     ((tags.CANCEL_ORDERS_ON_DISCONNECT, b"N"), (tags.LISTENER_SESSION, b"Y"),
+      (tags.SKIP_PENDING_EXEC_REPORTS, b"Y"))),
+    (('endpoint = "KalshiRT"', "message_retention_hours = 72", "use_dollars = true",
+      "receive_settlement_reports = false", "cancel_orders_on_disconnect = true"),
+     ((tags.CANCEL_ORDERS_ON_DISCONNECT, b"Y"), (tags.USE_DOLLARS, b"Y"),
+      (tags.RECEIVE_SETTLEMENT_REPORTS, b"N"), (tags.MESSAGE_RETENTION_PERIOD, b"72"))),
+    (("message_retention_hours = 1",), ((tags.MESSAGE_RETENTION_PERIOD, b"1"),)),
+])
+def test_kalshi_flags(confdir: Path, session_lines: tuple[str, ...],
+                      flags: tuple[tuple[int, bytes], ...]) -> None:
+    assert load_one(confdir, session(0, *session_lines)).kalshi_flags() == flags
+
+
+def test_flag_tags_are_kalshis() -> None:
+    # The tag numbers the flags above are written with, as Kalshi's Logon table gives them.
+    assert (tags.CANCEL_ORDERS_ON_DISCONNECT, tags.LISTENER_SESSION,
+            tags.SKIP_PENDING_EXEC_REPORTS, tags.USE_DOLLARS, tags.RECEIVE_SETTLEMENT_REPORTS,
+            tags.MESSAGE_RETENTION_PERIOD) == (8013, 20126, 21011, 21005, 20127, 20200)
+
+
+@pytest.mark.parametrize(("endpoint", "reset_on_logon", "force_reset"), [
+    ("KalshiNR", None, True),
+    ("KalshiDC", None, True),
+    ("KalshiPT", None, True),
+    ("KalshiRFQ", None, True),
+    ("KalshiMD", None, True),
+    ("KalshiRT", None, False),
+    ("KalshiRT", "always", True),
+    ("KalshiPT", "engine", False),
+])
+def test_logon_policy(confdir: Path, endpoint: str, reset_on_logon: str | None,
+                      force_reset: bool) -> None:
+    lines = [f'endpoint = "{endpoint}"', "use_dollars = true"]
+    if reset_on_logon is not None:
+        lines.append(f'reset_on_logon = "{reset_on_logon}"')
+    loaded = load_one(confdir, session(0, *lines))
+    policy = loaded.logon_policy()
+    assert policy.session_name == "s0"
+    assert policy.api_key == API_KEYS[0]
+    assert policy.target_comp_id == endpoint
+    assert policy.force_reset is force_reset
+    assert loaded.reset_policy == ("always" if force_reset else "engine")
+    assert policy.kalshi_flags == ((tags.USE_DOLLARS, b"Y"),)
+
+
+# --- the shipped example --------------------------------------------------------------------
+
+
+def test_example_config_loads() -> None:
+    config = load_config(EXAMPLE, check_files=False)
+    assert config.path == EXAMPLE
+    assert config.gateway.environment == "prod"
+    assert config.metrics.listen == ("127.0.0.1", 9464)
+    summary = [(s.endpoint.target_comp_id, s.listen, s.host, s.port) for s in config.sessions]
+    assert summary == [
+        ("KalshiNR", ("127.0.0.1", 9878), "fix.elections.kalshi.com", 8228),
+        ("KalshiRT", ("127.0.0.1", 9879), "fix.elections.kalshi.com", 8230),
+        ("KalshiDC", ("127.0.0.1", 9880), "fix.elections.kalshi.com", 8229),
+        ("KalshiPT", ("127.0.0.1", 9881), "fix.elections.kalshi.com", 8231),
+        ("KalshiRFQ", ("127.0.0.1", 9882), "fix.elections.kalshi.com", 8232),
+    ]
+    assert len({s.api_key for s in config.sessions}) == 5
+    assert len({s.name for s in config.sessions}) == 5
+    for one in config.sessions:
+        assert one.private_key == EXAMPLE.parent / ".." / "keys" / f"{one.name}.key"
+        assert one.tls.server_name == one.host
+        assert not one.listener
+    flags = {s.endpoint.target_comp_id: s.kalshi_flags() for s in config.sessions}
+    assert flags["KalshiNR"] == ((tags.CANCEL_ORDERS_ON_DISCONNECT, b"Y"),
+                                 (tags.USE_DOLLARS, b"Y"))
+    assert flags["KalshiRT"] == ((tags.USE_DOLLARS, b"Y"), (tags.RECEIVE_SETTLEMENT_REPORTS, b"Y"),
+                                 (tags.MESSAGE_RETENTION_PERIOD, b"72"))
+    assert flags["KalshiDC"] == ()
+    assert flags["KalshiPT"] == ((tags.MESSAGE_RETENTION_PERIOD, b"24"),)
+    assert flags["KalshiRFQ"] == ((tags.USE_DOLLARS, b"Y"),)
+
+
+def test_example_config_with_its_keys_in_place(tmp_path: Path) -> None:
+    # Installed as documented (conf/ beside keys/), the example passes the file checks too.
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "keys").mkdir()
+    path = Path(shutil.copy(EXAMPLE, tmp_path / "conf" / "fixproxy.toml"))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.key == "session[0].private_key"
+    assert info.value.line is not None
+    assert 'private_key = "../keys/' in path.read_text().splitlines()[info.value.line - 1]
+    for name in ("order-entry", "order-entry-rt", "drop-copy", "post-trade", "rfq"):
+        (tmp_path / "keys" / f"{name}.key").write_bytes(b"")
+    assert len(load_config(path).sessions) == 5
+
+
+def test_example_mentions_both_production_hosts_and_pinning() -> None:
+    text = EXAMPLE.read_text(encoding="utf-8")
+    assert "fix.elections.kalshi.com" in text
+    assert "mm.fix.elections.kalshi.com" in text
+    assert "fixproxy pin " in text
+
+
+# --- choosing the file ----------------------------------------------------------------------
+
+
+def test_config_path_from_option_wins() -> None:
+    assert config_path_from("a.toml", {ENV_CONFIG: "b.toml"}) == Path("a.toml")
+
+
+def test_config_path_from_environment() -> None:
+    assert config_path_from(None, {ENV_CONFIG: "b.toml"}) == Path("b.toml")
+    assert config_path_from("", {ENV_CONFIG: "b.toml"}) == Path("b.toml")
+
+
+def test_config_path_from_process_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ENV_CONFIG, "/etc/fixproxy/fixproxy.toml")
+    assert config_path_from(None) == Path("/etc/fixproxy/fixproxy.toml")
+    monkeypatch.delenv(ENV_CONFIG)
+    with pytest.raises(ConfigError, match=ENV_CONFIG):
+        config_path_from(None)
+
+
+@pytest.mark.parametrize("environ", [{}, {ENV_CONFIG: ""}])
+def test_config_path_from_nothing(environ: dict[str, str]) -> None:
+    with pytest.raises(ConfigError, match=ENV_CONFIG):
+        config_path_from(None, environ)
