@@ -13,7 +13,7 @@ import click
 import trio
 
 from fixproxy import __version__
-from fixproxy.config import ENV_CONFIG, Config, load_config
+from fixproxy.config import ENV_CONFIG, Config, config_path_from, load_config
 from fixproxy.errors import FixProxyError
 from fixproxy.metrics import Metrics
 
@@ -42,12 +42,13 @@ def _run(async_fn: Callable[[], Awaitable[T]]) -> T:
 
 
 def _load(config_path: Path | None) -> Config:
-    if config_path is None:
-        click.echo(f"fixproxy: error: no configuration: pass --config FILE or set {ENV_CONFIG}",
-                   err=True)
+    try:
+        path = config_path_from(None if config_path is None else str(config_path))
+    except FixProxyError as exc:
+        click.echo(f"fixproxy: error: {exc}", err=True)
         sys.exit(EXIT_USAGE)
     try:
-        return load_config(config_path)
+        return load_config(path)
     except FixProxyError as exc:
         click.echo(f"fixproxy: configuration error: {exc}", err=True)
         sys.exit(EXIT_ERROR)
@@ -55,7 +56,7 @@ def _load(config_path: Path | None) -> Config:
 
 config_option = click.option(
     "--config", "config_path", type=click.Path(path_type=Path, dir_okay=False),
-    envvar=ENV_CONFIG, show_envvar=True, help="The TOML configuration file.")
+    help=f"The TOML configuration file [default: ${ENV_CONFIG}].")
 log_level_option = click.option(
     "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
     show_default=True, help="How much to log (to stderr).")
@@ -183,3 +184,7 @@ def demo(serve: bool, orders: int, log_level: str) -> None:
 
     _setup_logging("warning" if log_level == "info" else log_level)
     _run(lambda: run_demo(serve=serve, orders=orders, echo=click.echo))
+
+
+if __name__ == "__main__":
+    main()

@@ -29,6 +29,7 @@ two task switches per message and needs its own bound, for no gain over the sock
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import time
@@ -43,7 +44,13 @@ from fixproxy.errors import FixError, FramingError, LogonRefused, PinMismatchErr
 from fixproxy.fix import admin, tags
 from fixproxy.fix.codec import FixMessage, render
 from fixproxy.fix.framer import FixFramer, Frame
-from fixproxy.fix.logon import LogonPolicy, RewrittenLogon, Signer, rewrite_logon, strip_forced_reset
+from fixproxy.fix.logon import (
+    LogonPolicy,
+    RewrittenLogon,
+    Signer,
+    rewrite_logon,
+    strip_forced_reset,
+)
 from fixproxy.metrics import Metrics, TrafficCounters
 from fixproxy.tls import HandshakeInfo
 
@@ -91,7 +98,11 @@ async def relay_engine_connection(engine: trio.abc.Stream, runtime: SessionRunti
     engine_framer = FixFramer()
     first: Frame | None = None
     try:
-        first = await _receive_logon(engine, engine_framer, runtime.config.logon_timeout)
+        with trio.move_on_after(runtime.config.logon_timeout) as logon_wait:
+            first = await _receive_logon(engine, engine_framer)
+        if logon_wait.cancelled_caught:
+            raise _Refusal(f"no Logon received within {runtime.config.logon_timeout:g} s of "
+                           f"connecting; the engine must send a Logon (35=A) first", "no_logon")
         if first is None:
             metrics.engine_connections.labels(session=name, result="no_logon").inc()
             log.info("engine closed before sending a Logon")
@@ -127,25 +138,19 @@ async def relay_engine_connection(engine: trio.abc.Stream, runtime: SessionRunti
             await engine.aclose()
 
 
-async def _receive_logon(engine: trio.abc.Stream, framer: FixFramer,
-                         timeout: float) -> Frame | None:
-    first_bytes = b""
-    with trio.move_on_after(timeout) as scope:
-        while True:
-            try:
-                frame = framer.next_message()
-            except FramingError as exc:
-                raise _Refusal(_describe_bad_start(exc, first_bytes), "framing_error") from exc
-            if frame is not None:
-                return frame
-            if framer.at_eof:
-                return None
-            data = await engine.receive_some(RECEIVE_SIZE)
-            first_bytes = first_bytes or data[:16]
-            framer.receive_data(data)
-    assert scope.cancelled_caught
-    raise _Refusal(f"no Logon received within {timeout:g} s of connecting; the engine must "
-                   f"send a Logon (35=A) first", "no_logon")
+async def _receive_logon(engine: trio.abc.Stream, framer: FixFramer) -> Frame | None:
+    """Read the engine's first message; None if it closed first."""
+    first_bytes: bytes | bytearray = b""
+    while True:
+        try:
+            frame = framer.next_message()
+        except FramingError as exc:
+            raise _Refusal(_describe_bad_start(exc, first_bytes), "framing_error") from exc
+        if frame is not None or framer.at_eof:
+            return frame
+        data = await engine.receive_some(RECEIVE_SIZE)
+        first_bytes = first_bytes or data[:16]
+        framer.receive_data(data)
 
 
 async def _receive_frame(stream: trio.abc.Stream, framer: FixFramer) -> Frame | None:
@@ -159,7 +164,7 @@ async def _receive_frame(stream: trio.abc.Stream, framer: FixFramer) -> Frame | 
         framer.receive_data(await stream.receive_some(RECEIVE_SIZE))
 
 
-def _describe_bad_start(exc: FramingError, first_bytes: bytes) -> str:
+def _describe_bad_start(exc: FramingError, first_bytes: bytes | bytearray) -> str:
     """Explain a framing error on the first bytes, recognising common wrong clients."""
     if first_bytes[:1] == b"\x16":
         return ("the engine started a TLS handshake, but this listener speaks plain TCP: turn "
@@ -190,7 +195,7 @@ async def _open_gateway(runtime: SessionRuntime,
     except PinMismatchError as exc:
         metrics.upstream_connects.labels(session=cfg.name, result=exc.result).inc()
         metrics.pin_mismatches.labels(session=cfg.name).inc()
-        log.error("gateway %s:%d presented pins %s; configured %s", cfg.host, cfg.port,
+        log.exception("gateway %s:%d presented pins %s; configured %s", cfg.host, cfg.port,
                   list(exc.presented), list(exc.expected))
         raise _Refusal(
             f"the Kalshi gateway {cfg.host}:{cfg.port} presented a certificate that matches "
@@ -312,11 +317,9 @@ async def _forward_logon_answer(gateway: trio.abc.Stream, engine: trio.abc.Strea
                 f"for {cfg.endpoint.target_comp_id} and retry later")
         log.warning("%s", text)
         sender, target = _counterparty_ids(None, runtime)
-        try:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             await engine.send_all(admin.logout(f"fixproxy: {text}", sender=sender,
                                                target=target, seq=1, now=time.time()))
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
         return False
     counters.count(frame.msg_type)
     data = frame.raw
@@ -342,7 +345,7 @@ async def _pump(src: trio.abc.Stream, dst: trio.abc.Stream, framer: FixFramer,
                 counters: TrafficCounters, src_side: str) -> str:
     """Copy complete frames from ``src`` to ``dst`` until one side ends; return why it ended."""
     pending = framer.buffered
-    data = b""
+    data: bytes | bytearray = b""
     while True:
         parts: list[bytes] = []
         error: FixError | None = None
@@ -378,9 +381,7 @@ async def _pump(src: trio.abc.Stream, dst: trio.abc.Stream, framer: FixFramer,
 
 async def _close_gateway(gateway: trio.abc.Stream) -> None:
     with trio.move_on_after(CLOSE_TIMEOUT) as scope:
-        try:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             await gateway.aclose()
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
     if scope.cancelled_caught:
         await trio.aclose_forcefully(gateway)

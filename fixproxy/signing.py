@@ -132,7 +132,10 @@ def generate_key_pair(out_dir: Path, name: str = "kalshi-fix") -> tuple[Path, Pa
     Raises:
         SigningError: a file already exists (keys are never overwritten).
     """
-    out_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SigningError(f"cannot create key directory {out_dir}: {exc.strerror}") from exc
     key_path = out_dir / f"{name}.key"
     pub_path = out_dir / f"{name}.pub.pem"
     for existing in (key_path, pub_path):
@@ -141,7 +144,7 @@ def generate_key_pair(out_dir: Path, name: str = "kalshi-fix") -> tuple[Path, Pa
     key = rsa.generate_private_key(public_exponent=65537, key_size=MIN_KEY_BITS)
     try:
         write_private_key(key_path, key)
+        pub_path.write_bytes(public_key_pem(key))
     except OSError as exc:
-        raise SigningError(f"cannot write {key_path}: {exc.strerror}") from exc
-    pub_path.write_bytes(public_key_pem(key))
+        raise SigningError(f"cannot write the key pair into {out_dir}: {exc.strerror}") from exc
     return key_path, pub_path

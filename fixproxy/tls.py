@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import socket
 import ssl
@@ -80,6 +81,16 @@ PIN_PREFIX: Final = "sha256/"
 MIN_TLS_VERSION: Final = ssl.TLSVersion.TLSv1_2
 """Kalshi's connectivity page: TLS 1.2 or higher."""
 _SHA256_BYTES: Final = 32
+MAX_LINKED_CHAIN: Final = 8
+"""Presented certificates considered when ``pin`` mode links issuers to the leaf. Real chains
+have two to four; the cap bounds the signature checks an unauthenticated peer can cause."""
+_HANDSHAKE_HINTS: Final = {
+    "WRONG_VERSION_NUMBER": "the port does not seem to speak TLS",
+    "UNSUPPORTED_PROTOCOL": "no common TLS version; fixproxy requires TLS 1.2 or newer",
+    "TLSV1_ALERT_PROTOCOL_VERSION": "no common TLS version; fixproxy requires TLS 1.2 or newer",
+    "SSLV3_ALERT_HANDSHAKE_FAILURE": "no common cipher suite or signature algorithm",
+    "NO_SHARED_CIPHER": "no common cipher suite",
+}
 
 GatewayStream = trio.SSLStream[trio.SocketStream]
 
@@ -294,7 +305,13 @@ async def open_gateway_stream(host: str, port: int, trust: GatewayTrust,
         ConnectTimeout: no TLS session within ``connect_timeout``.
         TLSHandshakeError: the handshake failed (chain, hostname, expiry, protocol version).
         PinMismatchError: the chain matched no pin and the leaf is not ``pinned_cert``.
+        ConfigError: ``context`` does not verify what ``trust`` relies on.
     """
+    if trust.verify != "pin" and not (context.verify_mode == ssl.CERT_REQUIRED
+                                      and context.check_hostname):
+        # The verified chain of an unverified handshake is meaningless: refuse to pin on it.
+        raise ConfigError(f"verify = {trust.verify!r} needs a context that verifies the chain "
+                          f"and hostname; build it with make_client_context", key="verify")
     stream, connect_seconds, handshake_seconds = await _connect_tls(
         host, port, trust.server_name, context, connect_timeout=connect_timeout)
     try:
@@ -438,9 +455,11 @@ async def _connect_tls(host: str, port: int, server_name: str, context: ssl.SSLC
         phase = "TLS handshake"
         stream: GatewayStream = trio.SSLStream(tcp, context, server_hostname=server_name,
                                                https_compatible=True)
-        try:
-            # trio sets TCP_NODELAY already; FIX is small latency-bound messages, so say so.
+        # FIX is small, latency-bound messages: no Nagle delay. trio's SocketStream sets this
+        # too; saying it here keeps the requirement visible. Failure only costs latency.
+        with contextlib.suppress(OSError):
             tcp.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+        try:
             await stream.do_handshake()
         except trio.BrokenResourceError as exc:
             await trio.aclose_forcefully(stream)
@@ -489,7 +508,7 @@ def _linked_issuers(presented: Sequence[bytes]) -> tuple[bytes, ...]:
     whole remaining set. Dates and names beyond the issuer link are not checked: in ``pin``
     mode the pins are the trust decision, and the leaf's key is proven by the handshake.
     """
-    certs = [_load_der(der) for der in presented]
+    certs = [_load_der(der) for der in presented[:MAX_LINKED_CHAIN]]
     linked = [0]
     remaining = set(range(1, len(certs)))
     while remaining:
@@ -624,13 +643,19 @@ def _handshake_reason(exc: BaseException) -> str:
     cause = exc.__cause__
     if isinstance(cause, ssl.SSLCertVerificationError):
         return f"certificate verify failed: {cause.verify_message}"
-    if isinstance(cause, ssl.SSLEOFError | ssl.SSLZeroReturnError):
-        return "the gateway closed the connection during the handshake"
+    if isinstance(cause, ssl.SSLEOFError | ssl.SSLZeroReturnError) or cause is None:
+        return _CLOSED_DURING_HANDSHAKE
     if isinstance(cause, ssl.SSLError):
-        detail = (cause.reason or "").replace("_", " ").lower()
-        return f"{detail} ({cause})" if detail else str(cause)
+        if not cause.reason:
+            return str(cause)
+        detail = cause.reason.replace("_", " ").lower()
+        hint = _HANDSHAKE_HINTS.get(cause.reason)
+        return f"{detail} ({hint})" if hint else detail
     if isinstance(cause, OSError):
         return f"connection lost during the handshake: {_os_reason(cause)}"
-    if cause is None:
-        return "the gateway closed the connection during the handshake"
     return str(cause)
+
+
+_CLOSED_DURING_HANDSHAKE: Final = (
+    "the gateway closed the connection during the handshake (no common TLS version or "
+    "cipher suite, or the port does not speak TLS; fixproxy requires TLS 1.2 or newer)")

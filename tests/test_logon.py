@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -184,7 +185,7 @@ def test_target_comp_id_missing() -> None:
 
 @pytest.mark.parametrize("seq", [None, b"0", b"abc", b"-1", b"", b"1.0"])
 def test_msg_seq_num_must_be_a_positive_integer(seq: bytes | None) -> None:
-    error = refusal(engine_logon({34: seq}), RT)
+    error = refusal(engine_logon({56: b"KalshiRT", 34: seq}), RT)
     assert "MsgSeqNum (34)" in error.text
     assert error.reason == "msg_seq_num"
 
@@ -423,26 +424,44 @@ SENDING_TIMES = st.sampled_from([SENDING_TIME, b"20230809-05:28:18", b"20230809-
                                  b"20230809-05:28:18.035123", None])
 
 
-@settings(deadline=None)
-@given(heartbeat=st.none() | st.integers(min_value=4, max_value=3600),
-       body=st.lists(st.tuples(BODY_TAGS, BODY_VALUES), max_size=6),
-       header=st.lists(st.sampled_from([(115, b"ONB"), (128, b"DLV"), (1128, b"9"),
-                                        (50, b"desk")]), unique=True),
-       reset=st.sampled_from([b"Y", b"N", None]),
-       sending_time=SENDING_TIMES,
-       seq=st.integers(min_value=1, max_value=10**6),
-       policy=st.sampled_from([NR, NR_FLAGS, RT]))
-def test_property_rewritten_logon_always_frames_and_verifies(
-        signer: LogonSigner, heartbeat: int | None, body: list[tuple[int, bytes]],
-        header: list[tuple[int, bytes]], reset: bytes | None, sending_time: bytes | None,
-        seq: int, policy: LogonPolicy) -> None:
-    if policy.force_reset:
-        seq = 1
-    engine = engine_logon(
-        {56: policy.target_comp_id.encode(), 34: seq, 141: reset, 52: sending_time,
+@dataclass(frozen=True, slots=True)
+class EngineLogon:
+    """A random valid engine Logon and what went into it."""
+
+    policy: LogonPolicy
+    raw: bytes
+    heartbeat: int | None
+    seq: int
+    reset: bytes | None
+    body: list[tuple[int, bytes]]
+    header: list[tuple[int, bytes]]
+
+
+@st.composite
+def engine_logons(draw: st.DrawFn) -> EngineLogon:
+    policy = draw(st.sampled_from([NR, NR_FLAGS, RT]))
+    heartbeat = draw(st.none() | st.integers(min_value=4, max_value=3600))
+    seq = 1 if policy.force_reset else draw(st.integers(min_value=1, max_value=10**6))
+    reset = draw(st.sampled_from([b"Y", b"N", None]))
+    body = draw(st.lists(st.tuples(BODY_TAGS, BODY_VALUES), max_size=6))
+    header = draw(st.lists(st.sampled_from([(115, b"ONB"), (128, b"DLV"), (1128, b"9"),
+                                            (50, b"desk")]), unique=True))
+    # Header and body fields interleaved as an engine might send them.
+    extra = draw(st.permutations([*body, *header]))
+    raw = engine_logon(
+        {56: policy.target_comp_id.encode(), 34: seq, 141: reset, 52: draw(SENDING_TIMES),
          108: heartbeat},
-        extra=[*body, *header])
-    result = rewrite_logon(engine, policy, signer, now=NOW)
+        extra=extra)
+    header_order = [field for field in extra if field in header]
+    body_order = [field for field in extra if field not in header]
+    return EngineLogon(policy, raw, heartbeat, seq, reset, body_order, header_order)
+
+
+@settings(deadline=None)
+@given(case=engine_logons())
+def test_property_rewritten_logon_always_frames_and_verifies(signer: LogonSigner,
+                                                             case: EngineLogon) -> None:
+    result = rewrite_logon(case.raw, case.policy, signer, now=NOW)
     out = result.raw
     fields = wire(out)
     for tag in ONCE_EACH:
@@ -450,12 +469,14 @@ def test_property_rewritten_logon_always_frames_and_verifies(
     assert single(out, 95) == b"%d" % len(single(out, 96))
     assert [tag for tag, _ in fields[-3:]] == [95, 96, 10]
     assert verify_signature(signer.public_key(), pre_hash(out), single(out, 96))
-    assert single(out, 108) == b"%d" % (30 if heartbeat is None else heartbeat)
-    assert single(out, 34) == b"%d" % seq
-    assert [field for field in fields if field[0] in {tag for tag, _ in body}] == \
-        body
+    assert single(out, 108) == b"%d" % (30 if case.heartbeat is None else case.heartbeat)
+    assert single(out, 34) == b"%d" % case.seq
+    body_tags = {tag for tag, _ in case.body}
+    assert [field for field in fields if field[0] in body_tags] == case.body
+    header = [field for field in fields if field in case.header]
+    assert header == case.header
     tag_order = [tag for tag, _ in fields]
-    for tag, _ in header:
+    for tag, _ in case.header:
         assert tag_order.index(52) < tag_order.index(tag) < tag_order.index(98)
-    expected_reset = b"Y" if policy.force_reset or reset == b"Y" else reset
+    expected_reset = b"Y" if case.policy.force_reset or case.reset == b"Y" else case.reset
     assert values(out, 141) == ([] if expected_reset is None else [expected_reset])

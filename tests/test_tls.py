@@ -8,6 +8,7 @@ afterwards, so the tests can show that nothing is written before the pins are ch
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import hashlib
 import socket
@@ -39,6 +40,7 @@ from fixproxy.errors import (
     UpstreamError,
 )
 from fixproxy.tls import (
+    MAX_LINKED_CHAIN,
     GatewayTrust,
     HandshakeInfo,
     PeerChain,
@@ -425,7 +427,26 @@ async def test_a_tls_1_1_gateway_is_refused(server_cert: trustme.LeafCert,
     error, seen = await expect_refusal(context, policy("ca", ca_file), TLSHandshakeError)
     assert error.result == "tls_error"
     assert "127.0.0.1" in str(error)
+    assert "TLS 1.2 or newer" in str(error)
     assert not seen.handshake_done
+
+
+async def test_a_plain_tcp_port_is_a_tls_error() -> None:
+    async def plain_fix(tcp: trio.SocketStream) -> None:
+        """Answer the ClientHello the way a plain FIX acceptor would: with FIX bytes."""
+        with contextlib.suppress(trio.BrokenResourceError):
+            await tcp.receive_some()
+            await tcp.send_all(LOGON_BYTES * 4)
+            while await tcp.receive_some():
+                pass
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(functools.partial(trio.serve_tcp, plain_fix, 0,
+                                                          host="127.0.0.1"))
+        with pytest.raises(TLSHandshakeError) as caught:
+            await connect(listeners[0].socket.getsockname()[1], policy("pin", pins=(KAT_PIN,)))
+        nursery.cancel_scope.cancel()
+    assert "does not seem to speak TLS" in str(caught.value)
 
 
 async def test_connect_refused_names_the_address() -> None:
@@ -544,6 +565,18 @@ def test_pinned_cert_compares_der_not_key() -> None:
         spki_pin(der_of(leaf)),)
 
 
+def test_pin_mode_links_only_the_first_presented_certificates() -> None:
+    root = build_cert("root", ca=True)
+    leaf = build_cert("gateway.test", ca=False, issuer=root)
+    padding = [der_of(build_cert(f"filler {n}", ca=True)) for n in range(MAX_LINKED_CHAIN)]
+    near = PeerChain(presented=(der_of(leaf), der_of(root), *padding), verified=None)
+    assert spki_pin(der_of(root)) in check_chain(trust("pin", spki_pin(der_of(root))), near,
+                                                 peer="gw:1")
+    far = PeerChain(presented=(der_of(leaf), *padding, der_of(root)), verified=None)
+    with pytest.raises(PinMismatchError):
+        check_chain(trust("pin", spki_pin(der_of(root))), far, peer="gw:1")
+
+
 def test_no_certificate_is_a_tls_error() -> None:
     with pytest.raises(TLSHandshakeError):
         check_chain(trust("pin", UNUSED_PIN), PeerChain(presented=(), verified=None),
@@ -604,6 +637,14 @@ def test_client_context_settings(verify: VerifyMode, mode: ssl.VerifyMode, hostn
     assert context.options & ssl.OP_NO_COMPRESSION
     assert context.verify_mode == mode
     assert context.check_hostname is hostname
+
+
+async def test_a_verifying_trust_refuses_a_non_verifying_context() -> None:
+    pin_only = policy("pin", pins=(KAT_PIN,))
+    with pytest.raises(ConfigError, match="make_client_context"):
+        await open_gateway_stream("127.0.0.1", 1, GatewayTrust.from_policy(
+            policy("ca+pin", pins=(KAT_PIN,))), make_client_context(pin_only),
+            connect_timeout=1.0)
 
 
 def test_unreadable_ca_file_is_a_config_error(tmp_path: Path) -> None:

@@ -103,75 +103,80 @@ class FixFramer:
         avail = len(buf) - pos
         if avail == 0:
             return None
-        try:
-            if avail < _PREFIX_LEN:
-                if buf[pos:] != _PREFIX[:avail]:
-                    self._bad_prefix()
-                return self._need_more()
-            if buf[pos : pos + _PREFIX_LEN] != _PREFIX:
+        if avail < _PREFIX_LEN:
+            if buf[pos:] != _PREFIX[:avail]:
                 self._bad_prefix()
-            digits_at = pos + _PREFIX_LEN
-            soh = buf.find(1, digits_at, digits_at + self._max_digits + 1)
-            if soh < 0:
-                if avail > _PREFIX_LEN + self._max_digits:
-                    raise FramingError(
-                        f"BodyLength (9) is longer than {self._max_digits} digits; "
-                        f"frames are limited to {self.max_frame_size} bytes")
-                if not buf[digits_at:].isdigit():
-                    raise FramingError("BodyLength (9) is not a number")
-                return self._need_more()
-            digits = buf[digits_at:soh]
-            if not digits.isdigit() or not digits.isascii():
-                raise FramingError(f"BodyLength (9) is not a number: {bytes(digits)!r}")
-            body_len = int(digits)
-            body_at = soh + 1
-            checksum_at = body_at + body_len
-            end = checksum_at + _TRAILER_LEN
-            if end - pos > self.max_frame_size:
-                raise FramingError(
-                    f"BodyLength (9) of {body_len} makes a frame of {end - pos} bytes, over the "
-                    f"limit of {self.max_frame_size}")
-            if body_len < _MIN_BODY:
-                raise FramingError(f"BodyLength (9) of {body_len} is too short for a message")
-            have = len(buf)
-            if have < end:
-                # Fail early on a stream that cannot be FIX, without waiting for the body.
-                if have >= body_at + 3 and buf[body_at : body_at + 3] != b"35=":
-                    raise FramingError("MsgType (35) is not the third field")
-                return self._need_more()
-            if buf[body_at : body_at + 3] != b"35=":
-                raise FramingError("MsgType (35) is not the third field")
-            if buf[checksum_at - 1] != 1 or buf[checksum_at : checksum_at + 3] != b"10=" \
-                    or buf[end - 1] != 1:
-                raise FramingError(
-                    f"BodyLength (9) of {body_len} does not end at the CheckSum (10) field")
-            type_end = buf.find(1, body_at + 3, checksum_at)
-            if type_end <= body_at + 3:
-                raise FramingError("MsgType (35) is empty")
-            checksum_digits = buf[checksum_at + 3 : end - 1]
-            if not checksum_digits.isdigit() or not checksum_digits.isascii():
-                raise FramingError(
-                    f"CheckSum (10) is not three digits: {bytes(checksum_digits)!r}")
-            raw = bytes(buf[pos:end])
-            # sum(bytes) runs in C; subtracting the 7 trailer bytes avoids slicing a copy.
-            expected = (sum(raw) - sum(raw[-_TRAILER_LEN:])) & 0xFF
-            if int(checksum_digits) != expected:
-                raise FramingError(
-                    f"CheckSum (10) is {checksum_digits.decode()}, the bytes sum to "
-                    f"{expected:03d}")
-            self._pos = end
-            return Frame(raw, raw[body_at + 3 - pos : type_end - pos])
-        except FramingError as exc:
-            self._error = exc
-            raise
+            self._need_more()
+            return None
+        if buf[pos : pos + _PREFIX_LEN] != _PREFIX:
+            self._bad_prefix()
+        digits_at = pos + _PREFIX_LEN
+        soh = buf.find(1, digits_at, digits_at + self._max_digits + 1)
+        if soh < 0:
+            if avail > _PREFIX_LEN + self._max_digits:
+                raise self._fail(
+                    f"BodyLength (9) is longer than {self._max_digits} digits; "
+                    f"frames are limited to {self.max_frame_size} bytes")
+            partial = buf[digits_at:]
+            if partial and not (partial.isdigit() and partial.isascii()):
+                raise self._fail(f"BodyLength (9) is not a number: {bytes(partial)!r}")
+            self._need_more()
+            return None
+        digits = buf[digits_at:soh]
+        if not digits.isdigit() or not digits.isascii():
+            raise self._fail(f"BodyLength (9) is not a number: {bytes(digits)!r}")
+        body_len = int(digits)
+        body_at = soh + 1
+        checksum_at = body_at + body_len
+        end = checksum_at + _TRAILER_LEN
+        if end - pos > self.max_frame_size:
+            raise self._fail(
+                f"BodyLength (9) of {body_len} makes a frame of {end - pos} bytes, over the "
+                f"limit of {self.max_frame_size}")
+        if body_len < _MIN_BODY:
+            raise self._fail(f"BodyLength (9) of {body_len} is too short for a message")
+        have = len(buf)
+        if have < end:
+            # Fail early on a stream that cannot be FIX, without waiting for the body.
+            if have >= body_at + 3 and buf[body_at : body_at + 3] != b"35=":
+                raise self._fail("MsgType (35) is not the third field")
+            self._need_more()
+            return None
+        if buf[body_at : body_at + 3] != b"35=":
+            raise self._fail("MsgType (35) is not the third field")
+        if buf[checksum_at - 1] != 1 or buf[checksum_at : checksum_at + 3] != b"10=" \
+                or buf[end - 1] != 1:
+            raise self._fail(
+                f"BodyLength (9) of {body_len} does not end at the CheckSum (10) field")
+        type_end = buf.find(1, body_at + 3, checksum_at)
+        if type_end <= body_at + 3:
+            raise self._fail("MsgType (35) is empty")
+        checksum_digits = buf[checksum_at + 3 : end - 1]
+        if not checksum_digits.isdigit() or not checksum_digits.isascii():
+            raise self._fail(
+                f"CheckSum (10) is not three digits: {bytes(checksum_digits)!r}")
+        raw = bytes(buf[pos:end])
+        # sum(bytes) runs in C; subtracting the 7 trailer bytes avoids slicing a copy.
+        expected = (sum(raw) - sum(raw[-_TRAILER_LEN:])) & 0xFF
+        if int(checksum_digits) != expected:
+            raise self._fail(
+                f"CheckSum (10) is {checksum_digits.decode()}, the bytes sum to "
+                f"{expected:03d}")
+        self._pos = end
+        return Frame(raw, raw[body_at + 3 - pos : type_end - pos])
+
+    def _fail(self, message: str) -> FramingError:
+        """Record the error that breaks this framer for good, and return it to be raised."""
+        self._error = FramingError(message)
+        return self._error
 
     def _need_more(self) -> None:
         if self._eof:
-            raise FramingError(
+            raise self._fail(
                 f"stream ended inside a message ({len(self._buf) - self._pos} bytes pending)")
 
     def _bad_prefix(self) -> None:
         start = bytes(self._buf[self._pos : self._pos + 16])
-        raise FramingError(
+        raise self._fail(
             f"stream does not start a FIXT.1.1 message (expected '8=FIXT.1.1|9=', got "
             f"{start!r}); is the engine speaking FIXT.1.1 over plain TCP?")
