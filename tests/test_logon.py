@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import pytest
@@ -38,6 +38,9 @@ ENGINE_LOGON: tuple[tuple[int, bytes], ...] = (
     (98, b"0"), (108, b"30"), (141, b"Y"),
 )
 ONCE_EACH = (49, 56, 34, 52, 98, 108, 1137, 95, 96)
+
+MakeFrame = Callable[..., bytes]
+"""The ``make_frame`` fixture of conftest: MsgType and body fields in, framed message out."""
 
 
 def engine_logon(changes: Mapping[int, FieldValue | None] | None = None,
@@ -197,8 +200,8 @@ def test_duplicate_checked_field_is_refused(tag: int) -> None:
     assert "more than once" in error.text
 
 
-def test_non_logon_first_message_is_refused() -> None:
-    raw = encode([(35, "D"), (49, API_KEY), (56, "KalshiNR"), (34, 1), (52, SENDING_TIME)])
+def test_non_logon_first_message_is_refused(make_frame: MakeFrame) -> None:
+    raw = make_frame("D", (49, API_KEY), (56, "KalshiNR"), (34, 1), (52, SENDING_TIME))
     error = refusal(raw)
     assert "35=A" in error.text
     assert "35=D" in error.text
@@ -398,18 +401,19 @@ def test_result_fields_are_the_encoded_body() -> None:
 
 # --------------------------------------------------------------------------- strip_forced_reset
 
-def test_strip_forced_reset_removes_141() -> None:
-    answer = encode([(35, "A"), (49, "KalshiNR"), (56, API_KEY), (34, 1), (52, SENDING_TIME),
-                     (98, 0), (108, 30), (141, "Y"), (1137, 9)])
+def test_strip_forced_reset_removes_141(make_frame: MakeFrame) -> None:
+    answer = make_frame("A", (49, "KalshiNR"), (56, API_KEY), (34, 1), (52, SENDING_TIME),
+                        (98, 0), (108, 30), (141, "Y"), (1137, 9))
     stripped = strip_forced_reset(answer)
     fields = wire(stripped)
     assert [field for field in fields if field[0] == 141] == []
     assert fields[2:-1] == [field for field in wire(answer)[2:-1] if field[0] != 141]
 
 
-def test_strip_forced_reset_leaves_an_answer_without_141_untouched() -> None:
-    answer = encode([(35, "A"), (49, "KalshiNR"), (56, API_KEY), (34, 1), (52, SENDING_TIME),
-                     (98, 0), (108, 30), (1137, 9)])
+def test_strip_forced_reset_leaves_an_answer_without_141_untouched(
+        make_frame: MakeFrame) -> None:
+    answer = make_frame("A", (49, "KalshiNR"), (56, API_KEY), (34, 1), (52, SENDING_TIME),
+                        (98, 0), (108, 30), (1137, 9))
     assert strip_forced_reset(answer) == answer
 
 

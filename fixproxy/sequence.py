@@ -1,0 +1,131 @@
+"""Sequence-number translation for an engine that keeps its numbers where Kalshi resets (pure).
+
+Theory of operation
+-------------------
+Kalshi's non-retransmission endpoints (NR, DC, RFQ, MD; PT by fixproxy's profile) require
+``141=Y`` on every Logon, which restarts both directions at 1. An engine configured to keep
+its sequence numbers (QuickFIX ``ResetOnLogon=N`` with a FileStore) logs on with ``34=N > 1``
+and expects the gateway's messages to continue from where its store left off. fixproxy forces
+the reset on the gateway leg and renumbers on the engine leg, for the life of the connection:
+
+* engine -> gateway: ``gateway_seq = engine_seq - out_offset`` where ``out_offset`` is the
+  engine's Logon 34 minus 1 (so the Logon itself becomes 34=1);
+* gateway -> engine: ``engine_seq = gateway_seq + in_offset`` where ``in_offset`` is the
+  engine's expected next inbound number minus 1 (from its Logon's NextExpectedMsgSeqNum (789),
+  else from the state persisted when its previous connection ended, else 0: it reset too).
+
+Fields that refer to sequence numbers move with them. Which offset applies depends on whose
+numbering the field names, not on the direction the message travels:
+
+============  ==================  ==========================  ==========================
+tag           names               engine -> gateway           gateway -> engine
+============  ==================  ==========================  ==========================
+34            the sender's own    - out_offset                + in_offset
+36 NewSeqNo   the sender's own    - out_offset                + in_offset
+45 RefSeqNum  the receiver's      - in_offset                 + out_offset
+7, 16         the receiver's      - in_offset                 + out_offset (16=0: infinity)
+789           the receiver's      - in_offset                 + out_offset
+============  ==================  ==========================  ==========================
+
+Translated messages are re-encoded (BodyLength and CheckSum recomputed); with both offsets 0
+nothing is translated and messages pass byte for byte. A number that would fall below 1 is a
+:class:`~fixproxy.errors.SessionError`: the engine asked about a message from before this
+connection, which Kalshi cannot know.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+from fixproxy.errors import SessionError
+from fixproxy.fix import tags
+from fixproxy.fix.codec import FixMessage
+
+# Tags holding the sender's own sequence numbers, and those holding the receiver's.
+_SENDER_SEQ_TAGS: Final = frozenset({tags.MSG_SEQ_NUM, tags.NEW_SEQ_NO})
+_RECEIVER_SEQ_TAGS: Final = frozenset({tags.REF_SEQ_NUM, tags.BEGIN_SEQ_NO, tags.END_SEQ_NO,
+                                       tags.NEXT_EXPECTED_MSG_SEQ_NUM})
+
+
+@dataclass(frozen=True, slots=True)
+class SequenceTranslator:
+    """Renumbers one connection's messages between the engine's and the gateway's numbering."""
+
+    out_offset: int
+    """Engine outbound number minus gateway inbound number (engine Logon 34 - 1)."""
+    in_offset: int
+    """Engine inbound number minus gateway outbound number (engine's expected next - 1)."""
+
+    @classmethod
+    def for_logon(cls, engine_logon_seq: int, engine_next_expected: int) -> SequenceTranslator:
+        """The translation for an engine whose Logon had ``34=engine_logon_seq`` and which
+        expects the gateway's next message to carry ``engine_next_expected``."""
+        if engine_logon_seq < 1 or engine_next_expected < 1:
+            raise SessionError("sequence numbers start at 1")
+        return cls(engine_logon_seq - 1, engine_next_expected - 1)
+
+    @property
+    def identity(self) -> bool:
+        """True when no message needs to change."""
+        return self.out_offset == 0 and self.in_offset == 0
+
+    def to_gateway(self, raw: bytes) -> bytes:
+        """Renumber a message from the engine for the gateway."""
+        return self._translate(raw, own=-self.out_offset, other=-self.in_offset)
+
+    def to_engine(self, raw: bytes) -> bytes:
+        """Renumber a message from the gateway for the engine."""
+        return self._translate(raw, own=self.in_offset, other=self.out_offset)
+
+    def engine_seq_for_gateway(self, gateway_seq: int) -> int:
+        """The number the engine sees for the gateway's message ``gateway_seq``."""
+        return gateway_seq + self.in_offset
+
+    def gateway_seq_for_engine(self, engine_seq: int) -> int:
+        """The number the gateway sees for the engine's message ``engine_seq``."""
+        return engine_seq - self.out_offset
+
+    def _translate(self, raw: bytes, *, own: int, other: int) -> bytes:
+        if own == 0 and other == 0:
+            return raw
+        message = FixMessage.parse(raw)
+        changed = False
+        fields = message.fields
+        for index, (tag, value) in enumerate(fields):
+            if tag in _SENDER_SEQ_TAGS:
+                delta = own
+            elif tag in _RECEIVER_SEQ_TAGS:
+                delta = other
+            else:
+                continue
+            if delta == 0 or (tag == tags.END_SEQ_NO and value == b"0"):
+                continue
+            fields[index] = (tag, b"%d" % _shift(tag, value, delta))
+            changed = True
+        return message.encode() if changed else raw
+
+
+def _shift(tag: int, value: bytes, delta: int) -> int:
+    if not value.isdigit() or not value.isascii():
+        raise SessionError(f"tag {tag} is not a sequence number: {value[:20]!r}")
+    shifted = int(value) + delta
+    if shifted < 1:
+        raise SessionError(
+            f"tag {tag}={value.decode()} refers to a message from before this connection's "
+            f"sequence reset; it cannot be translated")
+    return shifted
+
+
+def read_seq_num(raw: bytes) -> int | None:
+    """MsgSeqNum (34) of a framed message, found without parsing the other fields.
+
+    The header puts 34 early, so this is a short ``find`` rather than a parse.
+    """
+    start = raw.find(b"\x0134=")
+    if start < 0:
+        return None
+    start += 4
+    end = raw.find(b"\x01", start)
+    value = raw[start:end]
+    return int(value) if value.isdigit() and value.isascii() else None
