@@ -132,7 +132,6 @@ async def relay_engine_connection(engine: trio.abc.Stream, runtime: SessionRunti
         await _run_session(engine, engine_framer, gateway, rewritten, runtime, log,
                            logon_received)
     finally:
-        metrics.session_up.labels(session=name).set(0)
         with trio.CancelScope(shield=True):
             await _close_gateway(gateway)
             await engine.aclose()
@@ -279,7 +278,15 @@ async def _run_session(engine: trio.abc.Stream, engine_framer: FixFramer,
         answer = await _forward_logon_answer(gateway, engine, gateway_framer, rewritten,
                                              runtime, log, logon_received, to_engine)
         if answer:
-            outcome.append(await _pump(gateway, engine, gateway_framer, to_engine, "gateway"))
+            # Counted up and down by the connection that logged on, so a refused duplicate
+            # cannot mark a live session down.
+            session_up = metrics.session_up.labels(session=cfg.name)
+            session_up.inc()
+            try:
+                outcome.append(await _pump(gateway, engine, gateway_framer, to_engine,
+                                           "gateway"))
+            finally:
+                session_up.dec()
         else:
             outcome.append("gateway ended the session at Logon")
 
@@ -326,7 +333,6 @@ async def _forward_logon_answer(gateway: trio.abc.Stream, engine: trio.abc.Strea
     if frame.msg_type == tags.MT_LOGON:
         metrics.logons.labels(session=cfg.name, result="accepted").inc()
         metrics.logon_seconds.labels(session=cfg.name).observe(time.monotonic() - logon_received)
-        metrics.session_up.labels(session=cfg.name).set(1)
         if rewritten.reset_forced:
             data = strip_forced_reset(data)
         log.info("gateway accepted the Logon: %s", render(frame.raw))
