@@ -174,8 +174,10 @@ def sim(host: str, base_port: int, key_specs: tuple[str, ...], cert: Path | None
 @click.option("--serve", is_flag=True,
               help="Keep the simulator and proxy running for a real engine, until Ctrl-C.")
 @click.option("--orders", default=3, show_default=True, help="Orders the scripted engine sends.")
+@click.option("--port", default=9878, show_default=True,
+              help="With --serve: the port the engine connects to.")
 @log_level_option
-def demo(serve: bool, orders: int, log_level: str) -> None:
+def demo(serve: bool, orders: int, port: int, log_level: str) -> None:
     """Run a whole session locally: simulated Kalshi, fixproxy in front, a scripted engine.
 
     Needs no Kalshi credentials: certificates and keys are throwaway, made for this run.
@@ -183,7 +185,7 @@ def demo(serve: bool, orders: int, log_level: str) -> None:
     from fixproxy.sim.demo import run_demo
 
     _setup_logging("warning" if log_level == "info" else log_level)
-    _run(lambda: run_demo(serve=serve, orders=orders, echo=click.echo))
+    _run(lambda: run_demo(serve=serve, orders=orders, serve_port=port, echo=click.echo))
 
 
 if __name__ == "__main__":

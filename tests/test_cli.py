@@ -214,13 +214,14 @@ async def test_run_relays_an_engine_and_exits_zero_on_sigterm(setup: Setup) -> N
             await process.wait()
 
 
-async def _wait_for_output(stream: trio.abc.ReceiveStream, marker: bytes) -> None:
+async def _wait_for_output(stream: trio.abc.ReceiveStream, marker: bytes) -> bytes:
     """Read a subprocess's output until ``marker`` appears (it says the server is ready)."""
     seen = b""
     while marker not in seen:
         chunk = await stream.receive_some(4096)
         assert chunk, f"process ended its output before {marker!r}: {seen.decode()}"
         seen += chunk
+    return seen
 
 
 def test_demo_runs_as_a_real_process_and_exits_zero() -> None:
@@ -232,3 +233,70 @@ def test_demo_runs_as_a_real_process_and_exits_zero() -> None:
     assert "96=" in out
     assert out.count("ExecutionReport") == 3
     assert "Logout" in out
+
+
+async def test_demo_serve_keeps_a_session_up_for_a_real_engine() -> None:
+    port = _free_port()
+    process = await trio.lowlevel.open_process(
+        [*FIXPROXY, "demo", "--serve", "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        with trio.fail_after(30):
+            assert process.stdout is not None
+            output = await _wait_for_output(process.stdout, b"Ctrl-C stops")
+            api_key = output.split(b"SenderCompID=", 1)[1].split(b",", 1)[0].decode()
+            engine = await ScriptedEngine.connect("127.0.0.1", port, sender=api_key,
+                                                  target="KalshiNR")
+            answer = await engine.logon()
+            assert answer is not None
+            assert answer.msg_type == tags.MT_LOGON
+            await engine.logout()
+            await engine.aclose()
+    finally:
+        process.terminate()
+        await process.wait()
+
+
+async def test_sim_command_serves_every_endpoint_to_a_proxy(tmp_path: Path,
+                                                            nursery: trio.Nursery) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from fixproxy.config import Config, GatewayConfig, MetricsConfig, SessionConfig, TLSPolicy
+    from fixproxy.kalshi import ENDPOINTS
+    from fixproxy.metrics import Metrics
+    from fixproxy.server import serve_proxy
+
+    key_path, pub_path = generate_key_pair(tmp_path / "keys")
+    api_key = str(uuid.uuid4())
+    process = await trio.lowlevel.open_process(
+        [*FIXPROXY, "sim", "--base-port", "0", "--key", f"{api_key}={pub_path}",
+         "--cert-out", str(tmp_path / "simcerts")],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        with trio.fail_after(30):
+            assert process.stdout is not None
+            output = (await _wait_for_output(process.stdout, b"Ctrl-C stops")).decode()
+            ports = {line.split()[0]: int(line.split()[1].rsplit(":", 1)[1])
+                     for line in output.splitlines() if line.startswith("Kalshi")}
+            assert set(ports) == set(ENDPOINTS)
+            pin = output.split("pin: ", 1)[1].split()[0]
+            session = SessionConfig(
+                name="to-sim", listen=("127.0.0.1", 0), endpoint=ENDPOINTS["KalshiDC"],
+                host="127.0.0.1", port=ports["KalshiDC"], api_key=api_key,
+                private_key=key_path,
+                tls=TLSPolicy(server_name="localhost", verify="ca+pin",
+                              ca_file=tmp_path / "simcerts" / "ca.pem", pins=(pin,),
+                              pinned_cert=None))
+            config = Config(gateway=GatewayConfig(), metrics=MetricsConfig(listen=None),
+                            sessions=(session,))
+            bound = await nursery.start(serve_proxy, config, Metrics(CollectorRegistry()))
+            engine = await ScriptedEngine.connect(*bound.sessions["to-sim"], sender=api_key,
+                                                  target="KalshiDC")
+            answer = await engine.logon()
+            assert answer is not None
+            assert answer.msg_type == tags.MT_LOGON, answer
+            await engine.logout()
+            await engine.aclose()
+    finally:
+        process.terminate()
+        await process.wait()

@@ -45,7 +45,7 @@ def _describe(raw: bytes) -> str:
     return _NAMES.get(message.msg_type, f"35={message.msg_type.decode()}")
 
 
-async def run_demo(*, serve: bool, orders: int, echo: Echo) -> None:
+async def run_demo(*, serve: bool, orders: int, echo: Echo, serve_port: int = SERVE_PORT) -> None:
     """Run the demo; with ``serve``, keep everything up for a real engine until cancelled."""
     with tempfile.TemporaryDirectory(prefix="fixproxy-demo-") as tmp:
         workdir = Path(tmp)
@@ -60,7 +60,7 @@ async def run_demo(*, serve: bool, orders: int, echo: Echo) -> None:
             gateways: dict[str, tuple[str, int]] = await nursery.start(sim.serve)
             gateway_host, gateway_port = gateways[DEMO_ENDPOINT]
             session = SessionConfig(
-                name="demo", listen=("127.0.0.1", SERVE_PORT if serve else 0),
+                name="demo", listen=("127.0.0.1", serve_port if serve else 0),
                 endpoint=ENDPOINTS[DEMO_ENDPOINT], host=gateway_host, port=gateway_port,
                 api_key=api_key, private_key=key_path,
                 tls=TLSPolicy(server_name=certs.hostname, verify="ca+pin",
