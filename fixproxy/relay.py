@@ -33,14 +33,21 @@ import contextlib
 import itertools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import trio
 
 from fixproxy.config import SessionConfig
-from fixproxy.errors import FixError, FramingError, LogonRefused, PinMismatchError, UpstreamError
+from fixproxy.errors import (
+    FixError,
+    FixProxyError,
+    FramingError,
+    LogonRefused,
+    PinMismatchError,
+    UpstreamError,
+)
 from fixproxy.fix import admin, tags
 from fixproxy.fix.codec import FixMessage, render
 from fixproxy.fix.framer import FixFramer, Frame
@@ -69,6 +76,16 @@ GatewayConnector = Callable[[], Awaitable[tuple[trio.abc.Stream, HandshakeInfo]]
 _connection_ids = itertools.count(1)
 
 
+class _ConnectionLog(logging.LoggerAdapter[logging.Logger]):
+    """Prefixes every line with the session and connection id, so one connection's story can
+    be followed through interleaved logs."""
+
+    def process(self, msg: object, kwargs: MutableMapping[str, Any]
+                ) -> tuple[object, MutableMapping[str, Any]]:
+        extra = self.extra or {}
+        return f"[{extra.get('session')} #{extra.get('conn')}] {msg}", kwargs
+
+
 @dataclass(frozen=True, slots=True)
 class SessionRuntime:
     """Everything a relay needs for one configured session, built once at start."""
@@ -80,7 +97,7 @@ class SessionRuntime:
     metrics: Metrics
 
 
-class _Refusal(Exception):
+class _Refusal(FixProxyError):
     """Internal: end the connection with a local Logout carrying ``text``."""
 
     def __init__(self, text: str, result: str) -> None:
@@ -93,7 +110,7 @@ async def relay_engine_connection(engine: trio.abc.Stream, runtime: SessionRunti
     """Serve one engine connection until either side ends it. Never raises for peer faults."""
     conn_id = next(_connection_ids)
     name = runtime.config.name
-    log = logging.LoggerAdapter(logger, {"conn": conn_id, "session": name})
+    log = _ConnectionLog(logger, {"conn": conn_id, "session": name})
     metrics = runtime.metrics
     engine_framer = FixFramer()
     first: Frame | None = None
