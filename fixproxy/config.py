@@ -23,6 +23,12 @@ keys and checking their permissions belongs to :mod:`fixproxy.signing` at run an
 certificates to :mod:`fixproxy.tls`. Hosts are resolved here once, from the session, then
 ``[gateway]``, then the Kalshi environment (:func:`fixproxy.kalshi.default_host`), so the rest
 of the program never repeats that precedence.
+
+The tables ``[maintenance]`` (Kalshi's weekly window, :mod:`fixproxy.schedule`), ``[backoff]``
+(Logon retry waits, :mod:`fixproxy.backoff`) and ``[proxy]`` (process-wide settings), and the
+session keys for Logout, liveness and sequence translation, are optional; their dataclass fields
+have the same defaults, so code that builds a :class:`Config` by hand (the demo, tests) needs
+none of them.
 """
 
 from __future__ import annotations
@@ -34,12 +40,14 @@ import ipaddress
 import os
 import re
 import tomllib
+import zoneinfo
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, time
 from pathlib import Path
 from typing import Final, Literal, cast
 
+from fixproxy.backoff import DEFAULT_CEILING, DEFAULT_FLOOR, MAX_CEILING
 from fixproxy.errors import ConfigError
 from fixproxy.fix import tags
 from fixproxy.fix.logon import LogonPolicy
@@ -51,6 +59,7 @@ from fixproxy.kalshi import (
     ResetPolicy,
     default_host,
 )
+from fixproxy.schedule import DEFAULT_SCHEDULE, MaintenanceSchedule, parse_day, parse_time
 
 VerifyMode = Literal["ca+pin", "ca", "pin"]
 VERIFY_MODES: Final = ("ca+pin", "ca", "pin")
@@ -59,6 +68,10 @@ DEFAULT_ENVIRONMENT: Final = "prod"
 DEFAULT_CONNECT_TIMEOUT: Final = 10.0
 DEFAULT_LOGON_TIMEOUT: Final = 30.0
 DEFAULT_METRICS_LISTEN: Final = ("127.0.0.1", 9464)
+DEFAULT_STATE_DIR: Final = "state"
+DEFAULT_SHUTDOWN_TIMEOUT: Final = 10.0
+DEFAULT_LIVENESS_GRACE: Final = 5.0
+DEFAULT_LOGOUT_WAIT: Final = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +137,16 @@ class SessionConfig:
     message_retention_hours: int | None = None
     logon_timeout: float = DEFAULT_LOGON_TIMEOUT
     """Seconds an engine connection may take to send its Logon."""
+    logout_on_engine_disconnect: bool = True
+    """When the engine's TCP connection ends without a Logout, log out of the gateway cleanly
+    rather than just dropping the TLS connection."""
+    liveness_grace: float = DEFAULT_LIVENESS_GRACE
+    """Seconds allowed beyond the heartbeat interval before a silent peer counts as gone."""
+    logout_wait: float = DEFAULT_LOGOUT_WAIT
+    """Seconds to wait for the gateway's answering Logout after fixproxy sends one."""
+    translate_sequence: bool = True
+    """When fixproxy forces 141=Y on an engine that did not reset, renumber MsgSeqNum (34)
+    between the two sides instead of refusing the engine's Logon."""
 
     @property
     def reset_policy(self) -> ResetPolicy:
@@ -162,6 +185,28 @@ class SessionConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class BackoffConfig:
+    """``[backoff]``: the wait before retrying a failed Logon, per API key."""
+
+    floor: float = DEFAULT_FLOOR
+    """Seconds; the first wait lies between half this and this."""
+    ceiling: float = DEFAULT_CEILING
+    """Seconds; the longest wait."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyConfig:
+    """``[proxy]``: settings of the process as a whole."""
+
+    state_dir: Path = Path(DEFAULT_STATE_DIR)
+    """Where per-session sequence state is kept; the loader resolves it against the file's
+    directory (this default, used by hand-built configurations, is relative to the working
+    directory)."""
+    shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT
+    """Seconds live sessions get to log out when fixproxy stops."""
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole configuration file."""
 
@@ -169,6 +214,10 @@ class Config:
     metrics: MetricsConfig
     sessions: tuple[SessionConfig, ...]
     path: Path | None = None
+    maintenance: MaintenanceSchedule | None = DEFAULT_SCHEDULE
+    """Kalshi's maintenance windows; None when ``[maintenance] enabled = false``."""
+    backoff: BackoffConfig = BackoffConfig()
+    proxy: ProxyConfig = ProxyConfig()
 
 
 # --- limits and key sets -------------------------------------------------------------------
@@ -177,21 +226,34 @@ RESET_POLICIES: Final = ("always", "engine")
 MAX_TIMEOUT: Final = 300.0
 """Longest connect or Logon timeout accepted, in seconds: beyond five minutes a stuck connect or a
 silent engine is a fault to report, not something to wait out."""
+MAX_SHUTDOWN_TIMEOUT: Final = MAX_TIMEOUT
+MAX_LIVENESS_GRACE: Final = MAX_TIMEOUT
+MAX_LOGOUT_WAIT: Final = 60.0
+"""Longest wait for the gateway's answering Logout: past a minute the gateway is not answering,
+and the connection is closed anyway."""
 MIN_MESSAGE_RETENTION_HOURS: Final = 1
 LISTENER_ENDPOINTS: Final = frozenset({"KalshiNR", "KalshiRT"})
 """A listener is a mode of these two sessions only (Kalshi, "Listener sessions")."""
 
-TOP_KEYS: Final = frozenset({"gateway", "metrics", "session"})
+TOP_KEYS: Final = frozenset({"gateway", "metrics", "maintenance", "backoff", "proxy",
+                             "session"})
+TABLES: Final = ("gateway", "metrics", "maintenance", "backoff", "proxy")
+"""Top-level keys that must be single tables (``[name]``)."""
 GATEWAY_KEYS: Final = frozenset({
     "environment", "host", "server_name", "ca_file", "pins", "pinned_cert", "verify",
     "connect_timeout",
 })
 METRICS_KEYS: Final = frozenset({"listen", "allow_remote"})
+MAINTENANCE_KEYS: Final = frozenset({"days", "start", "end", "timezone", "reset_after",
+                                     "enabled"})
+BACKOFF_KEYS: Final = frozenset({"floor", "ceiling"})
+PROXY_KEYS: Final = frozenset({"state_dir", "shutdown_timeout"})
 SESSION_REQUIRED: Final = ("name", "listen", "endpoint", "api_key", "private_key")
 SESSION_KEYS: Final = frozenset({
     *SESSION_REQUIRED, "host", "port", "server_name", "ca_file", "pins", "pinned_cert", "verify",
     "allow_remote", "reset_on_logon", "cancel_orders_on_disconnect", "listener", "use_dollars",
     "receive_settlement_reports", "message_retention_hours", "connect_timeout", "logon_timeout",
+    "logout_on_engine_disconnect", "liveness_grace", "logout_wait", "translate_sequence",
 })
 
 _SESSION_NAME: Final = re.compile(r"[A-Za-z0-9_.-]+")
@@ -204,6 +266,9 @@ _HOSTNAME: Final = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]*[A-Za-z0-9_])?"
 _PIN: Final = re.compile(r"sha256/([A-Za-z0-9+/]{43}=)")
 _PIN_DIGEST_BYTES: Final = 32
 _DISABLED_VERIFY: Final = frozenset({"none", "off", "no", "false", "insecure", "disabled"})
+# Names zoneinfo can load that are not a fixed zone: "localtime" is whatever this machine is
+# set to (a window must not move when the host's zone changes), "Factory" has no offset rules.
+_NOT_ZONES: Final = frozenset({"localtime", "Factory"})
 
 # --- finding lines ------------------------------------------------------------------------
 
@@ -364,7 +429,8 @@ class _Table:
             raise self.error(name, f"{value} is out of range; expected {low}..{high}")
         return value
 
-    def seconds(self, name: str) -> float | None:
+    def seconds(self, name: str, *, maximum: float = MAX_TIMEOUT,
+                allow_zero: bool = False) -> float | None:
         value = self.data.get(name)
         if value is None:
             return None
@@ -372,10 +438,15 @@ class _Table:
             raise self._wrong_type(name, value, "a number of seconds")
         seconds = float(value)
         # Written so that NaN fails too: every comparison with NaN is false.
-        if not 0 < seconds <= MAX_TIMEOUT:
+        if allow_zero:
+            if not 0 <= seconds <= maximum:
+                raise self.error(
+                    name, f"{value} seconds is out of range; expected at least 0 and at most "
+                          f"{maximum:g}")
+        elif not 0 < seconds <= maximum:
             raise self.error(
                 name, f"{value} seconds is out of range; expected more than 0 and at most "
-                      f"{MAX_TIMEOUT:g}")
+                      f"{maximum:g}")
         return seconds
 
     def string_list(self, name: str) -> tuple[str, ...] | None:
@@ -402,6 +473,11 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _default(value: float | None, default: float) -> float:
+    # Not ``value or default``: 0 is a valid setting for some keys.
+    return default if value is None else value
 
 
 def _listen_identity(host: str, port: int) -> tuple[str, int]:
@@ -571,6 +647,112 @@ class _Loader:
             self.listens[_listen_identity(*listen)] = "metrics.listen (the default)"
         return MetricsConfig(listen=listen, allow_remote=allow_remote)
 
+    def local_time(self, table: _Table, name: str, default: time) -> time:
+        text = table.string(name)
+        if text is None:
+            return default
+        try:
+            return parse_time(text)
+        except ConfigError as exc:
+            raise table.error(name, exc.detail) from exc
+
+    def timezone(self, table: _Table, name: str) -> zoneinfo.ZoneInfo:
+        text = table.string(name)
+        if text is None:
+            return DEFAULT_SCHEDULE.timezone
+        # zoneinfo loads anything under its search path that parses (posix/, right/ with leap
+        # seconds, "localtime"); only the zone names it lists, less _NOT_ZONES, are IANA zones.
+        known = zoneinfo.available_timezones() - _NOT_ZONES
+        if text in known:
+            try:
+                return zoneinfo.ZoneInfo(text)
+            except (ValueError, OSError) as exc:  # a damaged time zone database
+                raise table.error(name, f"time zone {text!r} cannot be loaded: {exc}") from exc
+        message = f"{text!r} is not an IANA time zone name (for example \"America/New_York\")"
+        close = difflib.get_close_matches(text, sorted(known), n=1)
+        if close:
+            message += f"; did you mean {close[0]!r}?"
+        raise table.error(name, message)
+
+    def maintenance(self, data: Mapping[str, object]) -> MaintenanceSchedule | None:
+        table = _Table(self, data, "maintenance", "[maintenance]")
+        table.check_keys(MAINTENANCE_KEYS)
+        days = DEFAULT_SCHEDULE.days
+        names = table.string_list("days")
+        if names is not None:
+            if not names:
+                raise table.error("days", "no day given; name at least one (\"thu\"), or "
+                                          "\"daily\"; to turn maintenance handling off, set "
+                                          "enabled = false")
+            found: set[int] = set()
+            for index, day in enumerate(names):
+                try:
+                    found |= parse_day(day)
+                except ConfigError as exc:
+                    raise self.error(exc.detail, f"{table.key('days')}[{index}]") from exc
+            days = frozenset(found)
+        start = self.local_time(table, "start", DEFAULT_SCHEDULE.start)
+        end = self.local_time(table, "end", DEFAULT_SCHEDULE.end)
+        if start == end:
+            raise table.error(
+                "end" if table.has("end") else "start",
+                f"start and end are both {start:%H:%M}: a window needs a length (an end "
+                f"earlier than the start means the next day); to turn maintenance handling "
+                f"off, set enabled = false")
+        timezone = self.timezone(table, "timezone")
+        reset_after = table.boolean("reset_after")
+        enabled = table.boolean("enabled")
+        if enabled is False:
+            return None
+        return MaintenanceSchedule(days=days, start=start, end=end, timezone=timezone,
+                                   reset_after=True if reset_after is None else reset_after)
+
+    def backoff(self, data: Mapping[str, object]) -> BackoffConfig:
+        table = _Table(self, data, "backoff", "[backoff]")
+        table.check_keys(BACKOFF_KEYS)
+        floor = table.seconds("floor", maximum=MAX_CEILING)
+        ceiling = table.seconds("ceiling", maximum=MAX_CEILING)
+        config = BackoffConfig(floor=DEFAULT_FLOOR if floor is None else floor,
+                               ceiling=DEFAULT_CEILING if ceiling is None else ceiling)
+        if config.ceiling < config.floor:
+            raise table.error(
+                "ceiling" if ceiling is not None else "floor",
+                f"ceiling {config.ceiling:g} seconds is below floor {config.floor:g} seconds; "
+                f"the ceiling is the longest wait and must be at least the floor")
+        return config
+
+    def directory(self, table: _Table, name: str, default: str) -> Path:
+        value = table.string(name)
+        if value is None:
+            value = default
+        elif not value:
+            raise table.error(name, "empty path; give a directory")
+        try:
+            path = Path(value).expanduser()
+        except RuntimeError as exc:  # "~user" naming no user, or no home directory
+            raise table.error(name, f"cannot expand {value!r}: {exc}") from exc
+        if not path.is_absolute():
+            path = self.base / path
+        if self.check_files:
+            # Created when first needed, so it may be absent; but not something else.
+            try:
+                wrong = path.exists() and not path.is_dir()
+            except OSError as exc:
+                raise table.error(name, f"{str(path)!r} cannot be checked "
+                                        f"({exc.strerror or exc})") from exc
+            if wrong:
+                raise table.error(name, f"{str(path)!r} exists and is not a directory")
+        return path
+
+    def proxy(self, data: Mapping[str, object]) -> ProxyConfig:
+        table = _Table(self, data, "proxy", "[proxy]")
+        table.check_keys(PROXY_KEYS)
+        shutdown_timeout = table.seconds("shutdown_timeout", maximum=MAX_SHUTDOWN_TIMEOUT)
+        return ProxyConfig(
+            state_dir=self.directory(table, "state_dir", DEFAULT_STATE_DIR),
+            shutdown_timeout=_default(shutdown_timeout, DEFAULT_SHUTDOWN_TIMEOUT),
+        )
+
     def session(self, index: int, data: Mapping[str, object], gateway: GatewayConfig,
                 seen_names: dict[str, str], seen_keys: dict[str, str]) -> SessionConfig:
         label = f"[[session]] number {index + 1}"
@@ -657,6 +839,13 @@ class _Loader:
                 "message_retention_hours", MIN_MESSAGE_RETENTION_HOURS,
                 MAX_MESSAGE_RETENTION_HOURS),
             logon_timeout=table.seconds("logon_timeout") or DEFAULT_LOGON_TIMEOUT,
+            logout_on_engine_disconnect=table.boolean("logout_on_engine_disconnect") is not False,
+            liveness_grace=_default(
+                table.seconds("liveness_grace", maximum=MAX_LIVENESS_GRACE, allow_zero=True),
+                DEFAULT_LIVENESS_GRACE),
+            logout_wait=_default(table.seconds("logout_wait", maximum=MAX_LOGOUT_WAIT),
+                                 DEFAULT_LOGOUT_WAIT),
+            translate_sequence=table.boolean("translate_sequence") is not False,
         )
 
     def tls_policy(self, table: _Table, gateway: GatewayConfig, host: str, *,
@@ -707,12 +896,15 @@ class _Loader:
     def config(self, document: Mapping[str, object]) -> Config:
         top = _Table(self, document, "", "the top level")
         top.check_keys(TOP_KEYS)
-        for name in ("gateway", "metrics"):
+        for name in TABLES:
             if not isinstance(document.get(name, {}), dict):
                 raise top.error(name, f"expected a [{name}] table, got "
                                       f"{_toml_type(document[name])}")
         gateway = self.gateway(cast(dict[str, object], document.get("gateway", {})))
         metrics = self.metrics(cast(dict[str, object], document.get("metrics", {})))
+        maintenance = self.maintenance(cast(dict[str, object], document.get("maintenance", {})))
+        backoff = self.backoff(cast(dict[str, object], document.get("backoff", {})))
+        proxy = self.proxy(cast(dict[str, object], document.get("proxy", {})))
 
         sessions_raw = document.get("session")
         if sessions_raw is None:
@@ -731,7 +923,7 @@ class _Loader:
                                  f"session[{index}]")
             sessions.append(self.session(index, raw, gateway, seen_names, seen_keys))
         return Config(gateway=gateway, metrics=metrics, sessions=tuple(sessions),
-                      path=self.path)
+                      path=self.path, maintenance=maintenance, backoff=backoff, proxy=proxy)
 
 
 def load_config(path: Path, *, check_files: bool = True) -> Config:

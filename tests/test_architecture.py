@@ -6,7 +6,7 @@ Each checker is first tried on small sources that break the rule, so a checker t
 stopped finding anything fails here too.
 
 Ranks (lower never imports higher): errors (0)
-< fix/*, kalshi, schedule, config, signing, sequence (10) < session, metrics (20)
+< fix/*, kalshi, schedule, backoff, config, signing, sequence (10) < session, metrics (20)
 < tls, manager (30) < relay (40) < server (50) < preflight (55) < sim/* and demo (58)
 < cli (60). Rank 10 modules may import one another (config builds a
 LogonPolicy from fix/logon and kalshi); elsewhere an import between modules of the same rank
@@ -36,6 +36,7 @@ RANKS: Final[dict[str, int]] = {
     "fixproxy.fix": 10,
     "fixproxy.kalshi": 10,
     "fixproxy.schedule": 10,
+    "fixproxy.backoff": 10,  # Logon retry waits: pure, the manager passes the time in
     "fixproxy.config": 10,
     "fixproxy.signing": 10,
     "fixproxy.sequence": 10,  # sequence translation: pure, below the session that drives it
@@ -56,6 +57,7 @@ MUTUAL_RANKS: Final = frozenset({0, 10, 58})
 """Ranks whose modules may import one another."""
 
 PURE: Final = ("fixproxy.errors", "fixproxy.fix", "fixproxy.kalshi", "fixproxy.schedule",
+               "fixproxy.backoff",
                "fixproxy.session", "fixproxy.sequence", "fixproxy.config", "fixproxy.signing")
 """The protocol layer: synchronous, no trio."""
 

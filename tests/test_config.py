@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from dataclasses import dataclass
+from datetime import UTC, datetime, time
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
 from fixproxy.config import (
+    BACKOFF_KEYS,
     ENV_CONFIG,
+    MAINTENANCE_KEYS,
+    PROXY_KEYS,
+    BackoffConfig,
     Config,
+    GatewayConfig,
+    MetricsConfig,
+    ProxyConfig,
     SessionConfig,
     config_path_from,
     load_config,
@@ -18,6 +28,7 @@ from fixproxy.config import (
 from fixproxy.errors import ConfigError, FixProxyError
 from fixproxy.fix import tags
 from fixproxy.kalshi import ENDPOINTS
+from fixproxy.schedule import DEFAULT_SCHEDULE
 
 EXAMPLE: Path = Path(__file__).resolve().parent.parent / "conf" / "fixproxy.toml"
 
@@ -54,6 +65,18 @@ def gateway(*lines: str) -> str:
 
 def metrics(*lines: str) -> str:
     return "\n".join(["[metrics]", *lines]) + "\n"
+
+
+def maintenance(*lines: str) -> str:
+    return "\n".join(["[maintenance]", *lines]) + "\n"
+
+
+def backoff(*lines: str) -> str:
+    return "\n".join(["[backoff]", *lines]) + "\n"
+
+
+def proxy(*lines: str) -> str:
+    return "\n".join(["[proxy]", *lines]) + "\n"
 
 
 @pytest.fixture
@@ -254,6 +277,102 @@ ERROR_CASES = [
     Case("listener-with-cancel-on-disconnect",
          session(0, "listener = true", "cancel_orders_on_disconnect = true #<"),
          "session[0].cancel_orders_on_disconnect", "N or absent"),
+    # --- [maintenance] ---
+    Case("maintenance-not-a-table", "maintenance = true #<\n" + session(0), "maintenance",
+         "expected a [maintenance] table"),
+    Case("maintenance-unknown-key", maintenance('day = ["thu"] #<') + session(0),
+         "maintenance.day", "did you mean 'days'"),
+    Case("maintenance-days-string", maintenance('days = "thu" #<') + session(0),
+         "maintenance.days", "expected an array of strings"),
+    Case("maintenance-days-empty", maintenance("days = [] #<") + session(0), "maintenance.days",
+         "no day given"),
+    Case("maintenance-day-misspelt", maintenance('days = ["mon", "thursdy"] #<') + session(0),
+         "maintenance.days[1]", "not a day"),
+    Case("maintenance-day-number", maintenance("days = [3] #<") + session(0),
+         "maintenance.days[0]", "expected a string"),
+    Case("maintenance-start-am", maintenance('start = "3am" #<') + session(0),
+         "maintenance.start", "HH:MM"),
+    Case("maintenance-end-24", maintenance('end = "24:00" #<') + session(0), "maintenance.end",
+         "not a time of day"),
+    Case("maintenance-end-minute-60", maintenance('end = "05:60" #<') + session(0),
+         "maintenance.end", "not a time of day"),
+    Case("maintenance-start-toml-time", maintenance("start = 03:00:00 #<") + session(0),
+         "maintenance.start", "got a time"),
+    Case("maintenance-start-equals-default-end", maintenance('start = "05:00" #<') + session(0),
+         "maintenance.start", "a window needs a length"),
+    Case("maintenance-end-equals-start",
+         maintenance('start = "04:00"', 'end = "4:00" #<') + session(0), "maintenance.end",
+         "enabled = false"),
+    Case("maintenance-timezone-misspelt", maintenance('timezone = "America/NewYork" #<')
+         + session(0), "maintenance.timezone", "did you mean 'America/New_York'"),
+    Case("maintenance-timezone-offset", maintenance('timezone = "-05:00" #<') + session(0),
+         "maintenance.timezone", "not an IANA time zone"),
+    Case("maintenance-timezone-localtime", maintenance('timezone = "localtime" #<')
+         + session(0), "maintenance.timezone", "not an IANA time zone"),
+    Case("maintenance-timezone-leap-seconds", maintenance('timezone = "right/UTC" #<')
+         + session(0), "maintenance.timezone", "not an IANA time zone"),
+    Case("maintenance-timezone-directory", maintenance('timezone = "America" #<')
+         + session(0), "maintenance.timezone", "not an IANA time zone"),
+    Case("maintenance-timezone-path", maintenance('timezone = "../../etc/passwd" #<')
+         + session(0), "maintenance.timezone", "not an IANA time zone"),
+    Case("maintenance-timezone-number", maintenance("timezone = -5 #<") + session(0),
+         "maintenance.timezone", "expected a string"),
+    Case("maintenance-reset-after-string", maintenance('reset_after = "yes" #<') + session(0),
+         "maintenance.reset_after", "expected true or false"),
+    Case("maintenance-enabled-number", maintenance("enabled = 0 #<") + session(0),
+         "maintenance.enabled", "expected true or false"),
+    Case("maintenance-disabled-still-checked",
+         maintenance("enabled = false", 'timezone = "Mars/Olympus" #<') + session(0),
+         "maintenance.timezone", "not an IANA time zone"),
+    # --- [backoff] ---
+    Case("backoff-unknown-key", backoff("max = 30 #<") + session(0), "backoff.max",
+         "unknown key"),
+    Case("backoff-floor-zero", backoff("floor = 0 #<") + session(0), "backoff.floor",
+         "more than 0"),
+    Case("backoff-floor-negative", backoff("floor = -1.0 #<") + session(0), "backoff.floor",
+         "out of range"),
+    Case("backoff-floor-bool", backoff("floor = true #<") + session(0), "backoff.floor",
+         "got a boolean"),
+    Case("backoff-ceiling-too-long", backoff("ceiling = 3601 #<") + session(0),
+         "backoff.ceiling", "at most 3600"),
+    Case("backoff-ceiling-below-floor", backoff("floor = 10", "ceiling = 5 #<") + session(0),
+         "backoff.ceiling", "below floor"),
+    Case("backoff-floor-above-default-ceiling", backoff("floor = 120 #<") + session(0),
+         "backoff.floor", "ceiling 60 seconds is below floor 120"),
+    # --- [proxy] ---
+    Case("proxy-not-a-table", 'proxy = "x" #<\n' + session(0), "proxy",
+         "expected a [proxy] table"),
+    Case("proxy-unknown-key", proxy('statedir = "s" #<') + session(0), "proxy.statedir",
+         "did you mean 'state_dir'"),
+    Case("proxy-state-dir-empty", proxy('state_dir = "" #<') + session(0), "proxy.state_dir",
+         "empty path"),
+    Case("proxy-state-dir-number", proxy("state_dir = 1 #<") + session(0), "proxy.state_dir",
+         "expected a string"),
+    Case("proxy-state-dir-is-a-file", proxy('state_dir = "k0.key" #<') + session(0),
+         "proxy.state_dir", "is not a directory"),
+    Case("proxy-shutdown-timeout-zero", proxy("shutdown_timeout = 0 #<") + session(0),
+         "proxy.shutdown_timeout", "more than 0"),
+    Case("proxy-shutdown-timeout-too-long", proxy("shutdown_timeout = 301 #<") + session(0),
+         "proxy.shutdown_timeout", "at most 300"),
+    Case("proxy-shutdown-timeout-string", proxy('shutdown_timeout = "10" #<') + session(0),
+         "proxy.shutdown_timeout", "a number of seconds"),
+    # --- session lifecycle keys ---
+    Case("liveness-grace-negative", session(0, "liveness_grace = -0.5 #<"),
+         "session[0].liveness_grace", "at least 0 and at most 300"),
+    Case("liveness-grace-too-long", session(0, "liveness_grace = 301 #<"),
+         "session[0].liveness_grace", "out of range"),
+    Case("liveness-grace-nan", session(0, "liveness_grace = nan #<"),
+         "session[0].liveness_grace", "out of range"),
+    Case("logout-wait-zero", session(0, "logout_wait = 0 #<"), "session[0].logout_wait",
+         "more than 0 and at most 60"),
+    Case("logout-wait-too-long", session(0, "logout_wait = 61 #<"), "session[0].logout_wait",
+         "at most 60"),
+    Case("translate-sequence-string", session(0, 'translate_sequence = "no" #<'),
+         "session[0].translate_sequence", "expected true or false"),
+    Case("logout-on-disconnect-number", session(0, "logout_on_engine_disconnect = 1 #<"),
+         "session[0].logout_on_engine_disconnect", "expected true or false"),
+    Case("lifecycle-key-misspelt", session(0, "logout_wiat = 2 #<"), "session[0].logout_wiat",
+         "did you mean 'logout_wait'"),
     # --- the line finder is not fooled by key-like text inside a multi-line string ---
     Case("key-text-inside-multiline-string",
          session(0, 'host = """\nlisten = "x"\n"""', 'listen = "bad" #<'),
@@ -420,6 +539,132 @@ def test_timeouts(confdir: Path) -> None:
     assert isinstance(first.connect_timeout, float)
     assert second.connect_timeout == 2.5
     assert second.logon_timeout == 300.0
+
+
+# --- maintenance, backoff, proxy and session lifecycle ------------------------------------------
+
+LIFECYCLE_KEYS = ("logout_on_engine_disconnect", "liveness_grace", "logout_wait",
+                  "translate_sequence")
+
+
+def test_lifecycle_defaults(confdir: Path) -> None:
+    config = load(confdir, session(0))
+    assert config.maintenance == DEFAULT_SCHEDULE
+    assert config.backoff == BackoffConfig(floor=1.0, ceiling=60.0)
+    assert config.proxy == ProxyConfig(state_dir=confdir.absolute() / "state",
+                                       shutdown_timeout=10.0)
+    one = config.sessions[0]
+    assert one.logout_on_engine_disconnect is True
+    assert one.liveness_grace == 5.0
+    assert one.logout_wait == 2.0
+    assert one.translate_sequence is True
+
+
+def test_hand_built_configuration_gets_the_same_defaults(confdir: Path) -> None:
+    # The demo and the tests build Config and SessionConfig directly, without the newer keys.
+    loaded = load(confdir, session(0))
+    built = Config(gateway=GatewayConfig(), metrics=MetricsConfig(), sessions=())
+    assert built.maintenance == loaded.maintenance
+    assert built.backoff == loaded.backoff
+    assert built.proxy == ProxyConfig(state_dir=Path("state"), shutdown_timeout=10.0)
+    one = loaded.sessions[0]
+    hand = SessionConfig(name=one.name, listen=one.listen, endpoint=one.endpoint, host=one.host,
+                         port=one.port, api_key=one.api_key, private_key=one.private_key,
+                         tls=one.tls)
+    assert hand == one
+
+
+def test_maintenance_settings(confdir: Path) -> None:
+    config = load(confdir, maintenance('days = ["Mon", "friday"]', 'start = "23:00"',
+                                       'end = "1:30"', 'timezone = "UTC"', "reset_after = false",
+                                       "enabled = true") + session(0))
+    schedule = config.maintenance
+    assert schedule is not None
+    assert schedule.days == frozenset({0, 4})
+    assert (schedule.start, schedule.end) == (time(23), time(1, 30))
+    assert schedule.timezone == ZoneInfo("UTC")
+    assert schedule.reset_after is False
+    window = schedule.active_window(datetime(2026, 1, 10, 1, tzinfo=UTC))  # Saturday 01:00
+    assert window is not None
+    assert window.start == datetime(2026, 1, 9, 23, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(("lines", "days"), [
+    (('days = ["daily"]',), frozenset(range(7))),
+    (('days = ["THU", "thursday"]',), frozenset({3})),
+    (('days = ["sat", "sun"]',), frozenset({5, 6})),
+    ((), frozenset({3})),
+])
+def test_maintenance_days(confdir: Path, lines: tuple[str, ...], days: frozenset[int]) -> None:
+    schedule = load(confdir, maintenance(*lines) + session(0)).maintenance
+    assert schedule is not None
+    assert schedule.days == days
+    assert schedule.timezone.key == "America/New_York"
+
+
+@pytest.mark.parametrize("zone", ["Europe/London", "Asia/Tokyo", "US/Eastern", "EST5EDT",
+                                  "Etc/GMT+5"])
+def test_maintenance_time_zones(confdir: Path, zone: str) -> None:
+    schedule = load(confdir, maintenance(f'timezone = "{zone}"') + session(0)).maintenance
+    assert schedule is not None
+    assert schedule.timezone == ZoneInfo(zone)
+
+
+def test_maintenance_disabled(confdir: Path) -> None:
+    assert load(confdir, maintenance("enabled = false") + session(0)).maintenance is None
+    # Disabled with every other key set: they are still parsed, and ignored.
+    text = maintenance("enabled = false", 'days = ["daily"]', 'start = "01:00"',
+                       'end = "02:00"', 'timezone = "UTC"', "reset_after = false")
+    assert load(confdir, text + session(0)).maintenance is None
+
+
+def test_backoff_settings(confdir: Path) -> None:
+    config = load(confdir, backoff("floor = 2", "ceiling = 300") + session(0))
+    assert config.backoff == BackoffConfig(floor=2.0, ceiling=300.0)
+    assert isinstance(config.backoff.floor, float)
+    assert load(confdir, backoff("floor = 0.5", "ceiling = 0.5") + session(0)).backoff == \
+        BackoffConfig(floor=0.5, ceiling=0.5)
+    assert load(confdir, backoff("ceiling = 3600") + session(0)).backoff.ceiling == 3600.0
+    assert load(confdir, backoff("floor = 0.01") + session(0)).backoff.floor == 0.01
+
+
+def test_proxy_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    conf = tmp_path / "etc"
+    conf.mkdir()
+    (conf / "k0.key").write_bytes(b"")
+    (conf / "existing").mkdir()
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(home)  # the working directory must not matter
+    cases = [
+        ('state_dir = "existing"', conf / "existing"),
+        ('state_dir = "../var/state"', conf / ".." / "var" / "state"),  # need not exist yet
+        ('state_dir = "~/fixproxy"', home / "fixproxy"),
+        (f'state_dir = "{tmp_path / "abs"}"', tmp_path / "abs"),
+    ]
+    for line, expected in cases:
+        config = load_config(write(conf, proxy(line, "shutdown_timeout = 300") + session(0)))
+        assert config.proxy == ProxyConfig(state_dir=expected, shutdown_timeout=300.0)
+    # Without the file checks, a state_dir that is a file is not noticed either.
+    text = proxy('state_dir = "k0.key"') + session(0)
+    assert load_config(write(conf, text), check_files=False).proxy.state_dir == conf / "k0.key"
+
+
+def test_session_lifecycle_settings(confdir: Path) -> None:
+    config = load(confdir, session(0, "logout_on_engine_disconnect = false",
+                                   "liveness_grace = 0", "logout_wait = 60",
+                                   "translate_sequence = false")
+                  + session(1, "liveness_grace = 300", "logout_wait = 0.25"))
+    first, second = config.sessions
+    assert first.logout_on_engine_disconnect is False
+    assert first.liveness_grace == 0.0
+    assert isinstance(first.liveness_grace, float)
+    assert first.logout_wait == 60.0
+    assert first.translate_sequence is False
+    assert (second.liveness_grace, second.logout_wait) == (300.0, 0.25)
+    assert second.logout_on_engine_disconnect is True
+    assert second.translate_sequence is True
 
 
 # --- host, port, server name and pins -------------------------------------------------------
@@ -604,6 +849,38 @@ def test_example_config_with_its_keys_in_place(tmp_path: Path) -> None:
     for name in ("order-entry", "order-entry-rt", "drop-copy", "post-trade", "rfq"):
         (tmp_path / "keys" / f"{name}.key").write_bytes(b"")
     assert len(load_config(path).sessions) == 5
+
+
+def test_example_documents_every_newer_key() -> None:
+    text = EXAMPLE.read_text(encoding="utf-8")
+    for key in MAINTENANCE_KEYS | BACKOFF_KEYS | PROXY_KEYS:
+        assert f"\n# {key} = " in text, key
+    for key in LIFECYCLE_KEYS:
+        assert f"\n#   {key} " in text, key
+
+
+def test_example_defaults_are_the_defaults(tmp_path: Path) -> None:
+    # Uncommenting every "# key = value" of the [proxy], [maintenance] and [backoff] tables must
+    # change nothing: the values shown are the real defaults.
+    lines = EXAMPLE.read_text(encoding="utf-8").splitlines()
+    start = lines.index("[proxy]")
+    end = next(i for i, line in enumerate(lines) if i > start and "[[session]]" in line)
+    uncommented = 0
+    for index in range(start, end):
+        if re.fullmatch(r"# [a-z_]+ = .+", lines[index]):
+            lines[index] = lines[index][2:]
+            uncommented += 1
+    assert uncommented == len(MAINTENANCE_KEYS | BACKOFF_KEYS | PROXY_KEYS)
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    path = conf / "fixproxy.toml"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    shown = load_config(path, check_files=False)
+    default = load_config(Path(shutil.copy(EXAMPLE, conf / "plain.toml")), check_files=False)
+    assert shown.maintenance == default.maintenance == DEFAULT_SCHEDULE
+    assert shown.backoff == default.backoff == BackoffConfig()
+    assert shown.proxy == default.proxy == ProxyConfig(state_dir=conf / "state")
+    assert shown.sessions == default.sessions
 
 
 def test_example_mentions_both_production_hosts_and_pinning() -> None:
