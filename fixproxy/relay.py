@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
@@ -41,7 +42,6 @@ import trio
 
 from fixproxy.config import SessionConfig
 from fixproxy.errors import (
-    FixError,
     FixProxyError,
     FramingError,
     LogonRefused,
@@ -59,6 +59,8 @@ from fixproxy.fix.logon import (
     strip_forced_reset,
 )
 from fixproxy.metrics import Metrics, TrafficCounters
+from fixproxy.sequence import read_seq_num
+from fixproxy.session import Action, Event, Session
 from fixproxy.tls import HandshakeInfo
 
 logger = logging.getLogger("fixproxy.relay")
@@ -146,8 +148,8 @@ async def relay_engine_connection(engine: trio.abc.Stream, runtime: SessionRunti
     log.info("connected to gateway %s:%d (%s, %s); sending signed Logon",
              runtime.config.host, runtime.config.port, info.tls_version, info.cipher)
     try:
-        await _run_session(engine, engine_framer, gateway, rewritten, runtime, log,
-                           logon_received)
+        await _SessionRelay(engine, engine_framer, gateway, rewritten, runtime, log,
+                            logon_received).run()
     finally:
         with trio.CancelScope(shield=True):
             await _close_gateway(gateway)
@@ -267,139 +269,302 @@ def _counterparty_ids(first: Frame | None, runtime: SessionRuntime) -> tuple[byt
     return sender, target
 
 
-async def _run_session(engine: trio.abc.Stream, engine_framer: FixFramer,
-                       gateway: trio.abc.Stream, rewritten: RewrittenLogon,
-                       runtime: SessionRuntime, log: logging.LoggerAdapter[logging.Logger],
-                       logon_received: float) -> None:
-    cfg = runtime.config
-    metrics = runtime.metrics
-    to_gateway = metrics.traffic(cfg.name, "engine_to_gateway")
-    to_engine = metrics.traffic(cfg.name, "gateway_to_engine")
-    gateway_framer = FixFramer()
-    try:
-        await gateway.send_all(rewritten.raw)
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
-        metrics.logons.labels(session=cfg.name, result="no_answer").inc()
-        log.warning("gateway closed before the Logon could be sent")
-        return
-    to_gateway.count(tags.MT_LOGON)
-    to_gateway.bytes += len(rewritten.raw)
-    log.info("sent Logon: %s", render(rewritten.raw))
+class _SessionRelay:
+    """The session phase: two pumps and a timer, with the state machine deciding the ends.
 
-    outcome: list[str] = []
+    Each destination stream has a lock because fixproxy's own Logouts share it with the pump
+    that normally writes there; a pump holds it only while writing one batch, so a Logout
+    never lands in the middle of a relayed message.
+    """
 
-    async def engine_to_gateway() -> None:
-        outcome.append(await _pump(engine, gateway, engine_framer, to_gateway, "engine"))
+    def __init__(self, engine: trio.abc.Stream, engine_framer: FixFramer,
+                 gateway: trio.abc.Stream, rewritten: RewrittenLogon, runtime: SessionRuntime,
+                 log: _ConnectionLog, logon_received: float) -> None:
+        cfg = runtime.config
+        self.engine = engine
+        self.gateway = gateway
+        self.engine_framer = engine_framer
+        self.gateway_framer = FixFramer()
+        self.rewritten = rewritten
+        self.runtime = runtime
+        self.log = log
+        self.logon_received = logon_received
+        self.engine_lock = trio.Lock()
+        self.gateway_lock = trio.Lock()
+        self.to_gateway = runtime.metrics.traffic(cfg.name, "engine_to_gateway")
+        self.to_engine = runtime.metrics.traffic(cfg.name, "gateway_to_engine")
+        self.session = Session(
+            now=trio.current_time(), heart_bt_int=rewritten.heart_bt_int,
+            grace=cfg.liveness_grace, logout_wait=cfg.logout_wait,
+            logon_wait=cfg.logon_timeout,
+            logout_on_engine_disconnect=cfg.logout_on_engine_disconnect)
+        self.session.engine_last_seq = rewritten.msg_seq_num
+        self.engine_input_open = True
+        self.close_due = False
+        self.state_changed = trio.Event()
+        self.nursery: trio.Nursery | None = None
+        self.session_up = runtime.metrics.session_up.labels(session=cfg.name)
+        self.counted_up = False
 
-    async def gateway_to_engine() -> None:
-        answer = await _forward_logon_answer(gateway, engine, gateway_framer, rewritten,
-                                             runtime, log, logon_received, to_engine)
-        if answer:
+    async def run(self) -> None:
+        cfg = self.runtime.config
+        metrics = self.runtime.metrics
+        self.session.handle(Event.TLS_READY, trio.current_time())
+        try:
+            await self.gateway.send_all(self.rewritten.raw)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            metrics.logons.labels(session=cfg.name, result="no_answer").inc()
+            await self.event(Event.GATEWAY_CLOSED, "the gateway closed the connection before "
+                             "the Logon could be sent")
+            return
+        self.session.handle(Event.LOGON_SENT, trio.current_time())
+        self.to_gateway.count(tags.MT_LOGON)
+        self.to_gateway.bytes += len(self.rewritten.raw)
+        self.log.info("sent Logon: %s", render(self.rewritten.raw))
+        try:
+            async with trio.open_nursery() as nursery:
+                self.nursery = nursery
+                nursery.start_soon(self._timer)
+                nursery.start_soon(self._gateway_pump)
+                nursery.start_soon(self._engine_pump)
+        finally:
+            if self.counted_up:
+                self.session_up.dec()
+        self.log.info("session closed (%s): %s; engine->gateway %d bytes, gateway->engine %d "
+                      "bytes", self.session.state, self.session.close_reason,
+                      self.to_gateway.bytes, self.to_engine.bytes)
+
+    # --- events and actions -------------------------------------------------------------
+
+    async def event(self, event: Event, reason: str = "", *, defer_close: bool = False) -> bool:
+        """Feed ``event`` to the machine and carry out its actions; True: swallow the
+        message that caused it.
+
+        With ``defer_close`` the caller forwards that message first and then calls
+        :meth:`close_if_due`, so a Logout answer reaches its peer before the close.
+        """
+        before = self.session.state
+        actions = self.session.handle(event, trio.current_time(), reason)
+        if self.session.state is not before:
+            self.log.info("%s -> %s on %s%s", before, self.session.state, event,
+                          f" ({reason})" if reason else "")
+            self.state_changed.set()
+            self.state_changed = trio.Event()
+        text = reason or _EVENT_TEXT.get(event, str(event))
+        for action in actions:
+            if action is Action.LOGOUT_TO_GATEWAY:
+                await self._logout_to_gateway(text)
+            elif action is Action.LOGOUT_TO_ENGINE:
+                await self._logout_to_engine(text)
+            elif action is Action.STOP_ENGINE_INPUT:
+                self.engine_input_open = False
+            elif action is Action.CLOSE:
+                self.close_due = True
+        if not defer_close:
+            await self.close_if_due()
+        return Action.SWALLOW in actions
+
+    async def close_if_due(self) -> None:
+        if self.close_due:
+            await self._close()
+
+    async def _logout_to_gateway(self, text: str) -> None:
+        policy = self.runtime.policy
+        seq = self.session.engine_last_seq + 1
+        self.session.engine_last_seq = seq
+        message = admin.logout(text, sender=policy.api_key.encode(),
+                               target=policy.target_comp_id.encode(), seq=seq,
+                               now=time.time())
+        self.log.info("sending Logout to the gateway: %s", text)
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await _send_locked(self.gateway, self.gateway_lock, message)
+
+    async def _logout_to_engine(self, text: str) -> None:
+        seq = self.session.gateway_last_seq + 1
+        self.session.gateway_last_seq = seq
+        sender, target = _counterparty_ids(None, self.runtime)
+        message = admin.logout(f"fixproxy: {text}", sender=sender, target=target, seq=seq,
+                               now=time.time())
+        self.log.info("sending Logout to the engine: %s", text)
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await _send_locked(self.engine, self.engine_lock, message)
+
+    async def _close(self) -> None:
+        # Let a batch being written finish, so the peer never gets half a message.
+        with trio.move_on_after(CLOSE_TIMEOUT):
+            async with self.engine_lock, self.gateway_lock:
+                pass
+        if self.nursery is not None:
+            self.nursery.cancel_scope.cancel()
+
+    # --- tasks ----------------------------------------------------------------------------
+
+    async def _timer(self) -> None:
+        session = self.session
+        while True:
+            deadline = session.next_deadline()
+            changed = self.state_changed
+            with trio.move_on_at(deadline if deadline is not None else math.inf):
+                await changed.wait()
+            due = session.check_timers(trio.current_time())
+            if due is not None:
+                await self.event(due)
+
+    async def _gateway_pump(self) -> None:
+        frame: Frame | None = None
+        try:
+            frame = await _receive_frame(self.gateway, self.gateway_framer)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        except FramingError as exc:
+            await self.event(Event.GATEWAY_ERROR, f"the gateway sent invalid FIX: {exc}")
+            return
+        if frame is None:
+            self.runtime.metrics.logons.labels(session=self.runtime.config.name,
+                                               result="no_answer").inc()
+            await self.event(Event.GATEWAY_CLOSED, "the Kalshi gateway closed the connection "
+                             "without answering the Logon; check that the API key is enabled "
+                             f"for {self.runtime.config.endpoint.target_comp_id}")
+            return
+        if not await self._forward_logon_answer(frame):
+            return
+        await self._pump(self.gateway, self.engine, self.engine_lock, self.gateway_framer,
+                         self.to_engine, from_engine=False)
+
+    async def _engine_pump(self) -> None:
+        await self._pump(self.engine, self.gateway, self.gateway_lock, self.engine_framer,
+                         self.to_gateway, from_engine=True)
+
+    async def _forward_logon_answer(self, frame: Frame) -> bool:
+        """Pass the gateway's first message to the engine; True if it was a Logon."""
+        cfg = self.runtime.config
+        metrics = self.runtime.metrics
+        self.to_engine.count(frame.msg_type)
+        self.session.gateway_activity(trio.current_time(), read_seq_num(frame.raw))
+        data = frame.raw
+        accepted = frame.msg_type == tags.MT_LOGON
+        if accepted:
+            metrics.logons.labels(session=cfg.name, result="accepted").inc()
+            metrics.logon_seconds.labels(session=cfg.name).observe(
+                time.monotonic() - self.logon_received)
             # Counted up and down by the connection that logged on, so a refused duplicate
             # cannot mark a live session down.
-            session_up = metrics.session_up.labels(session=cfg.name)
-            session_up.inc()
-            try:
-                outcome.append(await _pump(gateway, engine, gateway_framer, to_engine,
-                                           "gateway"))
-            finally:
-                session_up.dec()
+            self.session_up.inc()
+            self.counted_up = True
+            if self.rewritten.reset_forced:
+                data = strip_forced_reset(data)
+            self.log.info("gateway accepted the Logon: %s", render(frame.raw))
         else:
-            outcome.append("gateway ended the session at Logon")
-
-    async with trio.open_nursery() as nursery:
-        async def first_to_finish(pump: Callable[[], Awaitable[None]]) -> None:
-            try:
-                await pump()
-            finally:
-                nursery.cancel_scope.cancel()
-
-        nursery.start_soon(first_to_finish, gateway_to_engine)
-        nursery.start_soon(first_to_finish, engine_to_gateway)
-    log.info("session closed: %s; engine->gateway %d bytes, gateway->engine %d bytes",
-             outcome[0] if outcome else "cancelled", to_gateway.bytes, to_engine.bytes)
-
-
-async def _forward_logon_answer(gateway: trio.abc.Stream, engine: trio.abc.Stream,
-                                framer: FixFramer, rewritten: RewrittenLogon,
-                                runtime: SessionRuntime,
-                                log: logging.LoggerAdapter[logging.Logger],
-                                logon_received: float, counters: TrafficCounters) -> bool:
-    """Pass the gateway's first message to the engine; True if it was a Logon."""
-    cfg = runtime.config
-    metrics = runtime.metrics
-    frame: Frame | None = None
-    with trio.move_on_after(cfg.logon_timeout):
+            metrics.logons.labels(session=cfg.name, result="refused_by_gateway").inc()
+            self.log.warning("gateway answered the Logon with: %s", render(frame.raw))
+        self.to_engine.bytes += len(data)
         try:
-            frame = await _receive_frame(gateway, framer)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, FramingError) as exc:
-            log.warning("gateway connection failed before its Logon answer: %s", exc)
-    if frame is None:
-        metrics.logons.labels(session=cfg.name, result="no_answer").inc()
-        text = (f"the Kalshi gateway {cfg.host}:{cfg.port} closed the connection or did not "
-                f"answer the Logon within {cfg.logon_timeout:g} s; check the API key is enabled "
-                f"for {cfg.endpoint.target_comp_id} and retry later")
-        log.warning("%s", text)
-        sender, target = _counterparty_ids(None, runtime)
-        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-            await engine.send_all(admin.logout(f"fixproxy: {text}", sender=sender,
-                                               target=target, seq=1, now=time.time()))
-        return False
-    counters.count(frame.msg_type)
-    data = frame.raw
-    if frame.msg_type == tags.MT_LOGON:
-        metrics.logons.labels(session=cfg.name, result="accepted").inc()
-        metrics.logon_seconds.labels(session=cfg.name).observe(time.monotonic() - logon_received)
-        if rewritten.reset_forced:
-            data = strip_forced_reset(data)
-        log.info("gateway accepted the Logon: %s", render(frame.raw))
-    else:
-        metrics.logons.labels(session=cfg.name, result="refused_by_gateway").inc()
-        log.warning("gateway answered the Logon with: %s", render(frame.raw))
-    counters.bytes += len(data)
-    try:
-        await engine.send_all(data)
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
-        return False
-    return frame.msg_type == tags.MT_LOGON
+            await _send_locked(self.engine, self.engine_lock, data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            await self.event(Event.ENGINE_CLOSED, "the engine closed the connection")
+            return False
+        if accepted:
+            await self.event(Event.GATEWAY_LOGON)
+        elif frame.msg_type == tags.MT_LOGOUT:
+            await self.event(Event.GATEWAY_LOGOUT, "the gateway refused the Logon")
+        else:
+            await self.event(Event.GATEWAY_ERROR, "the gateway answered the Logon with "
+                             f"35={frame.msg_type.decode('ascii', 'replace')}")
+        return accepted
 
+    async def _pump(self, src: trio.abc.Stream, dst: trio.abc.Stream, dst_lock: trio.Lock,
+                    framer: FixFramer, counters: TrafficCounters, *, from_engine: bool) -> None:
+        """Copy complete frames from ``src`` to ``dst`` until ``src`` ends or fails.
 
-async def _pump(src: trio.abc.Stream, dst: trio.abc.Stream, framer: FixFramer,
-                counters: TrafficCounters, src_side: str) -> str:
-    """Copy complete frames from ``src`` to ``dst`` until one side ends; return why it ended."""
-    pending = framer.buffered
-    data: bytes | bytearray = b""
-    while True:
-        parts: list[bytes] = []
-        error: FixError | None = None
-        try:
-            frame = framer.next_message()
-            while frame is not None:
-                counters.count(frame.msg_type)
-                parts.append(frame.raw)
-                frame = framer.next_message()
-        except FramingError as exc:
-            exc.side = "engine" if src_side == "engine" else "gateway"
-            error = exc
-        if parts:
-            # The chunk is exactly whole frames: write it as it came, with no join.
-            out = data if pending == 0 and framer.buffered == 0 and error is None \
-                else b"".join(parts)
-            counters.bytes += len(out)
-            try:
-                await dst.send_all(out)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                return f"{'gateway' if src_side == 'engine' else 'engine'} connection lost"
-        if error is not None:
-            return f"{src_side} sent invalid FIX: {error}"
-        if framer.at_eof:
-            return f"{src_side} closed the connection"
+        Logouts are the only messages looked at: each is handed to the state machine, which
+        may swallow it. Everything else leaves as the bytes that arrived.
+        """
+        session = self.session
+        logout_event = Event.ENGINE_LOGOUT if from_engine else Event.GATEWAY_LOGOUT
+        activity = session.engine_activity if from_engine else session.gateway_activity
         pending = framer.buffered
-        try:
-            data = await src.receive_some(RECEIVE_SIZE)
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            return f"{src_side} connection lost: {exc}"
-        framer.receive_data(data)
+        data: bytes | bytearray = b""
+        while True:
+            parts: list[bytes] = []
+            error: FramingError | None = None
+            logout: Frame | None = None
+            try:
+                frame = framer.next_message()
+                while frame is not None:
+                    counters.count(frame.msg_type)
+                    if frame.msg_type == tags.MT_LOGOUT:
+                        logout = frame
+                        break
+                    parts.append(frame.raw)
+                    frame = framer.next_message()
+            except FramingError as exc:
+                exc.side = "engine" if from_engine else "gateway"
+                error = exc
+            if parts:
+                # A chunk of exactly whole frames is written as it came, with no join.
+                whole = pending == 0 and logout is None and error is None \
+                    and framer.buffered == 0
+                out = data if whole else b"".join(parts)
+                counters.bytes += len(out)
+                activity(trio.current_time(), read_seq_num(parts[-1]))
+                try:
+                    await _send_locked(dst, dst_lock, out)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    await self.event(Event.GATEWAY_CLOSED if from_engine
+                                     else Event.ENGINE_CLOSED)
+                    return
+            if logout is not None:
+                activity(trio.current_time(), read_seq_num(logout.raw))
+                self.log.info("%s sent Logout: %s", "engine" if from_engine else "gateway",
+                              render(logout.raw))
+                if not await self.event(logout_event, defer_close=True):
+                    counters.bytes += len(logout.raw)
+                    try:
+                        await _send_locked(dst, dst_lock, logout.raw)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        await self.event(Event.GATEWAY_CLOSED if from_engine
+                                         else Event.ENGINE_CLOSED)
+                        return
+                await self.close_if_due()
+                pending = framer.buffered
+                data = b""
+                continue
+            if error is not None:
+                await self.event(Event.ENGINE_ERROR if from_engine else Event.GATEWAY_ERROR,
+                                 f"{'the engine' if from_engine else 'the Kalshi gateway'} "
+                                 f"sent invalid FIX: {error}")
+                return
+            if framer.at_eof or (from_engine and not self.engine_input_open):
+                break
+            pending = framer.buffered
+            try:
+                data = await src.receive_some(RECEIVE_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                data = b""
+            if from_engine and not self.engine_input_open:
+                return  # read after fixproxy logged out for it: the engine is told by the close
+            framer.receive_data(data)
+        if framer.at_eof:
+            await self.event(Event.ENGINE_CLOSED if from_engine else Event.GATEWAY_CLOSED,
+                             "the engine closed the connection" if from_engine else
+                             "the Kalshi gateway closed the connection without a Logout")
+
+
+_EVENT_TEXT: Final[dict[Event, str]] = {
+    Event.GATEWAY_SILENT: "the Kalshi gateway sent nothing for longer than 2 x HeartBtInt + "
+                          "grace (or did not answer the Logon in time); the connection was "
+                          "closed. Log on again; if it repeats, check the network path",
+    Event.ENGINE_SILENT: "the engine sent nothing for longer than 2 x HeartBtInt + grace",
+    Event.ENGINE_CLOSED: "the engine disconnected without a Logout",
+    Event.SHUTDOWN: "fixproxy is shutting down",
+    Event.LOGOUT_TIMEOUT: "the Logout was not answered in time",
+}
+
+
+async def _send_locked(stream: trio.abc.Stream, lock: trio.Lock, data: bytes | bytearray
+                       ) -> None:
+    async with lock:
+        await stream.send_all(data)
 
 
 async def _close_gateway(gateway: trio.abc.Stream) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 from e2e_support import (  # e2e_material_fixture: a pytest fixture, found by its name
     API_KEY,
     E2EMaterial,
@@ -388,7 +389,7 @@ async def test_duplicate_key_is_refused_by_gateway_and_first_session_survives(
 # --- 7. and 8. one side goes away ---------------------------------------------------------
 
 
-async def test_gateway_drop_closes_the_engine_connection(e2e_material: E2EMaterial) -> None:
+async def test_gateway_drop_is_explained_to_the_engine(e2e_material: E2EMaterial) -> None:
     async with open_proxy_pair(e2e_material, faults=SimFaults(drop_after_messages=3)) as pair:
         engine = await log_on(pair)
         for _ in range(2):
@@ -396,6 +397,13 @@ async def test_gateway_drop_closes_the_engine_connection(e2e_material: E2EMateri
             report = await engine.receive_type(tags.MT_EXECUTION_REPORT)
             assert report.get(11) == cl_ord_id
         await engine.new_order()
+        logout = await engine.receive()
+        assert logout is not None
+        assert logout.msg_type == tags.MT_LOGOUT
+        assert "gateway closed the connection without a Logout" in (logout.get_str(58) or "")
+        # Numbered right after the last ExecutionReport the engine received (34=3).
+        assert logout.get(34) == b"4"
+        check_frame(engine.transcript[-1][1])
         assert await engine.receive() is None
         reason = await pair.sim.wait_closed(pair.sim_logon_conn())
         assert reason == "fault: dropped after 3 messages"
@@ -404,8 +412,7 @@ async def test_gateway_drop_closes_the_engine_connection(e2e_material: E2EMateri
 
 
 @pytest.mark.parametrize("how", ["close", "reset"])
-async def test_engine_vanishing_closes_the_gateway_connection(e2e_material: E2EMaterial,
-                                                              how: str) -> None:
+async def test_engine_vanishing_logs_out_upstream(e2e_material: E2EMaterial, how: str) -> None:
     async with open_proxy_pair(e2e_material) as pair:
         engine = await log_on(pair)
         cl_ord_id = await engine.new_order()
@@ -421,10 +428,15 @@ async def test_engine_vanishing_closes_the_gateway_connection(e2e_material: E2EM
         await stream.aclose()
         reason = await pair.sim.wait_closed(conn)
         assert trio.current_time() - started < 1.5
-        assert reason.startswith("peer closed the connection"), reason
-        assert pair.sim.message_count(tags.MT_LOGOUT, "in") == 0
+        # fixproxy logged out for the engine, numbered after its last message (Logon 1,
+        # order 2), so Kalshi sees an orderly end instead of a dropped connection.
+        assert reason == "peer logged out", reason
+        logouts = pair.sim_events(conn, direction="in", msg_type=tags.MT_LOGOUT)
+        assert len(logouts) == 1
+        assert FixMessage.parse(logouts[0].raw).get(34) == b"3"
         assert pair.sim.live_sessions == {}
-        assert pair.sample("fixproxy_session_up") == 0
+        while pair.sample("fixproxy_session_up") != 0:  # the proxy's teardown, bounded by the
+            await trio.testing.wait_all_tasks_blocked(0.01)  # pair's fail_after
 
 
 # --- 9. pipelining --------------------------------------------------------------------------
