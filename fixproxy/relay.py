@@ -58,6 +58,7 @@ from fixproxy.fix.logon import (
     rewrite_logon,
     strip_forced_reset,
 )
+from fixproxy.manager import SessionManager
 from fixproxy.metrics import Metrics, TrafficCounters
 from fixproxy.sequence import read_seq_num
 from fixproxy.session import Action, Event, Session
@@ -97,6 +98,7 @@ class SessionRuntime:
     sign: Signer
     connect: GatewayConnector
     metrics: Metrics
+    manager: SessionManager
 
 
 class _Refusal(FixProxyError):
@@ -116,6 +118,7 @@ async def relay_engine_connection(engine: trio.abc.Stream, runtime: SessionRunti
     metrics = runtime.metrics
     engine_framer = FixFramer()
     first: Frame | None = None
+    claimed = False
     try:
         with trio.move_on_after(runtime.config.logon_timeout) as logon_wait:
             first = await _receive_logon(engine, engine_framer)
@@ -130,8 +133,12 @@ async def relay_engine_connection(engine: trio.abc.Stream, runtime: SessionRunti
         logon_received = time.monotonic()
         rewritten = _rewrite(first, runtime)
         log.info("engine Logon accepted locally: %s", render(first.raw))
+        _claim_key(runtime, conn_id)
+        claimed = True
         gateway, info = await _open_gateway(runtime, log)
     except _Refusal as refusal:
+        if claimed:
+            runtime.manager.release(runtime.policy.api_key, conn_id)
         metrics.engine_connections.labels(session=name, result=refusal.result).inc()
         if refusal.result not in ("no_logon", "framing_error"):
             metrics.logons.labels(session=name, result="refused_locally").inc()
@@ -149,8 +156,9 @@ async def relay_engine_connection(engine: trio.abc.Stream, runtime: SessionRunti
              runtime.config.host, runtime.config.port, info.tls_version, info.cipher)
     try:
         await _SessionRelay(engine, engine_framer, gateway, rewritten, runtime, log,
-                            logon_received).run()
+                            logon_received, conn_id).run()
     finally:
+        runtime.manager.release(runtime.policy.api_key, conn_id)
         with trio.CancelScope(shield=True):
             await _close_gateway(gateway)
             await engine.aclose()
@@ -194,6 +202,19 @@ def _describe_bad_start(exc: FramingError, first_bytes: bytes | bytearray) -> st
         return (f"the engine speaks {first_bytes[2:9].decode('ascii', 'replace')}; Kalshi "
                 f"requires BeginString FIXT.1.1 with DefaultApplVerID FIX.5.0SP2")
     return f"the engine's data is not valid FIX: {exc}"
+
+
+def _claim_key(runtime: SessionRuntime, conn_id: int) -> None:
+    """Take the session's API key, or refuse: Kalshi allows one connection per key."""
+    manager = runtime.manager
+    if manager.draining:
+        raise _Refusal("fixproxy is shutting down; reconnect once it is back", "shutdown")
+    holder = manager.claim(runtime.policy.api_key, runtime.config.name, conn_id)
+    if holder is not None:
+        raise _Refusal(
+            f"the API key {runtime.policy.api_key} is already in use by {holder.describe()}; "
+            f"Kalshi allows one FIX connection per API key. Close that connection first, or "
+            f"give this session its own key", "duplicate_key")
 
 
 def _rewrite(first: Frame, runtime: SessionRuntime) -> RewrittenLogon:
@@ -279,8 +300,9 @@ class _SessionRelay:
 
     def __init__(self, engine: trio.abc.Stream, engine_framer: FixFramer,
                  gateway: trio.abc.Stream, rewritten: RewrittenLogon, runtime: SessionRuntime,
-                 log: _ConnectionLog, logon_received: float) -> None:
+                 log: _ConnectionLog, logon_received: float, conn_id: int) -> None:
         cfg = runtime.config
+        self.conn_id = conn_id
         self.engine = engine
         self.gateway = gateway
         self.engine_framer = engine_framer
@@ -301,6 +323,7 @@ class _SessionRelay:
         self.session.engine_last_seq = rewritten.msg_seq_num
         self.engine_input_open = True
         self.close_due = False
+        self.logout_cause = ""
         self.state_changed = trio.Event()
         self.nursery: trio.Nursery | None = None
         self.session_up = runtime.metrics.session_up.labels(session=cfg.name)
@@ -321,6 +344,7 @@ class _SessionRelay:
         self.to_gateway.count(tags.MT_LOGON)
         self.to_gateway.bytes += len(self.rewritten.raw)
         self.log.info("sent Logon: %s", render(self.rewritten.raw))
+        self.runtime.manager.register(self.conn_id, self.shutdown)
         try:
             async with trio.open_nursery() as nursery:
                 self.nursery = nursery
@@ -328,11 +352,16 @@ class _SessionRelay:
                 nursery.start_soon(self._gateway_pump)
                 nursery.start_soon(self._engine_pump)
         finally:
+            self.runtime.manager.unregister(self.conn_id)
             if self.counted_up:
                 self.session_up.dec()
         self.log.info("session closed (%s): %s; engine->gateway %d bytes, gateway->engine %d "
                       "bytes", self.session.state, self.session.close_reason,
                       self.to_gateway.bytes, self.to_engine.bytes)
+
+    async def shutdown(self) -> None:
+        """Log the session out because fixproxy is stopping."""
+        await self.event(Event.SHUTDOWN)
 
     # --- events and actions -------------------------------------------------------------
 
@@ -353,9 +382,11 @@ class _SessionRelay:
         text = reason or _EVENT_TEXT.get(event, str(event))
         for action in actions:
             if action is Action.LOGOUT_TO_GATEWAY:
+                # The engine is later told the cause, not the gateway's answer to it.
+                self.logout_cause = text
                 await self._logout_to_gateway(text)
             elif action is Action.LOGOUT_TO_ENGINE:
-                await self._logout_to_engine(text)
+                await self._logout_to_engine(self.logout_cause or text)
             elif action is Action.STOP_ENGINE_INPUT:
                 self.engine_input_open = False
             elif action is Action.CLOSE:
@@ -457,6 +488,7 @@ class _SessionRelay:
         else:
             metrics.logons.labels(session=cfg.name, result="refused_by_gateway").inc()
             self.log.warning("gateway answered the Logon with: %s", render(frame.raw))
+            _explain_gateway_answer(frame.raw, self.log)
         self.to_engine.bytes += len(data)
         try:
             await _send_locked(self.engine, self.engine_lock, data)
@@ -495,6 +527,8 @@ class _SessionRelay:
                     if frame.msg_type == tags.MT_LOGOUT:
                         logout = frame
                         break
+                    if frame.msg_type == tags.MT_REJECT and not from_engine:
+                        _explain_gateway_answer(frame.raw, self.log)
                     parts.append(frame.raw)
                     frame = framer.next_message()
             except FramingError as exc:
@@ -517,6 +551,8 @@ class _SessionRelay:
                 activity(trio.current_time(), read_seq_num(logout.raw))
                 self.log.info("%s sent Logout: %s", "engine" if from_engine else "gateway",
                               render(logout.raw))
+                if not from_engine:
+                    _explain_gateway_answer(logout.raw, self.log)
                 if not await self.event(logout_event, defer_close=True):
                     counters.bytes += len(logout.raw)
                     try:
@@ -559,6 +595,32 @@ _EVENT_TEXT: Final[dict[Event, str]] = {
     Event.SHUTDOWN: "fixproxy is shutting down",
     Event.LOGOUT_TIMEOUT: "the Logout was not answered in time",
 }
+
+
+_GATEWAY_HINTS: Final = (
+    ("already exists", "Kalshi already has a connection for this API key, possibly a dead one "
+                       "it has not noticed yet: wait about 2 x HeartBtInt (up to 60 s) before "
+                       "logging on again, and make sure no other process uses the key"),
+    ("signature", "Kalshi rejected the Logon signature: check that private_key is the key "
+                  "whose public half was uploaded for this API key"),
+    ("sendingtime", "Kalshi rejected SendingTime (52): the engine's clock is more than 30 s "
+                    "off; synchronise it (NTP)"),
+)
+
+
+def _explain_gateway_answer(raw: bytes, log: _ConnectionLog) -> None:
+    """Log a hint for the gateway Logouts and Rejects whose Text is known to puzzle users."""
+    try:
+        message = FixMessage.parse(raw)
+    except FramingError:
+        return
+    text = (message.get_str(tags.TEXT) or "").lower()
+    if message.get(tags.SESSION_REJECT_REASON) == b"10":
+        text += " sendingtime"
+    for needle, hint in _GATEWAY_HINTS:
+        if needle in text:
+            log.warning("gateway said %r: %s", message.get_str(tags.TEXT) or "", hint)
+            return
 
 
 async def _send_locked(stream: trio.abc.Stream, lock: trio.Lock, data: bytes | bytearray

@@ -28,6 +28,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from fixproxy import tls
 from fixproxy.config import Config, SessionConfig
 from fixproxy.errors import FixProxyError
+from fixproxy.manager import SessionManager
 from fixproxy.metrics import Metrics
 from fixproxy.relay import SessionRuntime, relay_engine_connection
 from fixproxy.signing import LogonSigner, load_private_key
@@ -48,7 +49,8 @@ class BoundAddresses:
     metrics: tuple[str, int] | None
 
 
-def build_runtime(session: SessionConfig, metrics: Metrics) -> SessionRuntime:
+def build_runtime(session: SessionConfig, metrics: Metrics,
+                  manager: SessionManager | None = None) -> SessionRuntime:
     """Load a session's key and TLS settings.
 
     Raises:
@@ -60,30 +62,63 @@ def build_runtime(session: SessionConfig, metrics: Metrics) -> SessionRuntime:
     connect = functools.partial(tls.open_gateway_stream, session.host, session.port, trust,
                                 context, connect_timeout=session.connect_timeout)
     return SessionRuntime(config=session, policy=session.logon_policy(), sign=signer,
-                          connect=connect, metrics=metrics)
+                          connect=connect, metrics=metrics,
+                          manager=manager if manager is not None else SessionManager())
 
 
 async def serve_proxy(config: Config, metrics: Metrics, *,
+                      manager: SessionManager | None = None,
                       task_status: trio.TaskStatus[BoundAddresses] = trio.TASK_STATUS_IGNORED
                       ) -> None:
     """Run every session listener and the metrics endpoint until cancelled."""
-    runtimes = [build_runtime(session, metrics) for session in config.sessions]
-    async with trio.open_nursery() as nursery:
-        bound: dict[str, tuple[str, int]] = {}
-        for runtime in runtimes:
-            metrics.declare_session(runtime.config.name)
-            host, port = runtime.config.listen
-            listeners = await _open_listeners(host, port, f"session {runtime.config.name!r}")
-            bound[runtime.config.name] = _address_of(listeners[0])
-            handler = functools.partial(relay_engine_connection, runtime=runtime)
-            nursery.start_soon(functools.partial(trio.serve_listeners, handler, listeners))
-            logger.info("session %s listening on %s:%d for %s at %s:%d", runtime.config.name,
-                        *bound[runtime.config.name], runtime.config.endpoint.target_comp_id,
-                        runtime.config.host, runtime.config.port)
-        metrics_address = None
-        if config.metrics.listen is not None:
-            metrics_address = await nursery.start(serve_metrics, *config.metrics.listen, metrics)
-        task_status.started(BoundAddresses(bound, metrics_address))
+    async with trio.open_nursery() as sessions:
+        await ProxyServer(config, metrics, manager).serve(sessions, task_status=task_status)
+
+
+class ProxyServer:
+    """The listeners and the metrics endpoint; engine connections run in a nursery of the
+    caller's, so that listening can stop while the sessions log out."""
+
+    def __init__(self, config: Config, metrics: Metrics,
+                 manager: SessionManager | None = None) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.manager = manager if manager is not None else SessionManager()
+        self.runtimes = [build_runtime(session, metrics, self.manager)
+                         for session in config.sessions]
+        self._listening: trio.CancelScope | None = None
+
+    async def serve(self, sessions: trio.Nursery, *,
+                    task_status: trio.TaskStatus[BoundAddresses] = trio.TASK_STATUS_IGNORED
+                    ) -> None:
+        """Accept engines into ``sessions`` until :meth:`stop_listening` or cancellation."""
+        metrics = self.metrics
+        async with trio.open_nursery() as nursery:
+            self._listening = nursery.cancel_scope
+            bound: dict[str, tuple[str, int]] = {}
+            for runtime in self.runtimes:
+                metrics.declare_session(runtime.config.name)
+                host, port = runtime.config.listen
+                listeners = await _open_listeners(host, port,
+                                                  f"session {runtime.config.name!r}")
+                bound[runtime.config.name] = _address_of(listeners[0])
+                handler = functools.partial(relay_engine_connection, runtime=runtime)
+                nursery.start_soon(functools.partial(trio.serve_listeners, handler, listeners,
+                                                     handler_nursery=sessions))
+                logger.info("session %s listening on %s:%d for %s at %s:%d",
+                            runtime.config.name, *bound[runtime.config.name],
+                            runtime.config.endpoint.target_comp_id, runtime.config.host,
+                            runtime.config.port)
+            metrics_address = None
+            if self.config.metrics.listen is not None:
+                metrics_address = await sessions.start(serve_metrics,
+                                                       *self.config.metrics.listen, metrics)
+            task_status.started(BoundAddresses(bound, metrics_address))
+
+    def stop_listening(self) -> None:
+        """Close the engine listeners; connections already accepted carry on."""
+        if self._listening is not None:
+            self._listening.cancel()
 
 
 async def _open_listeners(host: str, port: int, what: str) -> list[trio.SocketListener]:
@@ -160,11 +195,28 @@ async def _http_answer(stream: trio.SocketStream, status: int, content_type: str
 
 
 async def run_until_signal(config: Config, metrics: Metrics) -> None:
-    """Serve until SIGTERM or SIGINT, then stop accepting and close every session."""
+    """Serve until SIGTERM or SIGINT; then stop accepting, log every session out (waiting up
+    to ``shutdown_timeout`` for the gateway's answers) and return. A second signal ends at
+    once."""
+    server = ProxyServer(config, metrics)
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(serve_proxy, config, metrics)
+        async with trio.open_nursery() as sessions:
+            await sessions.start(server.serve, sessions)
+
+            async def drain() -> None:
+                server.stop_listening()
+                with trio.move_on_after(config.proxy.shutdown_timeout):
+                    await server.manager.drain()
+                sessions.cancel_scope.cancel()
+
+            draining = False
             async for signum in signals:
-                logger.info("received %s; shutting down", signal.Signals(signum).name)
-                nursery.cancel_scope.cancel()
-                break
+                name = signal.Signals(signum).name
+                if draining:
+                    logger.warning("received %s again; stopping now", name)
+                    sessions.cancel_scope.cancel()
+                    break
+                logger.info("received %s; logging out %d session(s), then stopping (again to "
+                            "stop at once)", name, server.manager.live_sessions)
+                draining = True
+                sessions.start_soon(drain)

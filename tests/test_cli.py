@@ -19,6 +19,7 @@ from click.testing import CliRunner
 
 from fixproxy.cli import main
 from fixproxy.fix import tags
+from fixproxy.fix.codec import FixMessage
 from fixproxy.signing import generate_key_pair, load_public_key
 from fixproxy.sim.certs import SimCertificates, generate_certificates
 from fixproxy.sim.engine import ScriptedEngine
@@ -300,3 +301,39 @@ async def test_sim_command_serves_every_endpoint_to_a_proxy(tmp_path: Path,
     finally:
         process.terminate()
         await process.wait()
+
+
+async def test_sigterm_logs_out_and_delivers_what_kalshi_sent_first(setup: Setup) -> None:
+    process = await trio.lowlevel.open_process(
+        [*FIXPROXY, "run", "--config", str(setup.config)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        with trio.fail_after(30):
+            assert process.stderr is not None
+            await _wait_for_output(process.stderr, b"listening on")
+            engine = await ScriptedEngine.connect("127.0.0.1", setup.listen_port,
+                                                  sender=setup.api_key, target="KalshiNR")
+            answer = await engine.logon()
+            assert answer is not None and answer.msg_type == tags.MT_LOGON
+            for _ in range(20):
+                await engine.new_order()
+            process.send_signal(signal.SIGTERM)  # with orders still in flight
+            received = []
+            while (message := await engine.receive()) is not None:
+                received.append(message)
+            await engine.aclose()
+            assert await process.wait() == 0
+        # Kalshi saw fixproxy's Logout and answered it.
+        assert setup.sim.message_count(tags.MT_LOGOUT, "in") == 1
+        # Every ExecutionReport the gateway sent before it answered the Logout reached the
+        # engine, in order, and the engine was then told why the session ended.
+        sent = [FixMessage.parse(event.raw) for event in setup.sim.events
+                if event.direction == "out" and event.msg_type == tags.MT_EXECUTION_REPORT]
+        reports = [m for m in received if m.msg_type == tags.MT_EXECUTION_REPORT]
+        assert [m.get(11) for m in reports] == [m.get(11) for m in sent]
+        assert received[-1].msg_type == tags.MT_LOGOUT
+        assert "shutting down" in (received[-1].get_str(tags.TEXT) or "")
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()

@@ -367,22 +367,27 @@ async def test_gateway_refusal_passes_through_untouched(e2e_material: E2EMateria
         assert pair.sample("fixproxy_session_up") == 0
 
 
-async def test_duplicate_key_is_refused_by_gateway_and_first_session_survives(
+async def test_duplicate_key_is_refused_locally_and_first_session_survives(
         e2e_material: E2EMaterial) -> None:
     async with open_proxy_pair(e2e_material) as pair:
         first = await log_on(pair)
         second = await pair.connect_engine()
         answer = await second.logon()
         assert answer is not None and answer.msg_type == tags.MT_LOGOUT
-        assert answer.get_str(tags.TEXT) == "already exists"
+        text = answer.get_str(tags.TEXT) or ""
+        # Names the session holding the key, and since when, before Kalshi sees anything.
+        assert f"already in use by session {pair.session.name!r}" in text, text
+        assert " since 20" in text and "UTC" in text
+        assert "one FIX connection per API key" in text
         assert await second.receive() is None
+        assert len(pair.sim_events(msg_type=tags.MT_LOGON, direction="in")) == 1
 
         cl_ord_id = await first.new_order()
         report = await first.receive_type(tags.MT_EXECUTION_REPORT)
         assert report.get(11) == cl_ord_id
         assert pair.sim.live_sessions == {pair.api_key: "KalshiNR"}
         assert pair.sample("fixproxy_logons_total", result="accepted") == 1
-        assert pair.sample("fixproxy_logons_total", result="refused_by_gateway") == 1
+        assert pair.sample("fixproxy_engine_connections_total", result="duplicate_key") == 1
         assert pair.sample("fixproxy_session_up") == 1
 
 

@@ -1,0 +1,95 @@
+"""Every live session of the process: one connection per API key, and the drain on shutdown.
+
+Theory of operation
+-------------------
+Kalshi allows one FIX connection per API key and answers a second one with a bare
+``already exists`` Logout, which also hits the *first* session when the old TCP connection is
+not yet dead on Kalshi's side. fixproxy keeps the same rule locally, across every listener
+that shares a key, and refuses the newcomer before it reaches Kalshi with a Logout that names
+the session holding the key and since when; the first session is not touched.
+
+On shutdown the manager asks every logged-on session to log out (the session machine writes
+the Logout upstream and waits for the answer) and waits, up to ``shutdown_timeout``, until
+they have all ended; the server then cancels whatever is left.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import trio
+
+logger = logging.getLogger("fixproxy.manager")
+
+
+@dataclass(frozen=True, slots=True)
+class KeyHolder:
+    """The connection that holds an API key."""
+
+    session: str
+    conn_id: int
+    since: float
+    """Wall-clock time (epoch seconds) the key was claimed."""
+
+    def describe(self) -> str:
+        stamp = datetime.fromtimestamp(self.since, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        return f"session {self.session!r} (connection #{self.conn_id}) since {stamp}"
+
+
+class SessionManager:
+    """Knows every live connection; the only shared state between relays."""
+
+    def __init__(self) -> None:
+        self._holders: dict[str, KeyHolder] = {}
+        self._shutdown_hooks: dict[int, Callable[[], Awaitable[None]]] = {}
+        self._idle = trio.Event()
+        self._idle.set()
+        self.draining = False
+
+    def claim(self, api_key: str, session: str, conn_id: int) -> KeyHolder | None:
+        """Take ``api_key`` for a connection; returns the current holder if it is taken."""
+        holder = self._holders.get(api_key)
+        if holder is not None:
+            return holder
+        self._holders[api_key] = KeyHolder(session, conn_id, time.time())
+        return None
+
+    def release(self, api_key: str, conn_id: int) -> None:
+        """Give the key back, if this connection holds it."""
+        holder = self._holders.get(api_key)
+        if holder is not None and holder.conn_id == conn_id:
+            del self._holders[api_key]
+
+    def holder(self, api_key: str) -> KeyHolder | None:
+        return self._holders.get(api_key)
+
+    def register(self, conn_id: int, shutdown: Callable[[], Awaitable[None]]) -> None:
+        """Make a logged-on session reachable by :meth:`drain`."""
+        self._shutdown_hooks[conn_id] = shutdown
+        if self._idle.is_set():
+            self._idle = trio.Event()
+
+    def unregister(self, conn_id: int) -> None:
+        self._shutdown_hooks.pop(conn_id, None)
+        if not self._shutdown_hooks:
+            self._idle.set()
+
+    @property
+    def live_sessions(self) -> int:
+        return len(self._shutdown_hooks)
+
+    async def drain(self) -> None:
+        """Ask every logged-on session to log out and wait until all have ended.
+
+        The caller bounds the wait (``shutdown_timeout``) with a cancel scope.
+        """
+        self.draining = True
+        hooks = list(self._shutdown_hooks.values())
+        logger.info("logging out %d live session(s)", len(hooks))
+        for hook in hooks:
+            await hook()
+        await self._idle.wait()
