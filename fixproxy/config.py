@@ -181,6 +181,7 @@ class SessionConfig:
             target_comp_id=self.endpoint.target_comp_id,
             force_reset=self.reset_policy == "always",
             kalshi_flags=self.kalshi_flags(),
+            translate_sequence=self.translate_sequence,
         )
 
 
@@ -198,10 +199,10 @@ class BackoffConfig:
 class ProxyConfig:
     """``[proxy]``: settings of the process as a whole."""
 
-    state_dir: Path = Path(DEFAULT_STATE_DIR)
+    state_dir: Path | None = None
     """Where per-session sequence state is kept; the loader resolves it against the file's
-    directory (this default, used by hand-built configurations, is relative to the working
-    directory)."""
+    directory (default ``state`` there). None, the default of hand-built configurations
+    (the demo, tests), keeps nothing between connections."""
     shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT
     """Seconds live sessions get to log out when fixproxy stops."""
 

@@ -42,10 +42,12 @@ import trio
 
 from fixproxy.config import SessionConfig
 from fixproxy.errors import (
+    FixError,
     FixProxyError,
     FramingError,
     LogonRefused,
     PinMismatchError,
+    SessionError,
     UpstreamError,
 )
 from fixproxy.fix import admin, tags
@@ -60,7 +62,8 @@ from fixproxy.fix.logon import (
 )
 from fixproxy.manager import SessionManager
 from fixproxy.metrics import Metrics, TrafficCounters
-from fixproxy.sequence import read_seq_num
+from fixproxy.seqstore import SequenceStore, SessionSequences
+from fixproxy.sequence import SequenceTranslator, read_seq_num
 from fixproxy.session import Action, Event, Session
 from fixproxy.tls import HandshakeInfo
 
@@ -99,6 +102,8 @@ class SessionRuntime:
     connect: GatewayConnector
     metrics: Metrics
     manager: SessionManager
+    sequences: SequenceStore | None = None
+    """Where sequence numbers are kept between connections, for translation."""
 
 
 class _Refusal(FixProxyError):
@@ -321,6 +326,7 @@ class _SessionRelay:
             logon_wait=cfg.logon_timeout,
             logout_on_engine_disconnect=cfg.logout_on_engine_disconnect)
         self.session.engine_last_seq = rewritten.msg_seq_num
+        self.translator = self._translator() if rewritten.translated else None
         self.engine_input_open = True
         self.close_due = False
         self.logout_cause = ""
@@ -353,11 +359,46 @@ class _SessionRelay:
                 nursery.start_soon(self._engine_pump)
         finally:
             self.runtime.manager.unregister(self.conn_id)
+            self._save_sequences()
             if self.counted_up:
                 self.session_up.dec()
         self.log.info("session closed (%s): %s; engine->gateway %d bytes, gateway->engine %d "
                       "bytes", self.session.state, self.session.close_reason,
                       self.to_gateway.bytes, self.to_engine.bytes)
+
+    def _translator(self) -> SequenceTranslator:
+        """The renumbering for an engine that kept its numbers while the gateway resets."""
+        cfg = self.runtime.config
+        next_in = self.rewritten.engine_next_expected
+        source = "its Logon's NextExpectedMsgSeqNum (789)"
+        if next_in is None and self.runtime.sequences is not None:
+            saved = self.runtime.sequences.load(cfg.name, cfg.api_key,
+                                                cfg.endpoint.target_comp_id)
+            if saved is not None:
+                next_in, source = saved.engine_next_in, "the state saved by the last connection"
+        if next_in is None:
+            next_in, source = 1, "no saved state: assuming it reset its inbound numbers"
+        translator = SequenceTranslator.for_logon(self.rewritten.msg_seq_num, next_in)
+        self.log.info("engine kept its sequence numbers (34=%d) while %s resets: renumbering "
+                      "both directions; the engine expects %d next, from %s",
+                      self.rewritten.msg_seq_num, cfg.endpoint.target_comp_id, next_in, source)
+        return translator
+
+    def _save_sequences(self) -> None:
+        store = self.runtime.sequences
+        cfg = self.runtime.config
+        if store is None or not cfg.translate_sequence or not self.counted_up:
+            return
+        translator = self.translator
+        in_offset = translator.in_offset if translator is not None else 0
+        sequences = SessionSequences(
+            api_key=cfg.api_key, endpoint=cfg.endpoint.target_comp_id,
+            engine_next_out=self.session.engine_last_seq + 1,
+            engine_next_in=self.session.gateway_last_seq + 1 + in_offset)
+        try:
+            store.save(cfg.name, sequences)
+        except FixProxyError as exc:
+            self.log.error("%s", exc)  # noqa: TRY400  the message says it all
 
     async def shutdown(self) -> None:
         """Log the session out because fixproxy is stopping."""
@@ -401,8 +442,10 @@ class _SessionRelay:
 
     async def _logout_to_gateway(self, text: str) -> None:
         policy = self.runtime.policy
-        seq = self.session.engine_last_seq + 1
-        self.session.engine_last_seq = seq
+        self.session.engine_last_seq += 1
+        seq = self.session.engine_last_seq
+        if self.translator is not None:
+            seq = self.translator.gateway_seq_for_engine(seq)
         message = admin.logout(text, sender=policy.api_key.encode(),
                                target=policy.target_comp_id.encode(), seq=seq,
                                now=time.time())
@@ -411,8 +454,10 @@ class _SessionRelay:
             await _send_locked(self.gateway, self.gateway_lock, message)
 
     async def _logout_to_engine(self, text: str) -> None:
-        seq = self.session.gateway_last_seq + 1
-        self.session.gateway_last_seq = seq
+        self.session.gateway_last_seq += 1
+        seq = self.session.gateway_last_seq
+        if self.translator is not None:
+            seq = self.translator.engine_seq_for_gateway(seq)
         sender, target = _counterparty_ids(None, self.runtime)
         message = admin.logout(f"fixproxy: {text}", sender=sender, target=target, seq=seq,
                                now=time.time())
@@ -484,6 +529,8 @@ class _SessionRelay:
             self.counted_up = True
             if self.rewritten.reset_forced:
                 data = strip_forced_reset(data)
+            if self.translator is not None:
+                data = self.translator.to_engine(data)
             self.log.info("gateway accepted the Logon: %s", render(frame.raw))
         else:
             metrics.logons.labels(session=cfg.name, result="refused_by_gateway").inc()
@@ -512,14 +559,18 @@ class _SessionRelay:
         may swallow it. Everything else leaves as the bytes that arrived.
         """
         session = self.session
+        translate = None
+        if self.translator is not None:
+            translate = self.translator.to_gateway if from_engine else self.translator.to_engine
         logout_event = Event.ENGINE_LOGOUT if from_engine else Event.GATEWAY_LOGOUT
         activity = session.engine_activity if from_engine else session.gateway_activity
         pending = framer.buffered
         data: bytes | bytearray = b""
         while True:
             parts: list[bytes] = []
-            error: FramingError | None = None
+            error: FixError | None = None
             logout: Frame | None = None
+            last = b""
             try:
                 frame = framer.next_message()
                 while frame is not None:
@@ -529,18 +580,19 @@ class _SessionRelay:
                         break
                     if frame.msg_type == tags.MT_REJECT and not from_engine:
                         _explain_gateway_answer(frame.raw, self.log)
-                    parts.append(frame.raw)
+                    last = frame.raw
+                    parts.append(last if translate is None else translate(last))
                     frame = framer.next_message()
-            except FramingError as exc:
+            except (FramingError, SessionError) as exc:
                 exc.side = "engine" if from_engine else "gateway"
                 error = exc
             if parts:
                 # A chunk of exactly whole frames is written as it came, with no join.
                 whole = pending == 0 and logout is None and error is None \
-                    and framer.buffered == 0
+                    and framer.buffered == 0 and translate is None
                 out = data if whole else b"".join(parts)
                 counters.bytes += len(out)
-                activity(trio.current_time(), read_seq_num(parts[-1]))
+                activity(trio.current_time(), read_seq_num(last))
                 try:
                     await _send_locked(dst, dst_lock, out)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -553,10 +605,12 @@ class _SessionRelay:
                               render(logout.raw))
                 if not from_engine:
                     _explain_gateway_answer(logout.raw, self.log)
-                if not await self.event(logout_event, defer_close=True):
-                    counters.bytes += len(logout.raw)
+                # An answer to fixproxy's own Logout closes for the cause that started it.
+                if not await self.event(logout_event, self.logout_cause, defer_close=True):
+                    raw = logout.raw if translate is None else translate(logout.raw)
+                    counters.bytes += len(raw)
                     try:
-                        await _send_locked(dst, dst_lock, logout.raw)
+                        await _send_locked(dst, dst_lock, raw)
                     except (trio.BrokenResourceError, trio.ClosedResourceError):
                         await self.event(Event.GATEWAY_CLOSED if from_engine
                                          else Event.ENGINE_CLOSED)

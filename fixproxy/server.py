@@ -31,6 +31,7 @@ from fixproxy.errors import FixProxyError
 from fixproxy.manager import SessionManager
 from fixproxy.metrics import Metrics
 from fixproxy.relay import SessionRuntime, relay_engine_connection
+from fixproxy.seqstore import SequenceStore
 from fixproxy.signing import LogonSigner, load_private_key
 
 logger = logging.getLogger("fixproxy.server")
@@ -50,7 +51,8 @@ class BoundAddresses:
 
 
 def build_runtime(session: SessionConfig, metrics: Metrics,
-                  manager: SessionManager | None = None) -> SessionRuntime:
+                  manager: SessionManager | None = None,
+                  sequences: SequenceStore | None = None) -> SessionRuntime:
     """Load a session's key and TLS settings.
 
     Raises:
@@ -63,7 +65,8 @@ def build_runtime(session: SessionConfig, metrics: Metrics,
                                 context, connect_timeout=session.connect_timeout)
     return SessionRuntime(config=session, policy=session.logon_policy(), sign=signer,
                           connect=connect, metrics=metrics,
-                          manager=manager if manager is not None else SessionManager())
+                          manager=manager if manager is not None else SessionManager(),
+                          sequences=sequences)
 
 
 async def serve_proxy(config: Config, metrics: Metrics, *,
@@ -84,7 +87,9 @@ class ProxyServer:
         self.config = config
         self.metrics = metrics
         self.manager = manager if manager is not None else SessionManager()
-        self.runtimes = [build_runtime(session, metrics, self.manager)
+        state_dir = config.proxy.state_dir
+        sequences = SequenceStore(state_dir) if state_dir is not None else None
+        self.runtimes = [build_runtime(session, metrics, self.manager, sequences)
                          for session in config.sessions]
         self._listening: trio.CancelScope | None = None
 

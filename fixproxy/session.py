@@ -105,6 +105,8 @@ TRANSITIONS: Final[dict[tuple[State, Event], Transition]] = {
     (_S.TLS_READY, _E.SHUTDOWN): (_S.CLOSED, _TELL_ENGINE_AND_CLOSE),
 
     (_S.LOGON_SENT, _E.GATEWAY_LOGON): (_S.ACTIVE, ()),
+    # An engine giving up before the answer: its Logout follows the Logon to the gateway.
+    (_S.LOGON_SENT, _E.ENGINE_LOGOUT): (_S.ENGINE_LOGGING_OUT, ()),
     (_S.LOGON_SENT, _E.GATEWAY_LOGOUT): (_S.CLOSED, _CLOSE),  # refused; its Logout forwarded
     (_S.LOGON_SENT, _E.GATEWAY_CLOSED): (_S.CLOSED, _TELL_ENGINE_AND_CLOSE),
     (_S.LOGON_SENT, _E.GATEWAY_SILENT): (_S.CLOSED, _TELL_ENGINE_AND_CLOSE),
@@ -125,6 +127,7 @@ TRANSITIONS: Final[dict[tuple[State, Event], Transition]] = {
                                      (_A.LOGOUT_TO_GATEWAY, _A.LOGOUT_TO_ENGINE, _A.CLOSE)),
 
     (_S.ENGINE_LOGGING_OUT, _E.GATEWAY_LOGOUT): (_S.CLOSED, _CLOSE),
+    (_S.ENGINE_LOGGING_OUT, _E.GATEWAY_LOGON): (_S.ENGINE_LOGGING_OUT, ()),
     (_S.ENGINE_LOGGING_OUT, _E.ENGINE_LOGOUT): (_S.ENGINE_LOGGING_OUT, ()),
     (_S.ENGINE_LOGGING_OUT, _E.SHUTDOWN): (_S.ENGINE_LOGGING_OUT, ()),
 
@@ -181,6 +184,8 @@ class Session:
     """Last MsgSeqNum the gateway sent, in the gateway's numbering."""
     close_reason: str = ""
     history: list[tuple[float, State, Event]] = field(default_factory=list)
+    broken: SessionError | None = None
+    """Set by the first illegal event; the session then refuses all further use."""
 
     def __post_init__(self) -> None:
         self.since = self.engine_seen = self.gateway_seen = self.now
@@ -191,9 +196,12 @@ class Session:
         Raises:
             SessionError: the event cannot happen in this state (a relay bug, not a peer's).
         """
+        if self.broken is not None:
+            raise SessionError(f"session is broken: {self.broken}") from self.broken
         transition = TRANSITIONS.get((self.state, event))
         if transition is None:
-            raise SessionError(f"{event} cannot happen in state {self.state}")
+            self.broken = SessionError(f"{event} cannot happen in state {self.state}")
+            raise self.broken
         if (self.state, event) == (State.ACTIVE, Event.ENGINE_CLOSED) \
                 and not self.logout_on_engine_disconnect:
             transition = ENGINE_GONE_WITHOUT_LOGOUT

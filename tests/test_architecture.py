@@ -40,6 +40,7 @@ RANKS: Final[dict[str, int]] = {
     "fixproxy.config": 10,
     "fixproxy.signing": 10,
     "fixproxy.sequence": 10,  # sequence translation: pure, below the session that drives it
+    "fixproxy.seqstore": 10,  # sequence numbers kept between connections: file I/O, no trio
     "fixproxy.session": 20,
     "fixproxy.metrics": 20,
     "fixproxy.tls": 30,

@@ -566,7 +566,8 @@ def test_hand_built_configuration_gets_the_same_defaults(confdir: Path) -> None:
     built = Config(gateway=GatewayConfig(), metrics=MetricsConfig(), sessions=())
     assert built.maintenance == loaded.maintenance
     assert built.backoff == loaded.backoff
-    assert built.proxy == ProxyConfig(state_dir=Path("state"), shutdown_timeout=10.0)
+    # Hand-built configurations persist nothing unless they name a state_dir.
+    assert built.proxy == ProxyConfig(state_dir=None, shutdown_timeout=10.0)
     one = loaded.sessions[0]
     hand = SessionConfig(name=one.name, listen=one.listen, endpoint=one.endpoint, host=one.host,
                          port=one.port, api_key=one.api_key, private_key=one.private_key,

@@ -243,9 +243,10 @@ REFUSALS = {
     "HeartBtInt 2": Refusal(
         _short_heartbeat, ("HeartBtInt (108)", "'2'", "4..3600"), "invalid_logon",
         logon_refused=True),
-    "MsgSeqNum 7 without reset": Refusal(
-        _sequence_not_reset, ("MsgSeqNum (34)", "is 7", "expected 1", "ResetOnLogon"),
-        "invalid_logon", logon_refused=True),
+    "MsgSeqNum 7 without reset, translation off": Refusal(
+        _sequence_not_reset, ("MsgSeqNum (34)", "is 7", "expected 1", "ResetOnLogon",
+                              "translate_sequence"),
+        "invalid_logon", logon_refused=True, overrides=(("translate_sequence", False),)),
     "order before Logon": Refusal(
         _order_first, ("35=A", "35=D"), "invalid_logon", logon_refused=True),
     "HTTP request": Refusal(_http_request, ("HTTP",), "framing_error", logon_refused=False),
@@ -279,7 +280,7 @@ async def test_local_refusal_is_a_logout_and_never_reaches_the_gateway(
         assert answer.get(tags.MSG_SEQ_NUM) == b"1"
         assert await engine.receive() is None, "fixproxy closes after its Logout"
 
-        if case.overrides:
+        if dict(case.overrides).get("logon_timeout") is not None:
             assert waited >= 0.45, "the Logon timeout was not waited out"
         assert pair.sample("fixproxy_engine_connections_total", result=case.result) == 1
         assert pair.total("fixproxy_engine_connections") == 1
@@ -389,6 +390,31 @@ async def test_duplicate_key_is_refused_locally_and_first_session_survives(
         assert pair.sample("fixproxy_logons_total", result="accepted") == 1
         assert pair.sample("fixproxy_engine_connections_total", result="duplicate_key") == 1
         assert pair.sample("fixproxy_session_up") == 1
+
+
+async def test_engine_that_kept_its_numbers_is_translated(e2e_material: E2EMaterial) -> None:
+    # KalshiNR forces 141=Y; an engine logging on with 34=7 (its store kept the numbers) is
+    # renumbered instead of refused: Kalshi sees 1, 2, ...; the engine keeps seeing its own.
+    async with open_proxy_pair(e2e_material) as pair:
+        engine = await pair.connect_engine(first_seq=7)
+        answer = await engine.logon()
+        assert answer is not None and answer.msg_type == tags.MT_LOGON, answer
+        assert answer.get(tags.RESET_SEQ_NUM_FLAG) is None
+        assert answer.get(34) == b"1"  # no saved state: the engine's inbound starts at 1
+        signed = FixMessage.parse(pair.sim.last_logon[pair.api_key])
+        assert signed.get(34) == b"1"
+        assert signed.get(tags.RESET_SEQ_NUM_FLAG) == b"Y"
+        cl_ord_id = await engine.new_order()  # the engine's 34=8
+        report = await engine.receive_type(tags.MT_EXECUTION_REPORT)
+        assert report.get(11) == cl_ord_id
+        assert report.get(34) == b"2"
+        orders = pair.sim_events(direction="in", msg_type=tags.MT_NEW_ORDER_SINGLE)
+        assert FixMessage.parse(orders[0].raw).get(34) == b"2"
+        check_frame(orders[0].raw)
+        logout = await engine.logout()  # the engine's 34=9, Kalshi's 3
+        assert logout is not None and logout.get(34) == b"3"
+        logouts = pair.sim_events(direction="in", msg_type=tags.MT_LOGOUT)
+        assert FixMessage.parse(logouts[0].raw).get(34) == b"3"
 
 
 # --- 7. and 8. one side goes away ---------------------------------------------------------

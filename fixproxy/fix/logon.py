@@ -68,6 +68,8 @@ class LogonPolicy:
     """True when the endpoint requires 141=Y on every Logon."""
     kalshi_flags: tuple[tuple[int, bytes], ...] = ()
     """Kalshi Logon flags from the session's config, in wire order."""
+    translate_sequence: bool = False
+    """When forcing a reset on an engine that kept its numbers, renumber instead of refusing."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +84,11 @@ class RewrittenLogon:
     engine_requested_reset: bool
     reset_forced: bool
     """141=Y was set by fixproxy although the engine did not ask for it."""
+    translated: bool = False
+    """The engine kept its numbers (34 > 1) while the gateway leg resets: fixproxy sent 34=1
+    and must renumber both directions (see fixproxy.sequence)."""
+    engine_next_expected: int | None = None
+    """The engine's NextExpectedMsgSeqNum (789), when its Logon carried one."""
 
 
 def _single(logon: FixMessage, tag: int) -> bytes | None:
@@ -162,12 +169,14 @@ def rewrite_logon(raw: bytes, policy: LogonPolicy, sign: Signer, *, now: float) 
             reason="reset_seq_num_flag")
     engine_reset = reset_flag == b"Y"
     reset = engine_reset or policy.force_reset
-    if policy.force_reset and msg_seq_num != 1:
+    translate = policy.force_reset and msg_seq_num != 1 and not engine_reset \
+        and policy.translate_sequence
+    if policy.force_reset and msg_seq_num != 1 and not translate:
         raise LogonRefused(
             f"{field_name(tags.MSG_SEQ_NUM)} is {msg_seq_num}; expected 1, because "
             f"{policy.target_comp_id} needs a sequence reset (141=Y) on every Logon. Enable "
             f"reset on logon in the engine (QuickFIX: ResetOnLogon=Y) or reset its sequence "
-            f"store", reason="msg_seq_num")
+            f"store (or set translate_sequence = true for this session)", reason="msg_seq_num")
 
     sending_time = _normalise_sending_time(_single(logon, tags.SENDING_TIME), now)
 
@@ -178,7 +187,16 @@ def rewrite_logon(raw: bytes, policy: LogonPolicy, sign: Signer, *, now: float) 
 
     api_key = policy.api_key.encode()
     target_id = policy.target_comp_id.encode()
-    seq = b"%d" % msg_seq_num
+    # Under translation the gateway leg restarts at 1; the signature binds the 34 sent.
+    seq = b"1" if translate else b"%d" % msg_seq_num
+    next_expected = _single(logon, tags.NEXT_EXPECTED_MSG_SEQ_NUM)
+    if next_expected is not None and (not next_expected.isdigit() or int(next_expected) < 1):
+        raise LogonRefused(f"NextExpectedMsgSeqNum (789) is {_show(next_expected)}; expected a "
+                           f"positive integer", reason="next_expected")
+    if reset:
+        # After a reset the gateway's first message is 1, whatever the engine's store says.
+        body = [(tag, b"1" if tag == tags.NEXT_EXPECTED_MSG_SEQ_NUM else value)
+                for tag, value in body]
     signature = sign(b"\x01".join((sending_time, tags.MT_LOGON, seq, api_key, target_id)))
 
     fields: list[tuple[int, bytes]] = [
@@ -209,6 +227,8 @@ def rewrite_logon(raw: bytes, policy: LogonPolicy, sign: Signer, *, now: float) 
         sending_time=sending_time,
         engine_requested_reset=engine_reset,
         reset_forced=reset and not engine_reset,
+        translated=translate,
+        engine_next_expected=int(next_expected) if next_expected is not None else None,
     )
 
 
