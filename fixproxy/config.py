@@ -215,7 +215,9 @@ class Config:
     metrics: MetricsConfig
     sessions: tuple[SessionConfig, ...]
     path: Path | None = None
-    maintenance: MaintenanceSchedule | None = DEFAULT_SCHEDULE
+    maintenance: MaintenanceSchedule | None = None
+    """Kalshi's maintenance window; the loader defaults it to Thursday 03:00-05:00
+    America/New_York. None (hand-built configurations: the demo, tests) means no window."""
     """Kalshi's maintenance windows; None when ``[maintenance] enabled = false``."""
     backoff: BackoffConfig = BackoffConfig()
     proxy: ProxyConfig = ProxyConfig()

@@ -23,6 +23,9 @@ from datetime import UTC, datetime
 
 import trio
 
+from fixproxy.backoff import LogonBackoff
+from fixproxy.schedule import MaintenanceSchedule, Window
+
 logger = logging.getLogger("fixproxy.manager")
 
 
@@ -43,7 +46,11 @@ class KeyHolder:
 class SessionManager:
     """Knows every live connection; the only shared state between relays."""
 
-    def __init__(self) -> None:
+    def __init__(self, maintenance: MaintenanceSchedule | None = None,
+                 backoff: LogonBackoff | None = None) -> None:
+        self.maintenance = maintenance
+        self.backoff = backoff if backoff is not None else LogonBackoff()
+        self._last_logon: dict[str, datetime] = {}
         self._holders: dict[str, KeyHolder] = {}
         self._shutdown_hooks: dict[int, Callable[[], Awaitable[None]]] = {}
         self._idle = trio.Event()
@@ -63,6 +70,21 @@ class SessionManager:
         holder = self._holders.get(api_key)
         if holder is not None and holder.conn_id == conn_id:
             del self._holders[api_key]
+
+    def maintenance_window(self, now: datetime) -> Window | None:
+        """Kalshi's maintenance window in progress at ``now``, if any."""
+        return self.maintenance.active_window(now) if self.maintenance is not None else None
+
+    def reset_due(self, api_key: str, now: datetime) -> bool:
+        """True if a maintenance window ended since this key's last accepted Logon, so the
+        next Logon must reset sequence numbers on every endpoint (``reset_after``)."""
+        last = self._last_logon.get(api_key)
+        schedule = self.maintenance
+        return (schedule is not None and schedule.reset_after and last is not None
+                and schedule.window_ended_between(last, now))
+
+    def logon_accepted(self, api_key: str, now: datetime) -> None:
+        self._last_logon[api_key] = now
 
     def holder(self, api_key: str) -> KeyHolder | None:
         return self._holders.get(api_key)

@@ -100,6 +100,9 @@ class Metrics:
             "fixproxy_certificate_expiry_timestamp_seconds",
             "Expiry (Unix time) of the gateway's leaf certificate, as last presented.",
             ["session", "subject"], registry=r)
+        self.maintenance_active = Gauge(
+            "fixproxy_maintenance_active", "1 during Kalshi's configured maintenance window.",
+            registry=r)
         self.build_info = Gauge(
             "fixproxy_build_info", "Always 1; the version label says which build runs.",
             ["version"], registry=r)

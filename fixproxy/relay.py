@@ -35,7 +35,8 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 import trio
@@ -136,11 +137,18 @@ async def relay_engine_connection(engine: trio.abc.Stream, runtime: SessionRunti
             await engine.aclose()
             return
         logon_received = time.monotonic()
-        rewritten = _rewrite(first, runtime)
+        wall = datetime.now(UTC)
+        _check_window_and_backoff(runtime, wall)
+        rewritten = _rewrite(first, runtime, force_reset=runtime.manager.reset_due(
+            runtime.policy.api_key, wall))
         log.info("engine Logon accepted locally: %s", render(first.raw))
         _claim_key(runtime, conn_id)
         claimed = True
-        gateway, info = await _open_gateway(runtime, log)
+        try:
+            gateway, info = await _open_gateway(runtime, log)
+        except _Refusal:
+            runtime.manager.backoff.record_failure(runtime.policy.api_key, trio.current_time())
+            raise
     except _Refusal as refusal:
         if claimed:
             runtime.manager.release(runtime.policy.api_key, conn_id)
@@ -222,9 +230,31 @@ def _claim_key(runtime: SessionRuntime, conn_id: int) -> None:
             f"give this session its own key", "duplicate_key")
 
 
-def _rewrite(first: Frame, runtime: SessionRuntime) -> RewrittenLogon:
+def _check_window_and_backoff(runtime: SessionRuntime, now: datetime) -> None:
+    """Refuse locally what Kalshi would refuse or count against the key's Logon limit."""
+    manager = runtime.manager
+    window = manager.maintenance_window(now)
+    if window is not None:
+        raise _Refusal(f"Kalshi's maintenance window is in progress until "
+                       f"{window.describe_end()}; reconnect after that", "maintenance")
+    api_key = runtime.policy.api_key
+    clock = trio.current_time()
+    if not manager.backoff.allowed(api_key, clock):
+        retry_at = manager.backoff.retry_at(api_key) or clock
+        wait = retry_at - clock
+        when = (now + timedelta(seconds=wait)).strftime("%H:%M:%S UTC")
+        raise _Refusal(f"the last Logon attempt with this API key failed and Kalshi rate-limits "
+                       f"Logons, so fixproxy holds new attempts for {wait:.0f} s more; retry "
+                       f"after {when}", "backoff")
+
+
+def _rewrite(first: Frame, runtime: SessionRuntime, *, force_reset: bool) -> RewrittenLogon:
+    policy = runtime.policy
+    if force_reset and not policy.force_reset:
+        # The first Logon after a maintenance window resets on every endpoint.
+        policy = replace(policy, force_reset=True)
     try:
-        return rewrite_logon(first.raw, runtime.policy, runtime.sign, now=time.time())
+        return rewrite_logon(first.raw, policy, runtime.sign, now=time.time())
     except LogonRefused as exc:
         raise _Refusal(exc.text, "invalid_logon") from exc
 
@@ -519,7 +549,10 @@ class _SessionRelay:
         self.session.gateway_activity(trio.current_time(), read_seq_num(frame.raw))
         data = frame.raw
         accepted = frame.msg_type == tags.MT_LOGON
+        manager = self.runtime.manager
         if accepted:
+            manager.backoff.record_success(cfg.api_key)
+            manager.logon_accepted(cfg.api_key, datetime.now(UTC))
             metrics.logons.labels(session=cfg.name, result="accepted").inc()
             metrics.logon_seconds.labels(session=cfg.name).observe(
                 time.monotonic() - self.logon_received)
@@ -533,6 +566,7 @@ class _SessionRelay:
                 data = self.translator.to_engine(data)
             self.log.info("gateway accepted the Logon: %s", render(frame.raw))
         else:
+            manager.backoff.record_failure(cfg.api_key, trio.current_time())
             metrics.logons.labels(session=cfg.name, result="refused_by_gateway").inc()
             self.log.warning("gateway answered the Logon with: %s", render(frame.raw))
             _explain_gateway_answer(frame.raw, self.log)

@@ -20,12 +20,14 @@ import logging
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Final
 
 import trio
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from fixproxy import tls
+from fixproxy.backoff import LogonBackoff
 from fixproxy.config import Config, SessionConfig
 from fixproxy.errors import FixProxyError
 from fixproxy.manager import SessionManager
@@ -86,7 +88,9 @@ class ProxyServer:
                  manager: SessionManager | None = None) -> None:
         self.config = config
         self.metrics = metrics
-        self.manager = manager if manager is not None else SessionManager()
+        self.manager = manager if manager is not None else SessionManager(
+            config.maintenance, LogonBackoff(config.backoff.floor, config.backoff.ceiling))
+        metrics.maintenance_active.set_function(self._maintenance_active)
         state_dir = config.proxy.state_dir
         sequences = SequenceStore(state_dir) if state_dir is not None else None
         self.runtimes = [build_runtime(session, metrics, self.manager, sequences)
@@ -119,6 +123,9 @@ class ProxyServer:
                 metrics_address = await sessions.start(serve_metrics,
                                                        *self.config.metrics.listen, metrics)
             task_status.started(BoundAddresses(bound, metrics_address))
+
+    def _maintenance_active(self) -> float:
+        return 0.0 if self.manager.maintenance_window(datetime.now(UTC)) is None else 1.0
 
     def stop_listening(self) -> None:
         """Close the engine listeners; connections already accepted carry on."""

@@ -15,6 +15,7 @@ use it). Everything is written under pytest's temporary directory; the private k
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from fixproxy.config import Config, GatewayConfig, MetricsConfig, SessionConfig,
 from fixproxy.fix import tags
 from fixproxy.fix.codec import FixMessage, checksum
 from fixproxy.kalshi import ENDPOINTS
+from fixproxy.manager import SessionManager
 from fixproxy.metrics import Metrics
 from fixproxy.server import BoundAddresses, serve_proxy
 from fixproxy.signing import generate_key_pair, load_public_key
@@ -168,6 +170,8 @@ async def open_proxy_pair(
         gateway_port: int | None = None,
         metrics_endpoint: bool = False,
         session_overrides: Mapping[str, Any] | None = None,
+        config_overrides: Mapping[str, Any] | None = None,
+        manager: SessionManager | None = None,
         timeout: float = GUARD_SECONDS,
 ) -> AsyncIterator[ProxyPair]:
     """Run the simulator and fixproxy for one test, all inside ``trio.fail_after(timeout)``.
@@ -179,6 +183,8 @@ async def open_proxy_pair(
         gateway_port: send the session here instead of to the simulator (a dead port).
         metrics_endpoint: also serve ``/metrics`` and ``/healthz`` on a free loopback port.
         session_overrides: further :class:`SessionConfig` fields (``logon_timeout``, ...).
+        config_overrides: further :class:`Config` fields (``maintenance``, ``proxy``, ...).
+        manager: the proxy's session manager, for a test that needs to reach into it.
     """
     sim = SimGateway(SimConfig(ports={endpoint: 0}, keys={material.api_key: material.public_key},
                                faults=faults or SimFaults()),
@@ -199,7 +205,10 @@ async def open_proxy_pair(
                             metrics=MetricsConfig(listen=(LOOPBACK, 0) if metrics_endpoint
                                                   else None),
                             sessions=(session,))
-            bound: BoundAddresses = await nursery.start(serve_proxy, config, metrics)
+            if config_overrides:
+                config = dataclasses.replace(config, **config_overrides)
+            bound: BoundAddresses = await nursery.start(
+                functools.partial(serve_proxy, config, metrics, manager=manager))
             pair = ProxyPair(material=material, sim=sim, metrics=metrics, session=session,
                              proxy=bound.sessions[SESSION_NAME], gateway=(sim_host, sim_port),
                              metrics_address=bound.metrics)

@@ -564,7 +564,8 @@ def test_hand_built_configuration_gets_the_same_defaults(confdir: Path) -> None:
     # The demo and the tests build Config and SessionConfig directly, without the newer keys.
     loaded = load(confdir, session(0))
     built = Config(gateway=GatewayConfig(), metrics=MetricsConfig(), sessions=())
-    assert built.maintenance == loaded.maintenance
+    assert loaded.maintenance == DEFAULT_SCHEDULE
+    assert built.maintenance is None  # a hand-built configuration has no window
     assert built.backoff == loaded.backoff
     # Hand-built configurations persist nothing unless they name a state_dir.
     assert built.proxy == ProxyConfig(state_dir=None, shutdown_timeout=10.0)

@@ -1,0 +1,96 @@
+"""The session manager over real sockets: maintenance windows, Logon backoff, and the
+sequence reset forced on the first Logon after a window."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from e2e_support import (  # e2e_material_fixture: a pytest fixture, found by its name
+    E2EMaterial,
+    e2e_material_fixture,  # noqa: F401
+    open_proxy_pair,
+)
+from prometheus_client import generate_latest
+
+from fixproxy.backoff import LogonBackoff
+from fixproxy.fix import tags
+from fixproxy.fix.codec import FixMessage
+from fixproxy.manager import SessionManager
+from fixproxy.schedule import ALL_DAYS, MaintenanceSchedule
+from fixproxy.sim.gateway import SimFaults
+
+UTC_ZONE = ZoneInfo("UTC")
+
+
+def _window_around(now: datetime) -> MaintenanceSchedule:
+    """A daily window from an hour before ``now`` to an hour after it."""
+    return MaintenanceSchedule(days=ALL_DAYS, start=(now - timedelta(hours=1)).time(),
+                               end=(now + timedelta(hours=1)).time(), timezone=UTC_ZONE)
+
+
+async def test_a_connection_during_maintenance_is_told_when_it_ends(
+        e2e_material: E2EMaterial) -> None:
+    new_york = ZoneInfo("America/New_York")
+    now = datetime.now(new_york).replace(second=0, microsecond=0)
+    schedule = MaintenanceSchedule(days=ALL_DAYS, start=(now - timedelta(hours=1)).time(),
+                                   end=(now + timedelta(hours=1)).time(), timezone=new_york)
+    async with open_proxy_pair(e2e_material, config_overrides={"maintenance": schedule}) as pair:
+        engine = await pair.connect_engine()
+        answer = await engine.logon()
+        assert answer is not None and answer.msg_type == tags.MT_LOGOUT
+        text = answer.get_str(tags.TEXT) or ""
+        window = schedule.active_window(datetime.now(UTC))
+        assert window is not None
+        assert "maintenance window is in progress" in text
+        assert window.describe_end() in text  # the end in the zone and in UTC
+        assert "America/New_York" in text and "UTC" in text
+        assert pair.sim.events == type(pair.sim.events)(maxlen=pair.sim.events.maxlen)
+        assert pair.sample("fixproxy_engine_connections_total", result="maintenance") == 1
+        assert b"fixproxy_maintenance_active 1.0" in generate_latest(pair.metrics.registry)
+
+
+async def test_outside_maintenance_the_gauge_is_zero(e2e_material: E2EMaterial) -> None:
+    later = datetime.now(UTC) + timedelta(hours=6)
+    async with open_proxy_pair(e2e_material,
+                               config_overrides={"maintenance": _window_around(later)}) as pair:
+        assert b"fixproxy_maintenance_active 0.0" in generate_latest(pair.metrics.registry)
+
+
+async def test_a_refused_logon_holds_the_next_attempt_locally(e2e_material: E2EMaterial) -> None:
+    async with open_proxy_pair(e2e_material,
+                               faults=SimFaults(refuse_logon_text="sim says no")) as pair:
+        first = await pair.connect_engine()
+        refused = await first.logon()
+        assert refused is not None and refused.get_str(tags.TEXT) == "sim says no"
+        # An engine reconnecting at once is held by fixproxy: Kalshi sees one attempt.
+        second = await pair.connect_engine()
+        held = await second.logon()
+        assert held is not None and held.msg_type == tags.MT_LOGOUT
+        text = held.get_str(tags.TEXT) or ""
+        assert "rate-limits" in text and "retry after" in text and "UTC" in text
+        assert len(pair.sim_events(direction="in", msg_type=tags.MT_LOGON)) == 1
+        assert pair.sample("fixproxy_engine_connections_total", result="backoff") == 1
+
+
+async def test_first_logon_after_a_window_resets_even_on_kalshi_rt(
+        e2e_material: E2EMaterial) -> None:
+    now = datetime.now(UTC)
+    # A daily window that ended since the key's last Logon, two days ago.
+    schedule = _window_around(now - timedelta(hours=12))
+    manager = SessionManager(schedule, LogonBackoff())
+    manager.logon_accepted(e2e_material.api_key, now - timedelta(days=2))
+    async with open_proxy_pair(e2e_material, endpoint="KalshiRT", manager=manager,
+                               config_overrides={"maintenance": schedule}) as pair:
+        engine = await pair.connect_engine(first_seq=5)  # an engine that keeps its numbers
+        answer = await engine.logon()
+        assert answer is not None and answer.msg_type == tags.MT_LOGON, answer
+        assert answer.get(tags.RESET_SEQ_NUM_FLAG) is None
+        signed = FixMessage.parse(pair.sim.last_logon[pair.api_key])
+        assert signed.get(tags.RESET_SEQ_NUM_FLAG) == b"Y"
+        assert signed.get(34) == b"1"
+        cl_ord_id = await engine.new_order()
+        report = await engine.receive_type(tags.MT_EXECUTION_REPORT)
+        assert report.get(11) == cl_ord_id
+        # The next Logon, with no window in between, follows the engine again (RT).
+        assert not manager.reset_due(pair.api_key, datetime.now(UTC))
