@@ -100,6 +100,9 @@ class Metrics:
             "fixproxy_certificate_expiry_timestamp_seconds",
             "Expiry (Unix time) of the gateway's leaf certificate, as last presented.",
             ["session", "subject"], registry=r)
+        self.heartbeat_timeouts = Counter(
+            "fixproxy_heartbeat_timeouts", "Sessions ended because a peer was silent for "
+            "2 x HeartBtInt + grace.", ["session"], registry=r)
         self.maintenance_active = Gauge(
             "fixproxy_maintenance_active", "1 during Kalshi's configured maintenance window.",
             registry=r)

@@ -142,6 +142,7 @@ async def relay_engine_connection(engine: trio.abc.Stream, runtime: SessionRunti
         rewritten = _rewrite(first, runtime, force_reset=runtime.manager.reset_due(
             runtime.policy.api_key, wall))
         log.info("engine Logon accepted locally: %s", render(first.raw))
+        _warn_clock_skew(rewritten.sending_time, wall, log)
         _claim_key(runtime, conn_id)
         claimed = True
         try:
@@ -215,6 +216,23 @@ def _describe_bad_start(exc: FramingError, first_bytes: bytes | bytearray) -> st
         return (f"the engine speaks {first_bytes[2:9].decode('ascii', 'replace')}; Kalshi "
                 f"requires BeginString FIXT.1.1 with DefaultApplVerID FIX.5.0SP2")
     return f"the engine's data is not valid FIX: {exc}"
+
+
+CLOCK_SKEW_WARNING: Final = 5.0
+"""Seconds between the engine's SendingTime and local time worth a warning; Kalshi rejects
+messages more than 30 s off (Reject 373=10)."""
+
+
+def _warn_clock_skew(sending_time: bytes, now: datetime, log: _ConnectionLog) -> None:
+    try:
+        stamped = datetime.strptime(sending_time.decode(), "%Y%m%d-%H:%M:%S.%f").replace(
+            tzinfo=UTC)
+    except ValueError:
+        return
+    skew = (stamped - now).total_seconds()
+    if abs(skew) > CLOCK_SKEW_WARNING:
+        log.warning("the engine's SendingTime (52) is %+.1f s off local time; Kalshi rejects "
+                    "messages more than 30 s off (Reject 373=10): synchronise the clocks", skew)
 
 
 def _claim_key(runtime: SessionRuntime, conn_id: int) -> None:
@@ -360,6 +378,8 @@ class _SessionRelay:
         self.engine_input_open = True
         self.close_due = False
         self.logout_cause = ""
+        self.end_cause: tuple[str, str] | None = None
+        """(initiator, reason) of the first event that ended the session, for metrics."""
         self.state_changed = trio.Event()
         self.nursery: trio.Nursery | None = None
         self.session_up = runtime.metrics.session_up.labels(session=cfg.name)
@@ -390,6 +410,7 @@ class _SessionRelay:
         finally:
             self.runtime.manager.unregister(self.conn_id)
             self._save_sequences()
+            self._count_end()
             if self.counted_up:
                 self.session_up.dec()
         self.log.info("session closed (%s): %s; engine->gateway %d bytes, gateway->engine %d "
@@ -430,6 +451,20 @@ class _SessionRelay:
         except FixProxyError as exc:
             self.log.error("%s", exc)  # noqa: TRY400  the message says it all
 
+    def _count_end(self) -> None:
+        """Count how a logged-on session ended: fixproxy_logouts_total, heartbeat timeouts."""
+        if not self.counted_up:
+            return
+        name = self.runtime.config.name
+        metrics = self.runtime.metrics
+        initiator, reason = self.end_cause or ("proxy", "other")
+        if reason == "heartbeat_timeout":
+            metrics.heartbeat_timeouts.labels(session=name).inc()
+        if self.runtime.manager.maintenance_window(datetime.now(UTC)) is not None:
+            reason = "maintenance"  # expected: Kalshi disconnects during its window
+            self.log.info("session ended during Kalshi's maintenance window, as expected")
+        metrics.logouts.labels(session=name, initiator=initiator, reason=reason).inc()
+
     async def shutdown(self) -> None:
         """Log the session out because fixproxy is stopping."""
         await self.event(Event.SHUTDOWN)
@@ -444,6 +479,8 @@ class _SessionRelay:
         :meth:`close_if_due`, so a Logout answer reaches its peer before the close.
         """
         before = self.session.state
+        if self.end_cause is None and event in _END_CAUSES:
+            self.end_cause = _END_CAUSES[event]
         actions = self.session.handle(event, trio.current_time(), reason)
         if self.session.state is not before:
             self.log.info("%s -> %s on %s%s", before, self.session.state, event,
@@ -638,7 +675,9 @@ class _SessionRelay:
                 self.log.info("%s sent Logout: %s", "engine" if from_engine else "gateway",
                               render(logout.raw))
                 if not from_engine:
-                    _explain_gateway_answer(logout.raw, self.log)
+                    reason = _explain_gateway_answer(logout.raw, self.log)
+                    if self.end_cause is None:
+                        self.end_cause = ("gateway", reason)
                 # An answer to fixproxy's own Logout closes for the cause that started it.
                 if not await self.event(logout_event, self.logout_cause, defer_close=True):
                     raw = logout.raw if translate is None else translate(logout.raw)
@@ -674,6 +713,18 @@ class _SessionRelay:
                              "the Kalshi gateway closed the connection without a Logout")
 
 
+_END_CAUSES: Final[dict[Event, tuple[str, str]]] = {
+    Event.ENGINE_LOGOUT: ("engine", "other"),
+    Event.ENGINE_CLOSED: ("engine", "engine_disconnect"),
+    Event.ENGINE_ERROR: ("engine", "other"),
+    Event.GATEWAY_CLOSED: ("gateway", "other"),
+    Event.GATEWAY_ERROR: ("gateway", "other"),
+    Event.GATEWAY_SILENT: ("proxy", "heartbeat_timeout"),
+    Event.ENGINE_SILENT: ("proxy", "heartbeat_timeout"),
+    Event.SHUTDOWN: ("proxy", "shutdown"),
+}
+"""(initiator, reason) labels of fixproxy_logouts_total by the event that ended a session."""
+
 _EVENT_TEXT: Final[dict[Event, str]] = {
     Event.GATEWAY_SILENT: "the Kalshi gateway sent nothing for longer than 2 x HeartBtInt + "
                           "grace (or did not answer the Logon in time); the connection was "
@@ -686,29 +737,37 @@ _EVENT_TEXT: Final[dict[Event, str]] = {
 
 
 _GATEWAY_HINTS: Final = (
-    ("already exists", "Kalshi already has a connection for this API key, possibly a dead one "
-                       "it has not noticed yet: wait about 2 x HeartBtInt (up to 60 s) before "
-                       "logging on again, and make sure no other process uses the key"),
-    ("signature", "Kalshi rejected the Logon signature: check that private_key is the key "
-                  "whose public half was uploaded for this API key"),
-    ("sendingtime", "Kalshi rejected SendingTime (52): the engine's clock is more than 30 s "
-                    "off; synchronise it (NTP)"),
+    ("already exists", "duplicate",
+     "Kalshi already has a connection for this API key, possibly a dead one it has not "
+     "noticed yet: wait about 2 x HeartBtInt (up to 60 s) before logging on again, and make "
+     "sure no other process uses the key"),
+    ("signature", "signature",
+     "Kalshi rejected the Logon signature: check that private_key is the key whose public "
+     "half was uploaded for this API key"),
+    ("sendingtime", "other",
+     "Kalshi rejected SendingTime (52): the engine's clock is more than 30 s off; "
+     "synchronise it (NTP)"),
 )
 
 
-def _explain_gateway_answer(raw: bytes, log: _ConnectionLog) -> None:
-    """Log a hint for the gateway Logouts and Rejects whose Text is known to puzzle users."""
+def _explain_gateway_answer(raw: bytes, log: _ConnectionLog) -> str:
+    """Log a hint for the gateway Logouts and Rejects whose Text is known to puzzle users.
+
+    Returns:
+        The reason label for fixproxy_logouts_total: duplicate, signature or other.
+    """
     try:
         message = FixMessage.parse(raw)
     except FramingError:
-        return
+        return "other"
     text = (message.get_str(tags.TEXT) or "").lower()
     if message.get(tags.SESSION_REJECT_REASON) == b"10":
         text += " sendingtime"
-    for needle, hint in _GATEWAY_HINTS:
+    for needle, reason, hint in _GATEWAY_HINTS:
         if needle in text:
             log.warning("gateway said %r: %s", message.get_str(tags.TEXT) or "", hint)
-            return
+            return reason
+    return "other"
 
 
 async def _send_locked(stream: trio.abc.Stream, lock: trio.Lock, data: bytes | bytearray
