@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+import trio.testing
 from e2e_support import (  # e2e_material_fixture: a pytest fixture, found by its name
     E2EMaterial,
     e2e_material_fixture,  # noqa: F401
@@ -94,3 +95,28 @@ async def test_first_logon_after_a_window_resets_even_on_kalshi_rt(
         assert report.get(11) == cl_ord_id
         # The next Logon, with no window in between, follows the engine again (RT).
         assert not manager.reset_due(pair.api_key, datetime.now(UTC))
+
+
+async def test_gateway_logout_is_answered_by_the_engine_and_closes(
+        e2e_material: E2EMaterial) -> None:
+    async with open_proxy_pair(e2e_material,
+                               faults=SimFaults(logout_after_messages=2)) as pair:
+        engine = await pair.connect_engine()
+        answer = await engine.logon()
+        assert answer is not None and answer.msg_type == tags.MT_LOGON
+        await engine.new_order()
+        await engine.new_order()
+        logout = await engine.receive_type(tags.MT_LOGOUT)
+        assert "logout after 2 messages" in (logout.get_str(tags.TEXT) or "")
+        # The gateway's Logout reached the engine byte for byte; the engine's answer goes
+        # back, and then both legs close.
+        sent = pair.sim_events(direction="out", msg_type=tags.MT_LOGOUT)
+        assert engine.transcript[-1][1] == sent[0].raw
+        await engine.send(tags.MT_LOGOUT)
+        assert await engine.receive() is None
+        conn = pair.sim_logon_conn()
+        await pair.sim.wait_closed(conn)
+        assert len(pair.sim_events(conn, direction="in", msg_type=tags.MT_LOGOUT)) == 1
+        while pair.sample("fixproxy_logouts_total", initiator="gateway",
+                          reason="other") != 1:
+            await trio.testing.wait_all_tasks_blocked(0.01)
