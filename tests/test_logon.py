@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -420,8 +420,10 @@ def test_strip_forced_reset_leaves_an_answer_without_141_untouched(
 # --------------------------------------------------------------------------- property
 
 OWNED = {8, 9, 10, 35, 49, 56, 34, 52, 98, 108, 141, 1137, 95, 96}
+# Fields with rules of their own (789 must be a positive number; tested separately).
+RULED = {tags.NEXT_EXPECTED_MSG_SEQ_NUM}
 SPECIAL = OWNED | set(tags.HEADER_TAGS) | set(tags.LENGTH_OF) | set(tags.LENGTH_OF.values()) \
-    | {tag for tag, _ in KALSHI_FLAGS}
+    | {tag for tag, _ in KALSHI_FLAGS} | RULED
 BODY_TAGS = st.integers(min_value=1, max_value=30_000).filter(lambda tag: tag not in SPECIAL)
 BODY_VALUES = st.binary(min_size=1, max_size=16).map(lambda v: v.replace(b"\x01", b"."))
 SENDING_TIMES = st.sampled_from([SENDING_TIME, b"20230809-05:28:18", b"20230809-05:28:18.1",
@@ -484,3 +486,32 @@ def test_property_rewritten_logon_always_frames_and_verifies(signer: LogonSigner
         assert tag_order.index(52) < tag_order.index(tag) < tag_order.index(98)
     expected_reset = b"Y" if case.policy.force_reset or case.reset == b"Y" else case.reset
     assert values(out, 141) == ([] if expected_reset is None else [expected_reset])
+
+
+def test_next_expected_seq_num_is_kept_and_reset_with_the_sequence(signer: LogonSigner) -> None:
+    # 789 names the gateway's next number; after the reset fixproxy forces, that is 1.
+    raw = engine_logon({56: b"KalshiNR", 34: 1}, extra=[(tags.NEXT_EXPECTED_MSG_SEQ_NUM, b"7")])
+    result = rewrite_logon(raw, NR, signer, now=NOW)
+    assert result.engine_next_expected == 7
+    assert dict(wire(result.raw))[tags.NEXT_EXPECTED_MSG_SEQ_NUM] == b"1"
+
+
+@pytest.mark.parametrize("value", [b"0", b"x", b"-3"])
+def test_next_expected_seq_num_must_be_positive(signer: LogonSigner, value: bytes) -> None:
+    raw = engine_logon({56: b"KalshiNR", 34: 1}, extra=[(tags.NEXT_EXPECTED_MSG_SEQ_NUM, value)])
+    with pytest.raises(LogonRefused, match=r"NextExpectedMsgSeqNum \(789\)"):
+        rewrite_logon(raw, NR, signer, now=NOW)
+
+
+def test_forced_reset_on_an_engine_that_kept_its_numbers_is_translated(
+        signer: LogonSigner) -> None:
+    policy = replace(NR, translate_sequence=True)
+    raw = engine_logon({56: b"KalshiNR", 34: 7})
+    result = rewrite_logon(raw, policy, signer, now=NOW)
+    fields = dict(wire(result.raw))
+    assert result.translated and result.reset_forced
+    assert result.msg_seq_num == 7  # the engine's own number, for the renumbering
+    assert fields[34] == b"1" and fields[141] == b"Y"
+    # The signature binds the 34 actually sent.
+    prehash = b"\x01".join([fields[52], b"A", b"1", API_KEY.encode(), b"KalshiNR"])
+    assert verify_signature(signer.public_key(), prehash, fields[96])
