@@ -506,7 +506,7 @@ def test_next_expected_seq_num_must_be_positive(signer: LogonSigner, value: byte
 def test_forced_reset_on_an_engine_that_kept_its_numbers_is_translated(
         signer: LogonSigner) -> None:
     policy = replace(NR, translate_sequence=True)
-    raw = engine_logon({56: b"KalshiNR", 34: 7})
+    raw = engine_logon({56: b"KalshiNR", 34: 7, 141: None})
     result = rewrite_logon(raw, policy, signer, now=NOW)
     fields = dict(wire(result.raw))
     assert result.translated and result.reset_forced
