@@ -143,6 +143,7 @@ async def relay_engine_connection(engine: trio.abc.Stream, runtime: SessionRunti
             runtime.policy.api_key, wall))
         log.info("engine Logon accepted locally: %s", render(first.raw))
         _warn_clock_skew(rewritten.sending_time, wall, log)
+        translator = _translator_for(rewritten, runtime, log)
         _claim_key(runtime, conn_id)
         claimed = True
         try:
@@ -170,7 +171,7 @@ async def relay_engine_connection(engine: trio.abc.Stream, runtime: SessionRunti
              runtime.config.host, runtime.config.port, info.tls_version, info.cipher)
     try:
         await _SessionRelay(engine, engine_framer, gateway, rewritten, runtime, log,
-                            logon_received, conn_id).run()
+                            logon_received, conn_id, translator).run()
     finally:
         runtime.manager.release(runtime.policy.api_key, conn_id)
         with trio.CancelScope(shield=True):
@@ -233,6 +234,30 @@ def _warn_clock_skew(sending_time: bytes, now: datetime, log: _ConnectionLog) ->
     if abs(skew) > CLOCK_SKEW_WARNING:
         log.warning("the engine's SendingTime (52) is %+.1f s off local time; Kalshi rejects "
                     "messages more than 30 s off (Reject 373=10): synchronise the clocks", skew)
+
+
+def _translator_for(rewritten: RewrittenLogon, runtime: SessionRuntime,
+                    log: _ConnectionLog) -> SequenceTranslator | None:
+    """The renumbering for an engine that kept its numbers while the gateway leg resets."""
+    if not rewritten.translated:
+        return None
+    cfg = runtime.config
+    next_in = rewritten.engine_next_expected
+    source = "its Logon's NextExpectedMsgSeqNum (789)"
+    try:
+        if next_in is None and runtime.sequences is not None:
+            saved = runtime.sequences.load(cfg.name, cfg.api_key, cfg.endpoint.target_comp_id)
+            if saved is not None:
+                next_in, source = saved.engine_next_in, "the state saved by the last connection"
+        if next_in is None:
+            next_in, source = 1, "no saved state: assuming it reset its inbound numbers"
+        translator = SequenceTranslator.for_logon(rewritten.msg_seq_num, next_in)
+    except FixProxyError as exc:
+        raise _Refusal(f"cannot renumber this session: {exc}", "sequence_state") from exc
+    log.info("engine kept its sequence numbers (34=%d) while %s resets: renumbering both "
+             "directions; the engine expects %d next, from %s", rewritten.msg_seq_num,
+             cfg.endpoint.target_comp_id, next_in, source)
+    return translator
 
 
 def _claim_key(runtime: SessionRuntime, conn_id: int) -> None:
@@ -353,7 +378,8 @@ class _SessionRelay:
 
     def __init__(self, engine: trio.abc.Stream, engine_framer: FixFramer,
                  gateway: trio.abc.Stream, rewritten: RewrittenLogon, runtime: SessionRuntime,
-                 log: _ConnectionLog, logon_received: float, conn_id: int) -> None:
+                 log: _ConnectionLog, logon_received: float, conn_id: int,
+                 translator: SequenceTranslator | None) -> None:
         cfg = runtime.config
         self.conn_id = conn_id
         self.engine = engine
@@ -374,7 +400,7 @@ class _SessionRelay:
             logon_wait=cfg.logon_timeout,
             logout_on_engine_disconnect=cfg.logout_on_engine_disconnect)
         self.session.engine_last_seq = rewritten.msg_seq_num
-        self.translator = self._translator() if rewritten.translated else None
+        self.translator = translator
         self.engine_input_open = True
         self.close_due = False
         self.logout_cause = ""
@@ -416,24 +442,6 @@ class _SessionRelay:
         self.log.info("session closed (%s): %s; engine->gateway %d bytes, gateway->engine %d "
                       "bytes", self.session.state, self.session.close_reason,
                       self.to_gateway.bytes, self.to_engine.bytes)
-
-    def _translator(self) -> SequenceTranslator:
-        """The renumbering for an engine that kept its numbers while the gateway resets."""
-        cfg = self.runtime.config
-        next_in = self.rewritten.engine_next_expected
-        source = "its Logon's NextExpectedMsgSeqNum (789)"
-        if next_in is None and self.runtime.sequences is not None:
-            saved = self.runtime.sequences.load(cfg.name, cfg.api_key,
-                                                cfg.endpoint.target_comp_id)
-            if saved is not None:
-                next_in, source = saved.engine_next_in, "the state saved by the last connection"
-        if next_in is None:
-            next_in, source = 1, "no saved state: assuming it reset its inbound numbers"
-        translator = SequenceTranslator.for_logon(self.rewritten.msg_seq_num, next_in)
-        self.log.info("engine kept its sequence numbers (34=%d) while %s resets: renumbering "
-                      "both directions; the engine expects %d next, from %s",
-                      self.rewritten.msg_seq_num, cfg.endpoint.target_comp_id, next_in, source)
-        return translator
 
     def _save_sequences(self) -> None:
         store = self.runtime.sequences

@@ -46,6 +46,7 @@ class SequenceStore:
         try:
             data = json.loads(self._path(session).read_text())
             saved = SessionSequences(**data)
+            _check_fields(saved)
         except FileNotFoundError:
             return None
         except (OSError, ValueError, TypeError) as exc:
@@ -69,3 +70,12 @@ class SequenceStore:
             os.replace(temporary, path)
         except OSError as exc:
             raise FixProxyError(f"cannot write sequence state {path}: {exc.strerror}") from exc
+
+
+def _check_fields(saved: SessionSequences) -> None:
+    """Reject values of the wrong kind: the file may have been edited by hand."""
+    if not isinstance(saved.api_key, str) or not isinstance(saved.endpoint, str):
+        raise TypeError("api_key and endpoint must be strings")
+    for number in (saved.engine_next_out, saved.engine_next_in):
+        if isinstance(number, bool) or not isinstance(number, int) or number < 1:
+            raise ValueError("sequence numbers must be integers of at least 1")

@@ -314,3 +314,28 @@ def iter_log_text(workdir: Path) -> Iterator[str]:
     for path in sorted(workdir.rglob("*.log")):
         text = path.read_text(encoding="ascii", errors="replace").replace(SOH, "|")
         yield f"--- {path.relative_to(workdir)}\n{text}"
+
+
+def event_log_text(settings: EngineSettings) -> str:
+    """QuickFIX's event log (``*.event.current.log``) for ``settings``, SOH shown as ``|``.
+
+    QuickFIX's FileLog appends across runs of the same session, so a caller that wants one
+    run's events remembers the length before the run and slices the text after it.
+    """
+    parts = [path.read_text(encoding="ascii", errors="replace")
+             for path in sorted(settings.log_dir.glob("*.event.current.log"))]
+    return "".join(parts).replace(SOH, "|")
+
+
+def session_registered(settings: EngineSettings) -> bool:
+    """True while some initiator in this process still owns the QuickFIX session of
+    ``settings``.
+
+    QuickFIX keeps one global registry of sessions by SessionID; a second initiator for the
+    same session is only usable once the first initiator object is gone.
+    """
+    import quickfix
+
+    session_id = quickfix.SessionID(BEGIN_STRING, settings.sender_comp_id,
+                                    settings.target_comp_id)
+    return quickfix.Session.lookupSession(session_id) is not None
