@@ -42,7 +42,12 @@ SOH: Final = "\x01"
 
 
 def dictionary_path(name: str) -> Path:
-    """Where the QuickFIX package installs data dictionary ``name``."""
+    """Where the QuickFIX package installed data dictionary ``name``: under the prefix it was
+    installed into, which is the base prefix when it comes from outside a virtualenv."""
+    for prefix in dict.fromkeys((sys.prefix, sys.base_prefix)):
+        path = Path(prefix, "share", "quickfix", name)
+        if path.exists():
+            return path
     return Path(sys.prefix, "share", "quickfix", name)
 
 
