@@ -10,6 +10,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -189,7 +190,9 @@ async def test_pin_prints_the_chain_and_saves_the_leaf(setup: Setup, tmp_path: P
     assert saved.read_bytes().strip() == setup.certs.leaf_cert_pem.strip()
 
 
-async def test_run_relays_an_engine_and_exits_zero_on_sigterm(setup: Setup) -> None:
+@asynccontextmanager
+async def _running_fixproxy(setup: Setup) -> AsyncIterator[tuple[trio.Process, ScriptedEngine]]:
+    """``fixproxy run`` as a real process, and an engine logged on through it."""
     process = await trio.lowlevel.open_process(
         [*FIXPROXY, "run", "--config", str(setup.config)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -200,19 +203,23 @@ async def test_run_relays_an_engine_and_exits_zero_on_sigterm(setup: Setup) -> N
             engine = await ScriptedEngine.connect("127.0.0.1", setup.listen_port,
                                                   sender=setup.api_key, target="KalshiNR")
             answer = await engine.logon()
-            assert answer is not None
-            assert answer.msg_type == tags.MT_LOGON
-            await engine.new_order()
-            report = await engine.receive_type(tags.MT_EXECUTION_REPORT)
-            assert report.get(11) == b"demo-1"
-            await engine.logout()
-            await engine.aclose()
-            process.send_signal(signal.SIGTERM)
-            assert await process.wait() == 0
+            assert answer is not None and answer.msg_type == tags.MT_LOGON
+            yield process, engine
     finally:
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+async def test_run_relays_an_engine_and_exits_zero_on_sigterm(setup: Setup) -> None:
+    async with _running_fixproxy(setup) as (process, engine):
+        await engine.new_order()
+        report = await engine.receive_type(tags.MT_EXECUTION_REPORT)
+        assert report.get(11) == b"demo-1"
+        await engine.logout()
+        await engine.aclose()
+        process.send_signal(signal.SIGTERM)
+        assert await process.wait() == 0
 
 
 async def _wait_for_output(stream: trio.abc.ReceiveStream, marker: bytes) -> bytes:
@@ -304,36 +311,22 @@ async def test_sim_command_serves_every_endpoint_to_a_proxy(tmp_path: Path,
 
 
 async def test_sigterm_logs_out_and_delivers_what_kalshi_sent_first(setup: Setup) -> None:
-    process = await trio.lowlevel.open_process(
-        [*FIXPROXY, "run", "--config", str(setup.config)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        with trio.fail_after(30):
-            assert process.stderr is not None
-            await _wait_for_output(process.stderr, b"listening on")
-            engine = await ScriptedEngine.connect("127.0.0.1", setup.listen_port,
-                                                  sender=setup.api_key, target="KalshiNR")
-            answer = await engine.logon()
-            assert answer is not None and answer.msg_type == tags.MT_LOGON
-            for _ in range(20):
-                await engine.new_order()
-            process.send_signal(signal.SIGTERM)  # with orders still in flight
-            received = []
-            while (message := await engine.receive()) is not None:
-                received.append(message)
-            await engine.aclose()
-            assert await process.wait() == 0
-        # Kalshi saw fixproxy's Logout and answered it.
-        assert setup.sim.message_count(tags.MT_LOGOUT, "in") == 1
-        # Every ExecutionReport the gateway sent before it answered the Logout reached the
-        # engine, in order, and the engine was then told why the session ended.
-        sent = [FixMessage.parse(event.raw) for event in setup.sim.events
-                if event.direction == "out" and event.msg_type == tags.MT_EXECUTION_REPORT]
-        reports = [m for m in received if m.msg_type == tags.MT_EXECUTION_REPORT]
-        assert [m.get(11) for m in reports] == [m.get(11) for m in sent]
-        assert received[-1].msg_type == tags.MT_LOGOUT
-        assert "shutting down" in (received[-1].get_str(tags.TEXT) or "")
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+    async with _running_fixproxy(setup) as (process, engine):
+        for _ in range(20):
+            await engine.new_order()
+        process.send_signal(signal.SIGTERM)  # with orders still in flight
+        received = []
+        while (message := await engine.receive()) is not None:
+            received.append(message)
+        await engine.aclose()
+        assert await process.wait() == 0
+    # Kalshi saw fixproxy's Logout and answered it.
+    assert setup.sim.message_count(tags.MT_LOGOUT, "in") == 1
+    # Every ExecutionReport the gateway sent before it answered the Logout reached the
+    # engine, in order, and the engine was then told why the session ended.
+    sent = [FixMessage.parse(event.raw) for event in setup.sim.events
+            if event.direction == "out" and event.msg_type == tags.MT_EXECUTION_REPORT]
+    reports = [m for m in received if m.msg_type == tags.MT_EXECUTION_REPORT]
+    assert [m.get(11) for m in reports] == [m.get(11) for m in sent]
+    assert received[-1].msg_type == tags.MT_LOGOUT
+    assert "shutting down" in (received[-1].get_str(tags.TEXT) or "")
