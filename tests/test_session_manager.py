@@ -3,9 +3,11 @@ sequence reset forced on the first Logon after a window."""
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+import pytest
 import trio.testing
 from e2e_support import (  # e2e_material_fixture: a pytest fixture, found by its name
     E2EMaterial,
@@ -16,7 +18,7 @@ from prometheus_client import generate_latest
 
 from fixproxy.backoff import LogonBackoff
 from fixproxy.fix import tags
-from fixproxy.fix.codec import FixMessage
+from fixproxy.fix.codec import FixMessage, utc_timestamp
 from fixproxy.manager import SessionManager
 from fixproxy.schedule import ALL_DAYS, MaintenanceSchedule
 from fixproxy.sim.gateway import SimFaults
@@ -120,3 +122,52 @@ async def test_gateway_logout_is_answered_by_the_engine_and_closes(
         while pair.sample("fixproxy_logouts_total", initiator="gateway",
                           reason="other") != 1:
             await trio.testing.wait_all_tasks_blocked(0.01)
+
+
+async def test_a_silent_gateway_is_detected_and_explained(e2e_material: E2EMaterial) -> None:
+    # The shortest HeartBtInt Kalshi allows (4 s) and a small grace: 2 x 4 + 0.5 s of silence.
+    async with open_proxy_pair(e2e_material, faults=SimFaults(silent_after_messages=0),
+                               session_overrides={"liveness_grace": 0.5}) as pair:
+        engine = await pair.connect_engine()
+        answer = await engine.logon(heart_bt_int=4)
+        assert answer is not None and answer.msg_type == tags.MT_LOGON
+        started = trio.current_time()
+        logout = await engine.receive()
+        waited = trio.current_time() - started
+        assert logout is not None and logout.msg_type == tags.MT_LOGOUT
+        assert "sent nothing" in (logout.get_str(tags.TEXT) or "")
+        assert 8.0 <= waited < 12.0
+        assert await engine.receive() is None
+        # fixproxy also told the gateway, numbered after the engine's Logon.
+        logouts = pair.sim_events(direction="in", msg_type=tags.MT_LOGOUT)
+        assert [FixMessage.parse(event.raw).get(34) for event in logouts] == [b"2"]
+        while pair.sample("fixproxy_heartbeat_timeouts_total") != 1:
+            await trio.testing.wait_all_tasks_blocked(0.01)
+        assert pair.sample("fixproxy_logouts_total", initiator="proxy",
+                           reason="heartbeat_timeout") == 1
+
+
+async def test_kalshi_duplicate_answer_is_explained_in_the_log(
+        e2e_material: E2EMaterial, caplog: pytest.LogCaptureFixture) -> None:
+    async with open_proxy_pair(e2e_material,
+                               faults=SimFaults(refuse_logon_text="already exists")) as pair:
+        engine = await pair.connect_engine()
+        answer = await engine.logon()
+        assert answer is not None and answer.get_str(tags.TEXT) == "already exists"
+    hints = [r.getMessage() for r in caplog.records if "already exists" in r.getMessage()]
+    assert any("wait about 2 x HeartBtInt" in hint for hint in hints), hints
+
+
+async def test_engine_clock_skew_is_warned_about(e2e_material: E2EMaterial,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    async with open_proxy_pair(e2e_material) as pair:
+        engine = await pair.connect_engine()
+        late = utc_timestamp(time.time() - 12)
+        logon = FixMessage.parse(engine.build(tags.MT_LOGON, [
+            (tags.ENCRYPT_METHOD, 0), (tags.HEART_BT_INT, 30), (tags.DEFAULT_APPL_VER_ID, 9)]))
+        logon.set(tags.SENDING_TIME, late)
+        await engine.send_raw(logon.encode())
+        answer = await engine.receive()
+        assert answer is not None and answer.msg_type == tags.MT_LOGON
+    warnings = [r.getMessage() for r in caplog.records if "SendingTime (52)" in r.getMessage()]
+    assert any("-12" in text or "-11" in text for text in warnings), warnings
