@@ -117,8 +117,22 @@ class _Refusal(FixProxyError):
 
 
 async def relay_engine_connection(engine: trio.abc.Stream, runtime: SessionRuntime) -> None:
-    """Serve one engine connection until either side ends it. Never raises for peer faults."""
+    """Serve one engine connection until either side ends it. Never raises for peer faults.
+
+    A fault in fixproxy itself while serving this connection is logged and ends this
+    connection only: every other session keeps trading.
+    """
     conn_id = next(_connection_ids)
+    try:
+        await _serve_connection(engine, runtime, conn_id)
+    except Exception:
+        logger.exception("[%s #%d] internal error; this connection is closed, others carry on",
+                         runtime.config.name, conn_id)
+        await trio.aclose_forcefully(engine)
+
+
+async def _serve_connection(engine: trio.abc.Stream, runtime: SessionRuntime,
+                            conn_id: int) -> None:
     name = runtime.config.name
     log = _ConnectionLog(logger, {"conn": conn_id, "session": name})
     metrics = runtime.metrics
@@ -615,19 +629,24 @@ class _SessionRelay:
             metrics.logons.labels(session=cfg.name, result="refused_by_gateway").inc()
             self.log.warning("gateway answered the Logon with: %s", render(frame.raw))
             _explain_gateway_answer(frame.raw, self.log)
+        # The machine learns of the answer before the engine can react to it (an engine may
+        # log out the instant it is logged on); a close it orders waits for the forward.
+        if accepted:
+            await self.event(Event.GATEWAY_LOGON, defer_close=True)
+        elif frame.msg_type == tags.MT_LOGOUT:
+            await self.event(Event.GATEWAY_LOGOUT, "the gateway refused the Logon",
+                             defer_close=True)
+        else:
+            await self.event(Event.GATEWAY_ERROR, "the gateway answered the Logon with "
+                             f"35={frame.msg_type.decode('ascii', 'replace')}",
+                             defer_close=True)
         self.to_engine.bytes += len(data)
         try:
             await _send_locked(self.engine, self.engine_lock, data)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             await self.event(Event.ENGINE_CLOSED, "the engine closed the connection")
             return False
-        if accepted:
-            await self.event(Event.GATEWAY_LOGON)
-        elif frame.msg_type == tags.MT_LOGOUT:
-            await self.event(Event.GATEWAY_LOGOUT, "the gateway refused the Logon")
-        else:
-            await self.event(Event.GATEWAY_ERROR, "the gateway answered the Logon with "
-                             f"35={frame.msg_type.decode('ascii', 'replace')}")
+        await self.close_if_due()
         return accepted
 
     async def _pump(self, src: trio.abc.Stream, dst: trio.abc.Stream, dst_lock: trio.Lock,
