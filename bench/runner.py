@@ -1,0 +1,446 @@
+"""The orchestrator: what ``python3 -m bench`` runs.
+
+Theory of operation
+-------------------
+The question is what fixproxy adds to a trading firm's order path, so it is measured against
+the two alternatives on the same machine in the same run: the floor (the engine speaking TLS
+and signing its own Logon, straight to the gateway) and the usual sidecar (stunnel4 in client
+mode, the engine still signing). One gateway process and one engine process serve all three
+configurations; rounds are interleaved (direct, stunnel, fixproxy, direct, ...) so that a
+change in the machine's load over the run falls on all three alike instead of on whichever
+ran last.
+
+Per configuration and round: ``--logons`` connect/Logon/Logout cycles, then one session that
+runs the closed loop, the pipelined run (CPU of engine, gateway and middle process read from
+/proc around it) and the open loop, and logs out. After the rounds, fresh stunnel and fixproxy
+processes hold 1 and then 5 idle logged-on sessions for the memory figures, and the Logon
+rewrite is timed in process before any child starts.
+
+The orchestrator only waits while the engine measures. The machine has two cores; engine,
+gateway and middle process each get their own process, which oversubscribes the cores in the
+stunnel and fixproxy configurations of the pipelined run: that is reported with the numbers.
+Every child is stopped in ``finally`` (context managers), on errors and on SIGTERM alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import signal
+import ssl
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any, Final
+
+import cryptography
+import trio
+from cryptography.hazmat.backends.openssl.backend import backend as openssl_backend
+
+import fixproxy
+from bench import BenchError, report, signbench
+from bench.middle import (
+    Account,
+    Material,
+    fixproxy_config,
+    make_material,
+    start_fixproxy,
+    start_stunnel,
+    stunnel_binary,
+    stunnel_version,
+)
+from bench.proc import CLOCK_TICKS, Child, Worker, cpu_ns, cpu_ticks, memory_kib
+from fixproxy.errors import FixProxyError
+from fixproxy.fix.logon import LogonPolicy
+
+RESULTS_DIR: Final = Path(__file__).resolve().parent / "results"
+ACCOUNTS: Final = 5
+"""Key pairs made per run: the idle-session memory figure needs five sessions."""
+IDLE_SESSIONS: Final = (1, 5)
+WINDOW: Final = 64
+PIPELINED_FACTOR: Final = 4
+EXIT_FAILED: Final = 1
+PROCESS_NOTE: Final = (
+    "4 processes: this orchestrator (idle while measuring), the load engine, the gateway, and "
+    "in the stunnel and fixproxy configurations the middle process; on 2 cores the pipelined "
+    "run of those two has 3 busy processes for 2 cores, the direct one 2 for 2")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """What one run does."""
+
+    rounds: int
+    messages: int
+    """Orders per round in the closed and open loops."""
+    pipelined: int
+    """Orders per round in the pipelined run: more, as it is fast and its CPU is read in
+    10 ms clock ticks."""
+    rate: float
+    warmup: int
+    logons: int
+    window: int
+    sign_repeats: int
+    sign_calls: int
+    quick: bool
+    cpus: tuple[int, ...] | None
+    """CPUs every process of the run is pinned to; None: wherever the scheduler puts them."""
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """How the engine reaches the gateway in one configuration."""
+
+    name: str
+    port: int
+    tls: bool
+    sign: bool
+    middle: Child | None
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def _cpu_list(text: str) -> tuple[int, ...]:
+    cpus: set[int] = set()
+    try:
+        for part in text.split(","):
+            first, _, last = part.partition("-")
+            cpus.update(range(int(first), int(last or first) + 1))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected CPU numbers like 0 or 0,1 or 0-1, got "
+                                         f"{text!r}") from exc
+    unknown = cpus - os.sched_getaffinity(0)
+    if not cpus or unknown:
+        raise argparse.ArgumentTypeError(f"CPUs {sorted(unknown) or text} are not available "
+                                         f"here (usable: {sorted(os.sched_getaffinity(0))})")
+    return tuple(sorted(cpus))
+
+
+def parse_args(argv: Sequence[str] | None) -> tuple[Settings, Path | None]:
+    """Settings from the command line, and the JSON path if one was given."""
+    parser = argparse.ArgumentParser(
+        prog="python3 -m bench",
+        description="Benchmark fixproxy against stunnel4 and direct TLS on 127.0.0.1: Logon "
+                    "time, closed-loop RTT, pipelined throughput, open-loop latency, CPU and "
+                    "memory of the middle process. Prints a table and writes a JSON file.")
+    parser.add_argument("--quick", action="store_true",
+                        help="a tiny run of everything (1 round, a few hundred orders) that "
+                             "checks correctness; exits non-zero if a configuration fails")
+    parser.add_argument("--rounds", type=_positive_int,
+                        help="interleaved rounds of the three configurations [10; quick: 1]")
+    parser.add_argument("--messages", type=_positive_int,
+                        help="orders per configuration and round in the closed loop and in "
+                             f"the open loop; the pipelined run sends {PIPELINED_FACTOR} times "
+                             "as many [5000; quick: 300]")
+    parser.add_argument("--rate", type=_positive_float, default=2000.0,
+                        help="open-loop rate in orders per second [2000]")
+    parser.add_argument("--cpus", type=_cpu_list,
+                        help="pin every process of the run to these CPUs (e.g. 0, or 0-1); by "
+                             "default the scheduler places them, which on some virtual "
+                             "machines makes closed-loop RTTs bimodal (see bench/README.md)")
+    parser.add_argument("--json", type=Path, dest="json_path",
+                        help="where to write the JSON result [bench/results/<timestamp>.json]")
+    args = parser.parse_args(argv)
+    quick = bool(args.quick)
+    messages = args.messages or (300 if quick else 5_000)
+    settings = Settings(
+        rounds=args.rounds or (1 if quick else 10),
+        messages=messages,
+        pipelined=PIPELINED_FACTOR * messages,
+        rate=args.rate,
+        warmup=min(500, max(10, messages // 10)),
+        logons=2 if quick else 10,
+        window=WINDOW,
+        sign_repeats=3 if quick else 7,
+        sign_calls=5 if quick else 50,
+        quick=quick,
+        cpus=args.cpus,
+    )
+    return settings, args.json_path
+
+
+def _progress(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
+# ----- one round of one configuration -------------------------------------------------------
+
+
+def _run_round(engine: Worker, route: Route, account: Account, settings: Settings,
+               pids: Mapping[str, int], number: int) -> dict[str, Any]:
+    common = {"port": route.port, "tls": route.tls, "sign": route.sign,
+              "api_key": account.api_key}
+    logons = engine.request("logons", timeout=10.0 + 5.0 * settings.logons,
+                            count=settings.logons, **common)["logon_ns"]
+    opened = engine.request("open", timeout=15.0, name=route.name, **common)
+    rtt = engine.request("closed_loop", timeout=30.0 + settings.messages * 0.01,
+                         name=route.name, count=settings.messages,
+                         warmup=settings.warmup)["rtt_ns"]
+    ticks = {role: cpu_ticks(pid) for role, pid in pids.items()}
+    nanoseconds = {role: cpu_ns(pid) for role, pid in pids.items()}
+    piped = engine.request("pipelined", timeout=30.0 + settings.pipelined * 0.005,
+                           name=route.name, count=settings.pipelined, window=settings.window)
+    nanoseconds = {role: cpu_ns(pid) - nanoseconds[role] for role, pid in pids.items()}
+    ticks = {role: cpu_ticks(pid) - ticks[role] for role, pid in pids.items()}
+    late = engine.request("open_loop", timeout=30.0 + 2 * settings.messages / settings.rate,
+                          name=route.name, count=settings.messages, rate=settings.rate)
+    closed = engine.request("close", timeout=15.0, name=route.name)
+    return {
+        "round": number,
+        "logon_ns": [*logons, opened["logon_ns"]],
+        "rtt_ns": rtt,
+        "pipelined": {"elapsed_ns": piped["elapsed_ns"], "orders": piped["orders"],
+                      "window": settings.window},
+        "cpu_ticks": ticks,
+        "cpu_ns": nanoseconds,
+        "open_latency_ns": late["latency_ns"],
+        "send_lag_ns": late["send_lag_ns"],
+        "orders": closed["orders"],
+    }
+
+
+def _idle_memory(kind: str, material: Material, gateway_port: int,
+                 engine: Worker) -> dict[str, dict[str, int]]:
+    """Peak and current RSS of a fresh middle process holding 1, then 5 idle sessions."""
+    result = {}
+    for count in IDLE_SESSIONS:
+        accounts = material.accounts[:count]
+        name = f"{kind}-idle-{count}"
+        if kind == "fixproxy":
+            child, config = start_fixproxy(material, gateway_port, accounts, name)
+            ports = [session.listen[1] for session in config.sessions]
+        else:
+            child, port = start_stunnel(material, gateway_port, name)
+            ports = [port] * count
+        with child:
+            for index, (account, port) in enumerate(zip(accounts, ports, strict=True)):
+                engine.request("open", timeout=15.0, name=f"idle-{index}", port=port,
+                               tls=False, sign=kind == "stunnel", api_key=account.api_key)
+            result[f"idle_{count}"] = memory_kib(child.pid)
+            engine.request("close_all", timeout=30.0)
+    return result
+
+
+# ----- the whole run ------------------------------------------------------------------------
+
+
+def _machine() -> dict[str, Any]:
+    model = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.partition(":")[2].strip()
+                break
+    return {"cpu_model": model, "cores": os.cpu_count(),
+            "usable_cores": len(os.sched_getaffinity(0)), "kernel": platform.release(),
+            "machine": platform.machine(), "load_average_start": os.getloadavg()[0]}
+
+
+def _versions(stunnel: str) -> dict[str, str]:
+    return {"python": platform.python_version(), "trio": trio.__version__,
+            "cryptography": cryptography.__version__,
+            "cryptography_openssl": openssl_backend.openssl_version_text(),
+            "ssl_openssl": ssl.OPENSSL_VERSION, "fixproxy": fixproxy.__version__,
+            **stunnel_version(stunnel)}
+
+
+@contextlib.contextmanager
+def _workers(material: Material) -> Iterator[tuple[Worker, Worker, int]]:
+    """The gateway and the engine, set up; both stopped on exit."""
+    from bench.gateway import GatewaySpec
+
+    spec_path = material.workdir / "gateway.json"
+    GatewaySpec(material.certs.leaf_cert, material.certs.leaf_key,
+                {account.api_key: account.public_key for account in material.accounts}
+                ).dump(spec_path)
+    with contextlib.ExitStack() as stack:
+        gateway = stack.enter_context(Worker("gateway", "bench.gateway", [str(spec_path)],
+                                             material.workdir / "gateway.log"))
+        first = gateway.read_line(30.0)
+        if "port" not in first:
+            raise BenchError(f"gateway: {first.get('error', first)}")
+        engine = stack.enter_context(Worker("engine", "bench.engine", [],
+                                            material.workdir / "engine.log"))
+        engine.request("setup", timeout=30.0, ca=str(material.certs.ca_cert),
+                       keys={account.api_key: str(account.private_key)
+                             for account in material.accounts})
+        yield gateway, engine, int(first["port"])
+
+
+def _check(configs: Mapping[str, Any], rounds: Mapping[str, Sequence[Mapping[str, Any]]],
+           gateway: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
+    problems = []
+    sent = sum(result["orders"] for results in rounds.values() for result in results)
+    expected_orders = len(report.CONFIGS) * settings.rounds * (
+        settings.warmup + 2 * settings.messages + settings.pipelined)
+    if sent != expected_orders:
+        problems.append(f"the engine sent {sent} orders, {expected_orders} were planned")
+    if gateway["orders"] != sent:
+        problems.append(f"the gateway answered {gateway['orders']} orders, the engine sent "
+                        f"{sent}")
+    expected_logons = (len(report.CONFIGS) * settings.rounds * (settings.logons + 1)
+                       + len(report.MIDDLES) * sum(IDLE_SESSIONS))
+    if gateway["logons"] != expected_logons:
+        problems.append(f"the gateway verified {gateway['logons']} Logons, "
+                        f"{expected_logons} were made")
+    if gateway["refused"]:
+        problems.append(f"the gateway refused {gateway['refused']} Logons: "
+                        f"{gateway['notes']}")
+    for name in report.CONFIGS:
+        config = configs[name]
+        if not config["pipelined"]["orders_per_s"] > 0:
+            problems.append(f"{name}: no pipelined throughput")
+        if config["logon_ms"].get("n", 0) == 0:
+            problems.append(f"{name}: never logged on")
+    return {"ok": not problems, "problems": problems, "orders": sent,
+            "logons": gateway["logons"], "gateway": dict(gateway)}
+
+
+def _measure_rounds(material: Material, gateway: Worker, engine: Worker, gateway_port: int,
+                    settings: Settings, rounds: dict[str, list[dict[str, Any]]]
+                    ) -> dict[str, dict[str, int]]:
+    """Run the interleaved rounds into ``rounds``; the middles' memory after the load."""
+    account = material.accounts[0]
+    with contextlib.ExitStack() as stack:
+        stunnel_child, stunnel_port = start_stunnel(material, gateway_port, "stunnel")
+        stack.enter_context(stunnel_child)
+        fixproxy_child, config = start_fixproxy(material, gateway_port, [account], "fixproxy")
+        stack.enter_context(fixproxy_child)
+        routes = [
+            Route("direct", gateway_port, tls=True, sign=True, middle=None),
+            Route("stunnel", stunnel_port, tls=False, sign=True, middle=stunnel_child),
+            Route("fixproxy", config.sessions[0].listen[1], tls=False, sign=False,
+                  middle=fixproxy_child),
+        ]
+        for number in range(1, settings.rounds + 1):
+            for route in routes:
+                _progress(f"round {number}/{settings.rounds}: {route.name}")
+                pids = {"engine": engine.pid, "gateway": gateway.pid}
+                if route.middle is not None:
+                    pids["middle"] = route.middle.pid
+                try:
+                    rounds[route.name].append(
+                        _run_round(engine, route, account, settings, pids, number))
+                except BenchError as exc:
+                    if route.middle is None:
+                        raise
+                    raise route.middle.failure(
+                        f"{route.name} round {number} failed: {exc}") from exc
+        return {"stunnel": memory_kib(stunnel_child.pid),
+                "fixproxy": memory_kib(fixproxy_child.pid)}
+
+
+def run(settings: Settings) -> dict[str, Any]:
+    """Run everything; the report (also when targets are missed).
+
+    Raises:
+        BenchError: a process failed to start or a configuration failed to work.
+    """
+    started = time.time()
+    machine = _machine()
+    stunnel = stunnel_binary()
+    versions = _versions(stunnel)
+    rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in report.CONFIGS}
+    memory: dict[str, dict[str, Any]] = {name: {} for name in report.MIDDLES}
+    with tempfile.TemporaryDirectory(prefix="fixproxy-bench-") as tmp:
+        _progress("generating certificates and keys")
+        material = make_material(Path(tmp), ACCOUNTS)
+        account = material.accounts[0]
+        _progress("timing the Logon rewrite in process")
+        logon_rewrite = signbench.measure(account, _logon_policy(material, account),
+                                          settings.sign_repeats, settings.sign_calls)
+        with _workers(material) as (gateway, engine, gateway_port):
+            after_load = _measure_rounds(material, gateway, engine, gateway_port, settings,
+                                         rounds)
+            for kind, figures in after_load.items():
+                memory[kind]["after_load"] = figures
+            for kind in report.MIDDLES:
+                _progress(f"memory of {kind} with idle sessions")
+                memory[kind].update(_idle_memory(kind, material, gateway_port, engine))
+            gateway_stats = gateway.request("stats", timeout=10.0)
+    configs = {name: report.summarize(rounds[name], CLOCK_TICKS, settings.rate)
+               for name in report.CONFIGS}
+    for kind in report.MIDDLES:
+        configs[kind]["rss_kib"] = memory[kind]
+    ratio = report.ratios(configs)
+    machine["load_average_end"] = os.getloadavg()[0]
+    return {
+        "schema": 1,
+        "started": dt.datetime.fromtimestamp(started, dt.UTC).isoformat(),
+        "duration_s": time.time() - started,
+        "quick": settings.quick,
+        "settings": asdict(settings),
+        "machine": machine,
+        "versions": versions,
+        "processes": PROCESS_NOTE,
+        "configurations": configs,
+        "logon_rewrite": logon_rewrite,
+        "ratios": ratio,
+        "targets": [target.as_json() for target in
+                    report.targets(configs, ratio, logon_rewrite)],
+        "checks": _check(configs, rounds, gateway_stats, settings),
+    }
+
+
+def _logon_policy(material: Material, account: Account) -> LogonPolicy:
+    """The Logon policy fixproxy applies to ``account``'s session, from a real config file.
+
+    The gateway is not started yet; its port does not enter the policy, so any valid port
+    stands in for it.
+    """
+    _, config = fixproxy_config(material, 1, [account], "policy")
+    return config.sessions[0].logon_policy()
+
+
+def _default_json_path(started: float) -> Path:
+    stamp = dt.datetime.fromtimestamp(started, dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    return RESULTS_DIR / f"{stamp}.json"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark, print the table, write the JSON; 0 unless something did not work."""
+    settings, json_path = parse_args(argv)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    if settings.cpus is not None:
+        # Children inherit the affinity, and so do the threads they start.
+        os.sched_setaffinity(0, settings.cpus)
+    started = time.time()
+    try:
+        result = run(settings)
+    except FixProxyError as exc:
+        print(f"bench: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    path = json_path or _default_json_path(started)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2) + "\n")
+    except OSError as exc:
+        print(f"bench: error: cannot write {path}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(report.format_table(result))
+    print(f"\nJSON: {path}")
+    return 0 if result["checks"]["ok"] else EXIT_FAILED

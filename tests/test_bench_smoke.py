@@ -1,0 +1,86 @@
+"""The benchmark's quick run, as CI runs it: all three configurations must work end to end.
+
+``python3 -m bench --quick`` starts the gateway, the load engine, stunnel4 and fixproxy as real
+processes, checks that every order is answered in order, and exits non-zero otherwise. The
+benchmark lives outside the installed package, so it is run from the repository root as a
+subprocess, never imported here.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+TIMEOUT_S = 120
+CONFIGS = {"direct", "stunnel", "fixproxy"}
+QUICK_ORDERS = 300
+"""Orders per workload in ``--quick`` (the default of ``--messages`` there)."""
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str],
+                                                                   dict[str, Any]]:
+    """One ``--quick`` run for the module: its process result and its JSON."""
+    out = tmp_path_factory.mktemp("bench") / "result.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--json", str(out)], cwd=REPO,
+        capture_output=True, text=True, timeout=TIMEOUT_S, check=False)
+    assert done.returncode == 0, f"stderr:\n{done.stderr[-4000:]}\nstdout:\n{done.stdout[-3000:]}"
+    return done, json.loads(out.read_text())
+
+
+def test_every_configuration_logged_on_and_moved_orders(
+        quick_run: tuple[subprocess.CompletedProcess[str], dict[str, Any]]) -> None:
+    _, result = quick_run
+    configs = result["configurations"]
+    assert set(configs) == CONFIGS
+    for name, config in configs.items():
+        assert config["pipelined"]["orders_per_s"] > 0, name
+        assert config["pipelined"]["orders"] == 4 * QUICK_ORDERS, name
+        assert config["closed_loop_rtt_us"]["n"] == QUICK_ORDERS, name
+        assert config["closed_loop_rtt_us"]["p50"] > 0, name
+        assert config["open_loop"]["latency_us"]["n"] == QUICK_ORDERS, name
+        assert config["logon_ms"]["n"] >= 1, name
+    checks = result["checks"]
+    assert checks["ok"] is True, checks["problems"]
+    assert checks["gateway"]["orders"] == checks["orders"] > 0
+    assert checks["gateway"]["refused"] == 0
+
+
+def test_ratios_and_targets_come_from_the_same_run(
+        quick_run: tuple[subprocess.CompletedProcess[str], dict[str, Any]]) -> None:
+    _, result = quick_run
+    configs = result["configurations"]
+    for base in ("stunnel", "direct"):
+        ratios = result["ratios"][f"fixproxy/{base}"]
+        for field in ("closed_loop_rtt_us.p50", "closed_loop_rtt_us.p99",
+                      "pipelined.orders_per_s"):
+            section, _, key = field.partition(".")
+            expected = configs["fixproxy"][section][key] / configs[base][section][key]
+            assert ratios[field] == pytest.approx(expected), (base, field)
+    targets = {target["name"]: target for target in result["targets"]}
+    assert set(targets) == {"rtt_p50", "rtt_p99", "throughput", "cpu_per_message",
+                            "logon_rewrite", "rss_5_idle"}
+    assert targets["rtt_p50"]["value"] == result["ratios"]["fixproxy/stunnel"][
+        "closed_loop_rtt_us.p50"]
+    assert result["logon_rewrite"]["bare_sign_us"] > 0
+    assert configs["fixproxy"]["rss_kib"]["idle_5"]["VmHWM"] > 0
+    assert configs["stunnel"]["rss_kib"]["idle_5"]["VmHWM"] > 0
+
+
+def test_the_report_names_machine_and_versions(
+        quick_run: tuple[subprocess.CompletedProcess[str], dict[str, Any]]) -> None:
+    done, result = quick_run
+    assert {"python", "trio", "cryptography", "ssl_openssl", "stunnel"} <= set(
+        result["versions"])
+    assert result["versions"]["stunnel"] != "unknown"
+    assert result["machine"]["cores"] >= 1
+    for target in result["targets"]:
+        assert target["description"] in done.stdout
+    assert "correctness: every order answered in order" in done.stdout
