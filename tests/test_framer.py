@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from fixproxy.errors import FramingError
 from fixproxy.fix.codec import FieldValue, encode
-from fixproxy.fix.framer import MAX_FRAME_SIZE, FixFramer, Frame
+from fixproxy.fix.framer import MAX_FRAME_SIZE, FixFramer, Frame, byte_sum
 from fixproxy.kalshi import KNOWN_MSG_TYPES
 
 SOH = b"\x01"
@@ -435,3 +435,14 @@ def test_property_one_changed_byte_never_passes_silently(message: bytes, followe
     for frame in frames:
         verify_independently(frame.raw)
         assert frame.raw != bytes(mutated)
+
+
+@given(st.binary(max_size=3000))
+def test_byte_sum_is_the_exact_sum_of_the_bytes(data: bytes) -> None:
+    assert byte_sum(memoryview(data)) == sum(data)
+
+
+def test_byte_sum_at_the_adler_chunk_edges() -> None:
+    for size in (0, 1, 255, 256, 257, 512, 513):
+        data = b"\xff" * size
+        assert byte_sum(memoryview(data)) == 255 * size

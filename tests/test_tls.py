@@ -44,6 +44,7 @@ from fixproxy.tls import (
     GatewayTrust,
     HandshakeInfo,
     PeerChain,
+    TLSSocketStream,
     check_chain,
     describe_certificate,
     fetch_chain,
@@ -225,7 +226,7 @@ async def tls_gateway(context: ssl.SSLContext) -> AsyncIterator[Gateway]:
 
 
 async def connect(port: int, tls_policy: TLSPolicy, *, connect_timeout: float = 5.0
-                  ) -> tuple[trio.SSLStream[trio.SocketStream], HandshakeInfo]:
+                  ) -> tuple[TLSSocketStream, HandshakeInfo]:
     with trio.fail_after(GUARD):
         return await open_gateway_stream(
             "127.0.0.1", port, GatewayTrust.from_policy(tls_policy),

@@ -24,6 +24,7 @@ field on the hot path and still has to trust BodyLength to handle data fields th
 
 from __future__ import annotations
 
+import zlib
 from typing import Final, NamedTuple
 
 from fixproxy.errors import FramingError
@@ -36,6 +37,27 @@ _PREFIX: Final = b"8=FIXT.1.1\x019="
 _PREFIX_LEN: Final = len(_PREFIX)
 _TRAILER_LEN: Final = len(b"10=000\x01")
 _MIN_BODY: Final = len(b"35=0\x01")
+
+
+_ADLER_CHUNK: Final = 256
+"""Bytes per zlib.adler32 call in :func:`byte_sum`: 256 x 255 + 1 stays below 65521, the
+modulus of Adler-32's first sum, so that sum is the exact byte sum (plus one)."""
+
+
+def byte_sum(data: memoryview) -> int:
+    """The sum of the bytes of ``data``.
+
+    Adler-32's first component is 1 + the byte sum modulo 65521; over at most 256 bytes no
+    modulo happens, so zlib computes the exact sum in C. That is about twice as fast as
+    ``sum(bytes)``, which makes a Python int per byte; the CheckSum check is the largest
+    per-message cost of the relay.
+    """
+    if len(data) <= _ADLER_CHUNK:
+        return (zlib.adler32(data) & 0xFFFF) - 1
+    total = 0
+    for start in range(0, len(data), _ADLER_CHUNK):
+        total += (zlib.adler32(data[start : start + _ADLER_CHUNK]) & 0xFFFF) - 1
+    return total
 
 
 class Frame(NamedTuple):
@@ -156,8 +178,7 @@ class FixFramer:
             raise self._fail(
                 f"CheckSum (10) is not three digits: {bytes(checksum_digits)!r}")
         raw = bytes(buf[pos:end])
-        # sum(bytes) runs in C; subtracting the 7 trailer bytes avoids slicing a copy.
-        expected = (sum(raw) - sum(raw[-_TRAILER_LEN:])) & 0xFF
+        expected = byte_sum(memoryview(raw)[:checksum_at - pos]) & 0xFF
         if int(checksum_digits) != expected:
             raise self._fail(
                 f"CheckSum (10) is {checksum_digits.decode()}, the bytes sum to "
