@@ -66,6 +66,7 @@ from fixproxy.metrics import Metrics, TrafficCounters
 from fixproxy.seqstore import SequenceStore, SessionSequences
 from fixproxy.sequence import SequenceTranslator, read_seq_num
 from fixproxy.session import Action, Event, Session
+from fixproxy.streams import RawSocketStream
 from fixproxy.tls import HandshakeInfo
 
 logger = logging.getLogger("fixproxy.relay")
@@ -123,6 +124,8 @@ async def relay_engine_connection(engine: trio.abc.Stream, runtime: SessionRunti
     connection only: every other session keeps trading.
     """
     conn_id = next(_connection_ids)
+    if isinstance(engine, trio.SocketStream):
+        engine = RawSocketStream.take_over(engine)
     try:
         await _serve_connection(engine, runtime, conn_id)
     except Exception:

@@ -43,6 +43,7 @@ RANKS: Final[dict[str, int]] = {
     "fixproxy.seqstore": 10,  # sequence numbers kept between connections: file I/O, no trio
     "fixproxy.session": 20,
     "fixproxy.metrics": 20,
+    "fixproxy.streams": 25,  # trio streams over raw sockets, for the relay's hot path
     "fixproxy.tls": 30,
     "fixproxy.manager": 30,
     "fixproxy.relay": 40,
