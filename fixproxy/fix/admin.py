@@ -1,4 +1,8 @@
-"""Session-level messages fixproxy writes itself: Logout, Heartbeat, TestRequest (pure)."""
+"""The session-level message fixproxy writes itself: a Logout that explains (pure).
+
+fixproxy never injects Heartbeats or TestRequests: any message of its own mid-session would
+shift the sequence numbers of everything after it, and relayed sessions stay byte for byte.
+"""
 
 from __future__ import annotations
 
@@ -23,32 +27,4 @@ def logout(text: str, *, sender: bytes, target: bytes, seq: int, now: float) -> 
         (tags.MSG_SEQ_NUM, seq),
         (tags.SENDING_TIME, utc_timestamp(now)),
         (tags.TEXT, _clean_text(text)),
-    ])
-
-
-def heartbeat(*, sender: bytes, target: bytes, seq: int, now: float,
-              test_req_id: bytes | None = None) -> bytes:
-    """A Heartbeat (35=0), answering ``test_req_id`` when given."""
-    fields: list[tuple[int, bytes | int]] = [
-        (tags.MSG_TYPE, tags.MT_HEARTBEAT),
-        (tags.SENDER_COMP_ID, sender),
-        (tags.TARGET_COMP_ID, target),
-        (tags.MSG_SEQ_NUM, seq),
-        (tags.SENDING_TIME, utc_timestamp(now)),
-    ]
-    if test_req_id is not None:
-        fields.append((tags.TEST_REQ_ID, test_req_id))
-    return encode(fields)
-
-
-def request_heartbeat(test_req_id: bytes, *, sender: bytes, target: bytes, seq: int,
-                 now: float) -> bytes:
-    """A TestRequest (35=1) asking the peer to echo ``test_req_id`` in a Heartbeat."""
-    return encode([
-        (tags.MSG_TYPE, tags.MT_TEST_REQUEST),
-        (tags.SENDER_COMP_ID, sender),
-        (tags.TARGET_COMP_ID, target),
-        (tags.MSG_SEQ_NUM, seq),
-        (tags.SENDING_TIME, utc_timestamp(now)),
-        (tags.TEST_REQ_ID, test_req_id),
     ])
