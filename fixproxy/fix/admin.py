@@ -6,10 +6,12 @@ shift the sequence numbers of everything after it, and relayed sessions stay byt
 
 from __future__ import annotations
 
+from typing import Final
+
 from fixproxy.fix import tags
 from fixproxy.fix.codec import encode, utc_timestamp
 
-MAX_TEXT_LENGTH = 900
+MAX_TEXT_LENGTH: Final = 900
 """Longest Text (58) fixproxy writes; engines log it, and some truncate at 1 KiB."""
 
 
