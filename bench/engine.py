@@ -47,7 +47,6 @@ from typing import Any, Final
 from bench import BenchError
 from bench.wire import (
     ENDPOINT,
-    Stamper,
     cl_ord_id_prefix,
     field,
     frames,
@@ -58,6 +57,7 @@ from bench.wire import (
 )
 from fixproxy.errors import FixProxyError
 from fixproxy.fix import tags
+from fixproxy.fix.codec import SendingTimeClock
 from fixproxy.signing import LogonSigner, load_private_key
 
 RECEIVE_SIZE: Final = 65536
@@ -75,7 +75,7 @@ class Session:
         self.sock = sock
         self.api_key = api_key
         self.render = order_template(api_key).render
-        self.stamp = Stamper()
+        self.stamp = SendingTimeClock()
         self.seq = 1
         self.prefix = cl_ord_id_prefix(tag)
         self.count = 0
@@ -160,7 +160,7 @@ class Engine:
         self.context: ssl.SSLContext | None = None
         self.signers: dict[str, LogonSigner] = {}
         self.sessions: dict[str, Session] = {}
-        self.stamp = Stamper()
+        self.stamp = SendingTimeClock()
 
     def setup(self, ca: str, keys: dict[str, str]) -> dict[str, Any]:
         """Trust ``ca`` for direct TLS and load each API key's private key."""

@@ -37,7 +37,6 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from bench import BenchError
 from bench.wire import (
     ENDPOINT,
-    Stamper,
     execution_report_template,
     field,
     frames,
@@ -47,7 +46,7 @@ from bench.wire import (
 )
 from fixproxy.errors import FixProxyError, FramingError
 from fixproxy.fix import tags
-from fixproxy.fix.codec import iter_fields
+from fixproxy.fix.codec import SendingTimeClock, iter_fields
 from fixproxy.signing import load_public_key, verify_signature
 
 RECEIVE_SIZE: Final = 65536
@@ -161,7 +160,7 @@ class Gateway:
             stream.close()
 
     def _session(self, stream: socket.socket, conn: _Conn) -> None:
-        stamp = Stamper()
+        stamp = SendingTimeClock()
         data = b""
         while True:
             found, _ = frames(data)
@@ -223,7 +222,7 @@ class Gateway:
         return sender
 
     def _relay(self, stream: socket.socket, conn: _Conn, api_key: str, rest: bytes,
-               stamp: Stamper) -> None:
+               stamp: SendingTimeClock) -> None:
         """The hot loop: answer every NewOrderSingle with an ExecutionReport, in order."""
         render = execution_report_template(api_key).render
         recv = stream.recv

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import padding
 
 from bench import wire
 from bench.middle import Account
+from fixproxy.fix.codec import SendingTimeClock
 from fixproxy.fix.logon import LogonPolicy, rewrite_logon
 from fixproxy.signing import LogonSigner, load_private_key
 
@@ -39,7 +40,7 @@ def measure(account: Account, policy: LogonPolicy, repeats: int,
     """Median microseconds per call of each callable, and the ratio rewrite_sign / bare_sign."""
     key = load_private_key(account.private_key)
     signer = LogonSigner(key)
-    sending_time = wire.Stamper()()
+    sending_time = SendingTimeClock()()
     unsigned = wire.logon(account.api_key, sending_time, None)
     payload = b"\x01".join((sending_time, b"A", b"1", account.api_key.encode(),
                             wire.ENDPOINT.encode()))

@@ -20,7 +20,6 @@ Logons and Logouts are rare and use fixproxy's own encoder.
 
 from __future__ import annotations
 
-import time
 from typing import Final
 
 from bench import BenchError
@@ -37,24 +36,6 @@ SYMBOL: Final = b"KXHIGHNY-25JAN01-B45.5"
 HEART_BT_INT: Final = 30
 """Seconds; every measured connection lives for less, so no heartbeat is ever due."""
 CL_ORD_ID_DIGITS: Final = 12
-
-
-class Stamper:
-    """UTC ``YYYYMMDD-HH:MM:SS.sss`` stamps; the seconds part is formatted once per second."""
-
-    __slots__ = ("_prefix", "_second")
-
-    def __init__(self) -> None:
-        self._second = -1
-        self._prefix = b""
-
-    def __call__(self) -> bytes:
-        now = time.time()
-        second = int(now)
-        if second != self._second:
-            self._second = second
-            self._prefix = time.strftime("%Y%m%d-%H:%M:%S.", time.gmtime(second)).encode()
-        return self._prefix + b"%03d" % int((now - second) * 1000)
 
 
 class Template:

@@ -190,3 +190,24 @@ def utc_timestamp(now: float | None = None) -> bytes:
     whole = int(now)
     millis = int((now - whole) * 1000)
     return time.strftime("%Y%m%d-%H:%M:%S", time.gmtime(whole)).encode() + b".%03d" % millis
+
+
+class SendingTimeClock:
+    """``utc_timestamp()`` for hot loops: the seconds part is formatted once per second.
+
+    Calling it returns the current UTC ``YYYYMMDD-HH:MM:SS.mmm``, milliseconds truncated.
+    """
+
+    __slots__ = ("_prefix", "_second")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = b""
+
+    def __call__(self) -> bytes:
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._prefix = time.strftime("%Y%m%d-%H:%M:%S.", time.gmtime(second)).encode()
+        return self._prefix + b"%03d" % int((now - second) * 1000)

@@ -59,7 +59,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
 from fixproxy.errors import ConfigError, FramingError, LogonRefused
 from fixproxy.fix import tags
-from fixproxy.fix.codec import FieldValue, encode, iter_fields, render
+from fixproxy.fix.codec import FieldValue, SendingTimeClock, encode, iter_fields, render
 from fixproxy.fix.framer import FixFramer, Frame
 from fixproxy.kalshi import ENDPOINTS
 from fixproxy.signing import load_public_key, verify_signature
@@ -238,24 +238,6 @@ class _Conn:
         self.reason = ""
 
 
-class _Stamper:
-    """UTC ``YYYYMMDD-HH:MM:SS.sss`` stamps, formatting the seconds part once per second."""
-
-    __slots__ = ("_prefix", "_second")
-
-    def __init__(self) -> None:
-        self._second = -1
-        self._prefix = b""
-
-    def __call__(self) -> bytes:
-        now = time.time()
-        second = int(now)
-        if second != self._second:
-            self._second = second
-            self._prefix = time.strftime("%Y%m%d-%H:%M:%S.", time.gmtime(second)).encode()
-        return self._prefix + b"%03d" % int((now - second) * 1000)
-
-
 def _value(raw: bytes, marker: bytes) -> bytes | None:
     """The value of the first field whose ``SOH tag=`` ``marker`` occurs in ``raw``.
 
@@ -334,7 +316,7 @@ class SimGateway:
         self._exec_ids = itertools.count(1)
         self._test_ids = itertools.count(1)
         self._changed: trio.Event | None = None
-        self._stamp = _Stamper()
+        self._stamp = SendingTimeClock()
 
     # ----- inspection ---------------------------------------------------------------------
 
