@@ -1,36 +1,47 @@
-"""A plain TCP connection as a trio stream with no scheduler pass per successful call.
+"""Connections as trio streams with no scheduler pass per successful send or receive.
 
-trio's ``SocketStream`` yields to the scheduler after every send and receive that succeeds
-at once, so that one busy connection cannot starve the others. On the relay that is two
-extra scheduler passes per message per direction, a large part of fixproxy's latency. Here a
-call that succeeds at once only checks for cancellation; a call that would block waits on
-trio as usual. Fairness is kept by the relay itself: each pump writes what it read before
+trio's ``SocketStream`` yields to the scheduler after every call that succeeds at once, and
+``SSLStream`` drives OpenSSL through memory BIOs in Python, with locks and a copy each way.
+On the relay those cost more CPU per order round trip than everything fixproxy does with the
+FIX itself. Here the socket (or OpenSSL on the socket) is called directly; a call that
+succeeds at once only checks for cancellation, and trio is asked to wait only when the call
+would block. Fairness is kept by the relay itself: each pump writes what it read before
 reading again, and a write to a slower peer blocks.
+
+One task may receive while another sends (the relay's two pumps). TLS rarely needs the
+opposite direction (a TLS 1.3 KeyUpdate while writing); trio allows one waiter per
+direction, so that rare case polls briefly instead of waiting on the other task's fd.
 """
 
 from __future__ import annotations
 
 import socket
-from typing import Final
+from typing import ClassVar, Final
 
 import trio
 
 RECEIVE_SIZE: Final = 65536
+OTHER_DIRECTION_POLL: Final = 0.001
+"""Seconds between retries when a call needs the direction another task is waiting on."""
+
+_Errors = tuple[type[Exception], ...]
 
 
-class RawSocketStream(trio.abc.HalfCloseableStream):
-    """A connected, non-blocking TCP socket (taken over from a ``trio.SocketStream``)."""
+class NonBlockingSocketStream(trio.abc.Stream):
+    """The loops shared by plain and TLS sockets; subclasses name their exceptions."""
 
     __slots__ = ("_sock",)
+
+    SEND_WOULD_BLOCK: ClassVar[_Errors] = (BlockingIOError,)
+    SEND_NEEDS_READ: ClassVar[_Errors] = ()
+    RECEIVE_WOULD_BLOCK: ClassVar[_Errors] = (BlockingIOError,)
+    RECEIVE_NEEDS_WRITE: ClassVar[_Errors] = ()
+    END_OF_STREAM: ClassVar[_Errors] = ()
+    """Exceptions that mean the peer ended the stream (TLS: close_notify or a bare close)."""
 
     def __init__(self, sock: socket.socket) -> None:
         sock.setblocking(False)
         self._sock = sock
-
-    @classmethod
-    def take_over(cls, stream: trio.SocketStream) -> RawSocketStream:
-        """Move the connection of ``stream`` into a new RawSocketStream."""
-        return cls(socket.socket(fileno=stream.socket.detach()))
 
     def _check_open(self) -> None:
         if self._sock.fileno() < 0:
@@ -44,24 +55,19 @@ class RawSocketStream(trio.abc.HalfCloseableStream):
             while view:
                 try:
                     sent = self._sock.send(view)
-                except BlockingIOError:
+                except self.SEND_WOULD_BLOCK:
                     await trio.lowlevel.wait_writable(self._sock)
                     continue
+                except self.SEND_NEEDS_READ:
+                    await trio.sleep(OTHER_DIRECTION_POLL)
+                    continue
                 view = view[sent:]
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
             raise trio.BrokenResourceError(f"send failed: {exc}") from exc
 
     async def wait_send_all_might_not_block(self) -> None:
         self._check_open()
         await trio.lowlevel.wait_writable(self._sock)
-
-    async def send_eof(self) -> None:
-        await trio.lowlevel.checkpoint_if_cancelled()
-        self._check_open()
-        try:
-            self._sock.shutdown(socket.SHUT_WR)
-        except OSError as exc:
-            raise trio.BrokenResourceError(f"shutdown failed: {exc}") from exc
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -70,9 +76,13 @@ class RawSocketStream(trio.abc.HalfCloseableStream):
         while True:
             try:
                 return self._sock.recv(size)
-            except BlockingIOError:
+            except self.RECEIVE_WOULD_BLOCK:
                 await trio.lowlevel.wait_readable(self._sock)
-            except OSError as exc:
+            except self.RECEIVE_NEEDS_WRITE:
+                await trio.sleep(OTHER_DIRECTION_POLL)
+            except self.END_OF_STREAM:
+                return b""
+            except (OSError, ValueError) as exc:
                 raise trio.BrokenResourceError(f"receive failed: {exc}") from exc
 
     def setsockopt(self, level: int, option: int, value: int | bytes) -> None:
@@ -83,3 +93,22 @@ class RawSocketStream(trio.abc.HalfCloseableStream):
             trio.lowlevel.notify_closing(self._sock)
             self._sock.close()
         await trio.lowlevel.checkpoint()
+
+
+class RawSocketStream(NonBlockingSocketStream, trio.abc.HalfCloseableStream):
+    """A connected TCP socket, taken over from a ``trio.SocketStream``."""
+
+    __slots__ = ()
+
+    @classmethod
+    def take_over(cls, stream: trio.SocketStream) -> RawSocketStream:
+        """Move the connection of ``stream`` into a new RawSocketStream."""
+        return cls(socket.socket(fileno=stream.socket.detach()))
+
+    async def send_eof(self) -> None:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        self._check_open()
+        try:
+            self._sock.shutdown(socket.SHUT_WR)
+        except OSError as exc:
+            raise trio.BrokenResourceError(f"shutdown failed: {exc}") from exc

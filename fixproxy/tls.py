@@ -76,6 +76,7 @@ from fixproxy.errors import (
     PinMismatchError,
     TLSHandshakeError,
 )
+from fixproxy.streams import NonBlockingSocketStream
 
 PIN_PREFIX: Final = "sha256/"
 MIN_TLS_VERSION: Final = ssl.TLSVersion.TLSv1_2
@@ -432,88 +433,34 @@ def leaf_pem(report: ChainReport) -> bytes:
     return report.presented[0].pem
 
 
-class TLSSocketStream(trio.abc.Stream):
-    """A TLS connection as a trio stream, on a non-blocking stdlib ``ssl.SSLSocket``.
+class TLSSocketStream(NonBlockingSocketStream):
+    """A TLS connection on a non-blocking stdlib ``ssl.SSLSocket`` (see fixproxy.streams).
 
-    ``trio.SSLStream`` drives OpenSSL through memory BIOs in Python, with locks and a copy
-    each way; measured on the relay, that glue cost about 60 us of CPU per order round trip,
-    more than everything fixproxy does with the FIX itself. Here OpenSSL reads and writes the
-    socket directly and trio is only asked to wait when OpenSSL says it must. Semantics match
-    ``SSLStream(https_compatible=True)``: a TCP close without close_notify is an ordinary end
-    of stream, and closing sends none.
-
-    One task may receive while another sends (the relay's two pumps). OpenSSL rarely needs
-    the opposite direction (a TLS 1.3 KeyUpdate while writing); trio allows one waiter per
-    direction, so that rare case polls briefly instead of waiting on the other task's fd.
+    Semantics match ``SSLStream(https_compatible=True)``: a TCP close without close_notify is
+    an ordinary end of stream, and closing sends none.
     """
 
-    __slots__ = ("_sock",)
+    __slots__ = ("_tls",)
+
+    SEND_WOULD_BLOCK = (ssl.SSLWantWriteError,)
+    SEND_NEEDS_READ = (ssl.SSLWantReadError,)
+    RECEIVE_WOULD_BLOCK = (ssl.SSLWantReadError,)
+    RECEIVE_NEEDS_WRITE = (ssl.SSLWantWriteError,)
+    END_OF_STREAM = (ssl.SSLZeroReturnError, ssl.SSLEOFError)
 
     def __init__(self, sock: ssl.SSLSocket) -> None:
-        self._sock = sock
+        super().__init__(sock)
+        self._tls = sock
 
     @property
     def ssl_socket(self) -> ssl.SSLSocket:
-        return self._sock
+        return self._tls
 
     def version(self) -> str | None:
-        return self._sock.version()
+        return self._tls.version()
 
     def cipher(self) -> tuple[str, str, int] | None:
-        return self._sock.cipher()
-
-    def _check_open(self) -> None:
-        if self._sock.fileno() < 0:
-            raise trio.ClosedResourceError("the TLS stream is closed")
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await trio.lowlevel.checkpoint_if_cancelled()
-        self._check_open()
-        view = memoryview(data)
-        try:
-            while view:
-                try:
-                    sent = self._sock.send(view)
-                except ssl.SSLWantWriteError:
-                    await trio.lowlevel.wait_writable(self._sock)
-                    continue
-                except ssl.SSLWantReadError:
-                    await trio.sleep(_OTHER_DIRECTION_POLL)
-                    continue
-                view = view[sent:]
-        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
-            raise trio.BrokenResourceError(f"TLS send failed: {exc}") from exc
-
-    async def wait_send_all_might_not_block(self) -> None:
-        self._check_open()
-        await trio.lowlevel.wait_writable(self._sock)
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        await trio.lowlevel.checkpoint_if_cancelled()
-        self._check_open()
-        size = max_bytes or _RECEIVE_SIZE
-        while True:
-            try:
-                return self._sock.recv(size)
-            except ssl.SSLWantReadError:
-                await trio.lowlevel.wait_readable(self._sock)
-            except ssl.SSLWantWriteError:
-                await trio.sleep(_OTHER_DIRECTION_POLL)
-            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
-                return b""  # close_notify, or a TCP close without it: the end of the stream
-            except (OSError, ValueError) as exc:
-                raise trio.BrokenResourceError(f"TLS receive failed: {exc}") from exc
-
-    async def aclose(self) -> None:
-        if self._sock.fileno() >= 0:
-            trio.lowlevel.notify_closing(self._sock)
-            self._sock.close()
-        await trio.lowlevel.checkpoint()
-
-
-_OTHER_DIRECTION_POLL: Final = 0.001
-"""Seconds between retries when OpenSSL needs the direction another task is waiting on."""
-_RECEIVE_SIZE: Final = 65536
+        return self._tls.cipher()
 
 
 # --- internals ------------------------------------------------------------------------------------
