@@ -86,9 +86,6 @@ class SessionManager:
     def logon_accepted(self, api_key: str, now: datetime) -> None:
         self._last_logon[api_key] = now
 
-    def holder(self, api_key: str) -> KeyHolder | None:
-        return self._holders.get(api_key)
-
     def register(self, conn_id: int, shutdown: Callable[[], Awaitable[None]]) -> None:
         """Make a logged-on session reachable by :meth:`drain`."""
         self._shutdown_hooks[conn_id] = shutdown
