@@ -131,6 +131,9 @@ async def relay_engine_connection(engine: trio.abc.Stream, runtime: SessionRunti
     except Exception:
         logger.exception("[%s #%d] internal error; this connection is closed, others carry on",
                          runtime.config.name, conn_id)
+    finally:
+        # This task owns the socket whatever ends it, a shutdown's cancellation included;
+        # closing is idempotent, so the orderly paths' own closes are not repeated work.
         await trio.aclose_forcefully(engine)
 
 

@@ -8,6 +8,7 @@ received, what the simulator recorded, and fixproxy's metrics.
 from __future__ import annotations
 
 import base64
+import gc
 import logging
 import socket
 import struct
@@ -306,6 +307,22 @@ async def _refused_logon(pair: ProxyPair) -> str:
     assert await engine.receive() is None
     assert pair.sample("fixproxy_logons_total", result="refused_locally") == 1
     return answer.get_str(tags.TEXT) or ""
+
+
+async def test_shutdown_closes_an_engine_connection_still_awaiting_its_logon(
+        e2e_material: E2EMaterial) -> None:
+    """A connection cancelled by a shutdown while its Logon is half read is closed by
+    fixproxy, not left to the garbage collector (which would keep the engine waiting and
+    warn about an unclosed socket)."""
+    async with open_proxy_pair(e2e_material) as pair:
+        stream = await trio.open_tcp_stream(*pair.proxy)
+        await stream.send_all(b"8=FIXT.1.1\x019=")
+        await trio.testing.wait_all_tasks_blocked()
+    # The proxy is gone: the engine sees the close, and no socket was left for collection.
+    with trio.fail_after(5):
+        assert await stream.receive_some(1) == b""
+    await stream.aclose()
+    gc.collect()
 
 
 async def test_gateway_port_closed(e2e_material: E2EMaterial) -> None:
