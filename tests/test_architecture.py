@@ -41,12 +41,18 @@ RANKS: Final[dict[str, int]] = {
     "fixproxy.signing": 10,
     "fixproxy.sequence": 10,  # sequence translation: pure, below the session that drives it
     "fixproxy.seqstore": 10,  # sequence numbers kept between connections: file I/O, no trio
+    "fixproxy.access": 10,  # which engine addresses may connect: pure
+    "fixproxy.logs": 10,  # log formatting and redaction: no trio
+    "fixproxy.journal": 15,  # per-session message journal files: file I/O, no trio
     "fixproxy.session": 20,
     "fixproxy.metrics": 20,
+    "fixproxy.status": 15,  # what each session is doing, for /status and scrape-time metrics
     "fixproxy.streams": 25,  # trio streams over raw sockets, for the relay's hot path
     "fixproxy.tls": 30,
     "fixproxy.manager": 30,
     "fixproxy.relay": 40,
+    "fixproxy.health": 45,  # readiness probes and the /readyz and /status answers
+    "fixproxy.reload": 45,  # re-reading the configuration while sessions keep trading
     "fixproxy.server": 50,
     "fixproxy.preflight": 55,  # `fixproxy check`: builds the server's runtime and probes it
     "fixproxy.sim": 58,
@@ -63,7 +69,8 @@ PURE: Final = ("fixproxy.errors", "fixproxy.fix", "fixproxy.kalshi", "fixproxy.s
                "fixproxy.session", "fixproxy.sequence", "fixproxy.config", "fixproxy.signing")
 """The protocol layer: synchronous, no trio."""
 
-NO_TRIO: Final = (*PURE, "fixproxy.metrics")
+NO_TRIO: Final = (*PURE, "fixproxy.metrics", "fixproxy.status", "fixproxy.journal",
+                   "fixproxy.access", "fixproxy.logs")
 """Modules that must not import trio (design.md: only the I/O layer, sim and cli do)."""
 
 CLI: Final = "fixproxy.cli"
