@@ -25,6 +25,7 @@ import trio
 
 from fixproxy.backoff import LogonBackoff
 from fixproxy.schedule import MaintenanceSchedule, Window
+from fixproxy.status import StatusBoard
 
 logger = logging.getLogger("fixproxy.manager")
 
@@ -56,6 +57,8 @@ class SessionManager:
         self._idle = trio.Event()
         self._idle.set()
         self.draining = False
+        self.status = StatusBoard()
+        """What every configured session is doing, for /status and the session metrics."""
 
     def claim(self, api_key: str, session: str, conn_id: int) -> KeyHolder | None:
         """Take ``api_key`` for a connection; returns the current holder if it is taken."""

@@ -2,22 +2,33 @@
 
 Rare events (connections, Logons, TLS handshakes) use prometheus-client's own metric objects.
 Per-message traffic is counted in plain integers on a :class:`TrafficCounters` owned by each
-relay direction and turned into counters only when Prometheus scrapes, so the order path pays a
-dict increment per message instead of a labelled, locked ``inc()``. The scrape runs in the same
-trio thread as the relay (see server.py), so nothing is read while it is being written.
+relay direction (messages by MsgType, bytes, Rejects, and a plain-integer latency histogram)
+and turned into metric families only when Prometheus scrapes, so the order path pays a dict
+increment per message instead of a labelled, locked ``inc()``. What a session is doing (state,
+sequence numbers, last message age, clock skew) is read at scrape time from the
+:class:`~fixproxy.status.StatusBoard`. The scrape runs in the same trio thread as the relay
+(see server.py), so nothing is read while it is being written.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import bisect
+import time
+from collections.abc import Callable, Iterable, Iterator
 from typing import Final, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from fixproxy import __version__
 from fixproxy.kalshi import KNOWN_MSG_TYPES
+from fixproxy.status import SKEW_SOURCES, STATES, Clocks, StatusBoard
 
 Direction = Literal["engine_to_gateway", "gateway_to_engine"]
 DIRECTIONS: Final[tuple[Direction, ...]] = ("engine_to_gateway", "gateway_to_engine")
@@ -26,16 +37,53 @@ _KNOWN: Final = frozenset(t.encode() for t in KNOWN_MSG_TYPES)
 
 _SECONDS_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
                            5.0, 10.0)
+RELAY_LATENCY_BUCKETS: Final = (0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001,
+                                0.0025, 0.005, 0.01, 0.025, 0.1, 1.0)
+"""Upper bounds (seconds) of fixproxy_relay_latency_seconds: mostly below a millisecond,
+where a relay's cost lives; a slow peer's backpressure shows in the top buckets."""
+REJECT_KINDS: Final = {b"3": "session", b"j": "business"}
+"""The ``kind`` label of fixproxy_rejects_total by MsgType: Reject (373) and
+BusinessMessageReject (380)."""
+
+
+class LatencyHistogram:
+    """Cumulative-on-read histogram in plain integers: one bisect and two adds per sample."""
+
+    __slots__ = ("counts", "sum", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(RELAY_LATENCY_BUCKETS) + 1)
+        self.total = 0
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(RELAY_LATENCY_BUCKETS, seconds)] += 1
+        self.total += 1
+        self.sum += seconds
+
+    def buckets(self) -> list[tuple[str, int]]:
+        """Cumulative (le, count) pairs, ending with +Inf, as Prometheus wants them."""
+        cumulative = 0
+        out = []
+        for bound, count in zip((*RELAY_LATENCY_BUCKETS, float("inf")), self.counts,
+                                strict=True):
+            cumulative += count
+            out.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+        return out
 
 
 class TrafficCounters:
-    """Messages by MsgType and bytes for one session and direction (hot path: no locks)."""
+    """What one session relayed in one direction (hot path: plain integers, no locks)."""
 
-    __slots__ = ("bytes", "messages")
+    __slots__ = ("bytes", "latency", "messages", "rejects")
 
     def __init__(self) -> None:
         self.messages: dict[bytes, int] = {}
         self.bytes = 0
+        self.latency = LatencyHistogram()
+        """Seconds from reading a chunk to having written its frames on."""
+        self.rejects: dict[tuple[str, str], int] = {}
+        """(kind, reason) -> count of Rejects and BusinessMessageRejects."""
 
     def count(self, msg_type: bytes) -> None:
         """Count one message; unknown MsgTypes fold into ``other`` so labels stay bounded."""
@@ -43,26 +91,100 @@ class TrafficCounters:
         messages = self.messages
         messages[key] = messages.get(key, 0) + 1
 
+    def count_reject(self, msg_type: bytes, raw: bytes) -> None:
+        """Count a Reject (by 373) or BusinessMessageReject (by 380) read from ``raw``."""
+        kind = REJECT_KINDS.get(msg_type)
+        if kind is None:
+            return
+        tag = b"\x01373=" if kind == "session" else b"\x01380="
+        reason = "none"
+        start = raw.find(tag)
+        if start >= 0:
+            start += len(tag)
+            end = raw.find(b"\x01", start)
+            code = raw[start:end]
+            # Codes are small integers; anything else folds into one value (bounded labels).
+            reason = code.decode() if code.isdigit() and len(code) <= 4 else "other"
+        key = (kind, reason)
+        self.rejects[key] = self.rejects.get(key, 0) + 1
+
 
 class _TrafficCollector(Collector):
     def __init__(self, traffic: dict[tuple[str, Direction], TrafficCounters]) -> None:
         self._traffic = traffic
 
-    def collect(self) -> Iterator[CounterMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         messages = CounterMetricFamily(
             "fixproxy_messages", "FIX messages relayed, by session, direction and MsgType.",
             labels=["session", "direction", "msg_type"])
         size = CounterMetricFamily(
             "fixproxy_bytes", "Bytes of FIX relayed, by session and direction.",
             labels=["session", "direction"])
+        latency = HistogramMetricFamily(
+            "fixproxy_relay_latency_seconds", "Time a message spends inside fixproxy, from "
+            "the read that completed it to the end of the write that passed it on.",
+            labels=["session", "direction"])
+        rejects = CounterMetricFamily(
+            "fixproxy_rejects", "Rejects (kind session, reason = 373) and "
+            "BusinessMessageRejects (kind business, reason = 380) sent by the gateway.",
+            labels=["session", "kind", "reason"])
         for (session, direction), counters in sorted(self._traffic.items()):
             for msg_type, count in sorted(counters.messages.items()):
                 messages.add_metric([session, direction, msg_type.decode()], count)
             size.add_metric([session, direction], counters.bytes)
+            histogram = counters.latency
+            latency.add_metric([session, direction], histogram.buckets(), histogram.sum)
+            for (kind, reason), count in sorted(counters.rejects.items()):
+                rejects.add_metric([session, kind, reason], count)
         yield messages
         yield size
+        yield latency
+        yield rejects
 
     def describe(self) -> Iterable[CounterMetricFamily]:
+        return ()
+
+
+class _StatusCollector(Collector):
+    """Session state, sequence numbers, message age and clock skew, read at scrape time."""
+
+    def __init__(self, board: StatusBoard, monotonic: Callable[[], float]) -> None:
+        self._board = board
+        self._monotonic = monotonic
+
+    def collect(self) -> Iterator[Metric]:
+        clocks = Clocks(self._monotonic(), time.time())
+        state = GaugeMetricFamily(
+            "fixproxy_session_state", "1 for the state the session is in, 0 for the others.",
+            labels=["session", "state"])
+        age = GaugeMetricFamily(
+            "fixproxy_last_message_age_seconds", "Seconds since the last bytes in each "
+            "direction of the session's current or last connection.",
+            labels=["session", "direction"])
+        sequence = GaugeMetricFamily(
+            "fixproxy_sequence_number", "Last MsgSeqNum seen in each direction, in the "
+            "sender's numbering.", labels=["session", "direction"])
+        translated = GaugeMetricFamily(
+            "fixproxy_sequence_translated", "1 while fixproxy renumbers the session (the "
+            "engine kept its numbers while the gateway leg reset).", labels=["session"])
+        skew = GaugeMetricFamily(
+            "fixproxy_clock_skew_seconds", "How far the peer's SendingTime (52) was ahead of "
+            "local time, at its Logon and last Heartbeat.", labels=["session", "source"])
+        for status in self._board:
+            current = status.state
+            for name in STATES:
+                state.add_metric([status.name, name], 1.0 if name == current else 0.0)
+            for direction, seen in status.last_seen().items():
+                age.add_metric([status.name, direction], clocks.monotonic - seen)
+            for direction, number in status.sequence_numbers().items():
+                sequence.add_metric([status.name, direction], number)
+            translated.add_metric([status.name], 1.0 if status.translated else 0.0)
+            for source in SKEW_SOURCES:
+                if source in status.clock_skew:
+                    skew.add_metric([status.name, source], status.clock_skew[source])
+        yield from (state, age, sequence, translated, skew)
+
+    def describe(self) -> Iterable[Metric]:
         return ()
 
 
@@ -112,6 +234,7 @@ class Metrics:
         self.build_info.labels(version=__version__).set(1)
         self._traffic: dict[tuple[str, Direction], TrafficCounters] = {}
         r.register(_TrafficCollector(self._traffic))
+        self._status_watched = False
 
     def traffic(self, session: str, direction: Direction) -> TrafficCounters:
         """The counters of one session and direction (created on first use, then shared)."""
@@ -120,6 +243,13 @@ class Metrics:
         if counters is None:
             counters = self._traffic[key] = TrafficCounters()
         return counters
+
+    def watch_status(self, board: StatusBoard, monotonic: Callable[[], float]) -> None:
+        """Export the sessions of ``board``; ``monotonic`` is the clock of its machines."""
+        if self._status_watched:
+            return
+        self._status_watched = True
+        self.registry.register(_StatusCollector(board, monotonic))
 
     def declare_session(self, session: str) -> None:
         """Create a session's series at zero so dashboards see it before its first event."""

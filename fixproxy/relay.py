@@ -66,6 +66,7 @@ from fixproxy.metrics import Metrics, TrafficCounters
 from fixproxy.seqstore import SequenceStore, SessionSequences
 from fixproxy.sequence import SequenceTranslator, read_seq_num
 from fixproxy.session import Action, Event, Session
+from fixproxy.status import SessionStatus
 from fixproxy.streams import RawSocketStream
 from fixproxy.tls import HandshakeInfo
 
@@ -108,6 +109,14 @@ class SessionRuntime:
     """Where sequence numbers are kept between connections, for translation."""
 
 
+def declare_status(runtime: SessionRuntime) -> SessionStatus:
+    """The session's entry on the manager's status board (created idle on first use)."""
+    cfg = runtime.config
+    return runtime.manager.status.declare(
+        cfg.name, endpoint=cfg.endpoint.target_comp_id, gateway=f"{cfg.host}:{cfg.port}",
+        listen="{}:{}".format(*cfg.listen), wall=time.time())
+
+
 class _Refusal(FixProxyError):
     """Internal: end the connection with a local Logout carrying ``text``."""
 
@@ -142,6 +151,7 @@ async def _serve_connection(engine: trio.abc.Stream, runtime: SessionRuntime,
     name = runtime.config.name
     log = _ConnectionLog(logger, {"conn": conn_id, "session": name})
     metrics = runtime.metrics
+    status = declare_status(runtime)
     engine_framer = FixFramer()
     first: Frame | None = None
     claimed = False
@@ -162,10 +172,11 @@ async def _serve_connection(engine: trio.abc.Stream, runtime: SessionRuntime,
         rewritten = _rewrite(first, runtime, force_reset=runtime.manager.reset_due(
             runtime.policy.api_key, wall))
         log.info("engine Logon accepted locally: %s", render(first.raw))
-        _warn_clock_skew(rewritten.sending_time, wall, log)
         translator = _translator_for(rewritten, runtime, log)
         _claim_key(runtime, conn_id)
         claimed = True
+        status.connection_started(conn_id, time.time())
+        _note_clock_skew(status, "engine", rewritten.sending_time, wall, log)
         try:
             gateway, info = await _open_gateway(runtime, log)
         except _Refusal:
@@ -174,6 +185,8 @@ async def _serve_connection(engine: trio.abc.Stream, runtime: SessionRuntime,
     except _Refusal as refusal:
         if claimed:
             runtime.manager.release(runtime.policy.api_key, conn_id)
+            status.connection_ended(conn_id, time.time())
+        status.error(f"refused engine connection #{conn_id}: {refusal.text}", time.time())
         metrics.engine_connections.labels(session=name, result=refusal.result).inc()
         if refusal.result not in ("no_logon", "framing_error"):
             metrics.logons.labels(session=name, result="refused_locally").inc()
@@ -191,9 +204,10 @@ async def _serve_connection(engine: trio.abc.Stream, runtime: SessionRuntime,
              runtime.config.host, runtime.config.port, info.tls_version, info.cipher)
     try:
         await _SessionRelay(engine, engine_framer, gateway, rewritten, runtime, log,
-                            logon_received, conn_id, translator).run()
+                            logon_received, conn_id, translator, status).run()
     finally:
         runtime.manager.release(runtime.policy.api_key, conn_id)
+        status.connection_ended(conn_id, time.time())
         with trio.CancelScope(shield=True):
             await _close_gateway(gateway)
             await engine.aclose()
@@ -244,16 +258,35 @@ CLOCK_SKEW_WARNING: Final = 5.0
 messages more than 30 s off (Reject 373=10)."""
 
 
-def _warn_clock_skew(sending_time: bytes, now: datetime, log: _ConnectionLog) -> None:
+def _note_clock_skew(status: SessionStatus, source: str, sending_time: bytes | None,
+                     now: datetime, log: _ConnectionLog | None) -> None:
+    """Record how far a peer's SendingTime (52) is from local time; warn about the engine's."""
+    if not sending_time:
+        return
     try:
         stamped = datetime.strptime(sending_time.decode(), "%Y%m%d-%H:%M:%S.%f").replace(
             tzinfo=UTC)
-    except ValueError:
-        return
+    except (ValueError, UnicodeDecodeError):
+        try:
+            stamped = datetime.strptime(sending_time.decode(), "%Y%m%d-%H:%M:%S").replace(
+                tzinfo=UTC)
+        except (ValueError, UnicodeDecodeError):
+            return
     skew = (stamped - now).total_seconds()
-    if abs(skew) > CLOCK_SKEW_WARNING:
-        log.warning("the engine's SendingTime (52) is %+.1f s off local time; Kalshi rejects "
-                    "messages more than 30 s off (Reject 373=10): synchronise the clocks", skew)
+    status.skew(source, skew)
+    if log is not None and abs(skew) > CLOCK_SKEW_WARNING:
+        log.warning("the %s's SendingTime (52) is %+.1f s off local time; Kalshi rejects "
+                    "messages more than 30 s off (Reject 373=10): synchronise the clocks",
+                    source, skew)
+
+
+def _sending_time(raw: bytes) -> bytes | None:
+    """SendingTime (52) of a frame, by search: only rare messages (Logon, Heartbeat) ask."""
+    start = raw.find(b"\x0152=")
+    if start < 0:
+        return None
+    start += 4
+    return raw[start:raw.find(b"\x01", start)]
 
 
 def _translator_for(rewritten: RewrittenLogon, runtime: SessionRuntime,
@@ -399,9 +432,10 @@ class _SessionRelay:
     def __init__(self, engine: trio.abc.Stream, engine_framer: FixFramer,
                  gateway: trio.abc.Stream, rewritten: RewrittenLogon, runtime: SessionRuntime,
                  log: _ConnectionLog, logon_received: float, conn_id: int,
-                 translator: SequenceTranslator | None) -> None:
+                 translator: SequenceTranslator | None, status: SessionStatus) -> None:
         cfg = runtime.config
         self.conn_id = conn_id
+        self.status = status
         self.engine = engine
         self.gateway = gateway
         self.engine_framer = engine_framer
@@ -421,6 +455,7 @@ class _SessionRelay:
             logout_on_engine_disconnect=cfg.logout_on_engine_disconnect)
         self.session.engine_last_seq = rewritten.msg_seq_num
         self.translator = translator
+        status.session_started(conn_id, self.session, translated=translator is not None)
         self.engine_input_open = True
         self.close_due = False
         self.logout_cause = ""
@@ -509,6 +544,9 @@ class _SessionRelay:
         before = self.session.state
         if self.end_cause is None and event in _END_CAUSES:
             self.end_cause = _END_CAUSES[event]
+            if event is not Event.ENGINE_LOGOUT:
+                self.status.error(f"connection #{self.conn_id} ended: "
+                                  f"{reason or _EVENT_TEXT.get(event, str(event))}", time.time())
         actions = self.session.handle(event, trio.current_time(), reason)
         if self.session.state is not before:
             self.log.info("%s -> %s on %s%s", before, self.session.state, event,
@@ -615,6 +653,8 @@ class _SessionRelay:
         data = frame.raw
         accepted = frame.msg_type == tags.MT_LOGON
         manager = self.runtime.manager
+        _note_clock_skew(self.status, "gateway", _sending_time(frame.raw), datetime.now(UTC),
+                         None)
         if accepted:
             manager.backoff.record_success(cfg.api_key)
             manager.logon_accepted(cfg.api_key, datetime.now(UTC))
@@ -635,6 +675,8 @@ class _SessionRelay:
             metrics.logons.labels(session=cfg.name, result="refused_by_gateway").inc()
             self.log.warning("gateway answered the Logon with: %s", render(frame.raw))
             _explain_gateway_answer(frame.raw, self.log)
+            self.status.error(f"the gateway refused the Logon: {render(frame.raw)}",
+                              time.time())
         # The machine learns of the answer before the engine can react to it (an engine may
         # log out the instant it is logged on); a close it orders waits for the forward.
         if accepted:
@@ -655,6 +697,16 @@ class _SessionRelay:
         await self.close_if_due()
         return accepted
 
+    def _note(self, frame: Frame, counters: TrafficCounters, *, from_engine: bool) -> None:
+        """Look into a Reject, BusinessMessageReject or Heartbeat on its way through."""
+        msg_type = frame.msg_type
+        if msg_type == tags.MT_HEARTBEAT:
+            _note_clock_skew(self.status, "engine" if from_engine else "gateway",
+                             _sending_time(frame.raw), datetime.now(UTC), None)
+        elif not from_engine:
+            counters.count_reject(msg_type, frame.raw)
+            _explain_gateway_answer(frame.raw, self.log)
+
     async def _pump(self, src: trio.abc.Stream, dst: trio.abc.Stream, dst_lock: trio.Lock,
                     framer: FixFramer, counters: TrafficCounters, *, from_engine: bool) -> None:
         """Copy complete frames from ``src`` to ``dst`` until ``src`` ends or fails.
@@ -668,8 +720,11 @@ class _SessionRelay:
             translate = self.translator.to_gateway if from_engine else self.translator.to_engine
         logout_event = Event.ENGINE_LOGOUT if from_engine else Event.GATEWAY_LOGOUT
         activity = session.engine_activity if from_engine else session.gateway_activity
+        latency = counters.latency
+        clock = time.perf_counter
         pending = framer.buffered
         data: bytes | bytearray = b""
+        read_at = clock()
         while True:
             parts: list[bytes] = []
             error: FixError | None = None
@@ -678,12 +733,13 @@ class _SessionRelay:
             try:
                 frame = framer.next_message()
                 while frame is not None:
-                    counters.count(frame.msg_type)
-                    if frame.msg_type == tags.MT_LOGOUT:
-                        logout = frame
-                        break
-                    if frame.msg_type == tags.MT_REJECT and not from_engine:
-                        _explain_gateway_answer(frame.raw, self.log)
+                    msg_type = frame.msg_type
+                    counters.count(msg_type)
+                    if msg_type in _NOTED_TYPES:  # one set lookup for the usual message
+                        if msg_type == tags.MT_LOGOUT:
+                            logout = frame
+                            break
+                        self._note(frame, counters, from_engine=from_engine)
                     last = frame.raw
                     parts.append(last if translate is None else translate(last))
                     frame = framer.next_message()
@@ -703,6 +759,7 @@ class _SessionRelay:
                     await self.event(Event.GATEWAY_CLOSED if from_engine
                                      else Event.ENGINE_CLOSED)
                     return
+                latency.observe(clock() - read_at)
             if logout is not None:
                 activity(trio.current_time(), read_seq_num(logout.raw))
                 self.log.info("%s sent Logout: %s", "engine" if from_engine else "gateway",
@@ -711,6 +768,8 @@ class _SessionRelay:
                     reason = _explain_gateway_answer(logout.raw, self.log)
                     if self.end_cause is None:
                         self.end_cause = ("gateway", reason)
+                        self.status.error(f"connection #{self.conn_id}: the gateway logged "
+                                          f"out: {render(logout.raw)}", time.time())
                 # An answer to fixproxy's own Logout closes for the cause that started it.
                 if not await self.event(logout_event, self.logout_cause, defer_close=True):
                     raw = logout.raw if translate is None else translate(logout.raw)
@@ -737,6 +796,7 @@ class _SessionRelay:
                 data = await src.receive_some(RECEIVE_SIZE)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 data = b""
+            read_at = clock()
             if from_engine and not self.engine_input_open:
                 return  # read after fixproxy logged out for it: the engine is told by the close
             framer.receive_data(data)
@@ -745,6 +805,10 @@ class _SessionRelay:
                              "the engine closed the connection" if from_engine else
                              "the Kalshi gateway closed the connection without a Logout")
 
+
+_NOTED_TYPES: Final = frozenset({tags.MT_LOGOUT, tags.MT_REJECT, tags.MT_BUSINESS_REJECT,
+                                 tags.MT_HEARTBEAT})
+"""MsgTypes the pumps look into; every other message passes without a second look."""
 
 _END_CAUSES: Final[dict[Event, tuple[str, str]]] = {
     Event.ENGINE_LOGOUT: ("engine", "other"),

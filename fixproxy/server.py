@@ -32,7 +32,7 @@ from fixproxy.config import Config, SessionConfig
 from fixproxy.errors import FixProxyError
 from fixproxy.manager import SessionManager
 from fixproxy.metrics import Metrics
-from fixproxy.relay import SessionRuntime, relay_engine_connection
+from fixproxy.relay import SessionRuntime, declare_status, relay_engine_connection
 from fixproxy.seqstore import SequenceStore
 from fixproxy.signing import LogonSigner, load_private_key
 
@@ -91,6 +91,7 @@ class ProxyServer:
         self.manager = manager if manager is not None else SessionManager(
             config.maintenance, LogonBackoff(config.backoff.floor, config.backoff.ceiling))
         metrics.maintenance_active.set_function(self._maintenance_active)
+        metrics.watch_status(self.manager.status, trio.current_time)
         state_dir = config.proxy.state_dir
         sequences = SequenceStore(state_dir) if state_dir is not None else None
         self.runtimes = [build_runtime(session, metrics, self.manager, sequences)
@@ -107,6 +108,7 @@ class ProxyServer:
             bound: dict[str, tuple[str, int]] = {}
             for runtime in self.runtimes:
                 metrics.declare_session(runtime.config.name)
+                declare_status(runtime)
                 host, port = runtime.config.listen
                 listeners = await _open_listeners(host, port,
                                                   f"session {runtime.config.name!r}")
