@@ -120,6 +120,20 @@ def start_stunnel(material: Material, gateway_port: int, name: str) -> tuple[Chi
     return child, port
 
 
+def start_trio_relay(material: Material, gateway_port: int, name: str) -> tuple[Child, int]:
+    """The bare trio relay (bench/floor.py): fixproxy's I/O layer without its FIX work."""
+    port = free_port()
+    child = Child(name, [sys.executable, "-m", "bench.floor", str(port), str(gateway_port),
+                         str(material.certs.ca_cert), SERVER_NAME],
+                  material.workdir / f"{name}.log")
+    try:
+        child.wait_listening([port])
+    except BenchError:
+        child.stop()
+        raise
+    return child, port
+
+
 def _toml(value: str) -> str:
     # A TOML basic string accepts JSON's escapes for everything a path or UUID contains.
     return json.dumps(value)

@@ -16,7 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-CONFIGS: Final = ("direct", "stunnel", "fixproxy")
+CONFIGS: Final = ("direct", "stunnel", "trio-relay", "fixproxy")
+"""trio-relay is bench/floor.py: fixproxy's I/O layer copying bytes, with no FIX work."""
 MIDDLES: Final = ("stunnel", "fixproxy")
 PERCENTILES: Final = (("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p99_9", 99.9))
 
@@ -168,18 +169,19 @@ RATIO_FIELDS: Final = (
 
 
 def ratios(configs: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, float | None]]:
-    """fixproxy's numbers divided by stunnel's and by direct's, field by field."""
+    """fixproxy's numbers divided by stunnel's, direct's and the bare trio relay's, and the
+    trio relay's divided by stunnel's, field by field."""
     result: dict[str, dict[str, float | None]] = {}
-    fixproxy = configs["fixproxy"]
-    for base in ("stunnel", "direct"):
+    for name, base in (("fixproxy", "stunnel"), ("fixproxy", "direct"),
+                       ("fixproxy", "trio-relay"), ("trio-relay", "stunnel")):
         row: dict[str, float | None] = {}
         for path in RATIO_FIELDS:
-            ours, theirs = _value(fixproxy, path), _value(configs[base], path)
+            ours, theirs = _value(configs[name], path), _value(configs[base], path)
             if ours is not None and theirs:
                 row[path] = ours / theirs
-            elif base == "stunnel" or not path.startswith(("middle", "rss")):
+            elif base != "direct" or not path.startswith(("middle", "rss")):
                 row[path] = None
-        result[f"fixproxy/{base}"] = row
+        result[f"{name}/{base}"] = row
     return result
 
 
@@ -227,8 +229,8 @@ def format_table(report: Mapping[str, Any]) -> str:
     machine = report["machine"]
     versions = report["versions"]
     lines = [
-        "fixproxy benchmark: direct TLS vs stunnel vs fixproxy on 127.0.0.1, rounds interleaved "
-        "(direct, stunnel, fixproxy, ...)",
+        "fixproxy benchmark: direct TLS vs stunnel vs a bare trio relay vs fixproxy on "
+        "127.0.0.1, rounds interleaved (direct, stunnel, trio-relay, fixproxy, ...)",
         f"machine:   {machine['cpu_model']}, {machine['cores']} cores "
         f"({machine['usable_cores']} usable), Linux {machine['kernel']}, load average "
         f"{machine['load_average_start']:.2f} at start, {machine['load_average_end']:.2f} "
@@ -247,8 +249,8 @@ def format_table(report: Mapping[str, Any]) -> str:
            else f"every process pinned to CPU(s) {settings['cpus']}"),
         "",
     ]
-    header = f"{'':<44}{'direct':>11}{'stunnel':>11}{'fixproxy':>11}{'fp/stunnel':>12}" \
-             f"{'fp/direct':>11}"
+    header = f"{'':<44}{'direct':>11}{'stunnel':>11}{'trio-relay':>11}{'fixproxy':>11}" \
+             f"{'fp/stunnel':>12}{'fp/direct':>11}{'fp/trio':>9}{'trio/stun':>11}"
     lines.append(header)
     lines.append("-" * len(header))
 
@@ -259,9 +261,12 @@ def format_table(report: Mapping[str, Any]) -> str:
             return f"{_fmt(None if value is None else value * scale, digits):>11}"
 
         cells = "".join(cell(name) for name in CONFIGS)
-        vs_stunnel = ratio["fixproxy/stunnel"].get(path) if with_ratio else None
-        vs_direct = ratio["fixproxy/direct"].get(path) if with_ratio else None
-        lines.append(f"{label:<44}{cells}{_ratio(vs_stunnel):>12}{_ratio(vs_direct):>11}")
+        def vs(pair: str) -> float | None:
+            return ratio[pair].get(path) if with_ratio else None
+
+        lines.append(f"{label:<44}{cells}{_ratio(vs('fixproxy/stunnel')):>12}"
+                     f"{_ratio(vs('fixproxy/direct')):>11}{_ratio(vs('fixproxy/trio-relay')):>9}"
+                     f"{_ratio(vs('trio-relay/stunnel')):>11}")
 
     row("Logon, connect -> answer, p50 (ms)", "logon_ms.p50", 2)
     row("Logon p99 (ms)", "logon_ms.p99", 2)

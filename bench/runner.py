@@ -5,10 +5,12 @@ Theory of operation
 The question is what fixproxy adds to a trading firm's order path, so it is measured against
 the two alternatives on the same machine in the same run: the floor (the engine speaking TLS
 and signing its own Logon, straight to the gateway) and the usual sidecar (stunnel4 in client
-mode, the engine still signing). One gateway process and one engine process serve all three
-configurations; rounds are interleaved (direct, stunnel, fixproxy, direct, ...) so that a
-change in the machine's load over the run falls on all three alike instead of on whichever
-ran last.
+mode, the engine still signing). A fourth configuration, ``trio-relay`` (bench/floor.py), is
+fixproxy's own I/O layer copying bytes with no FIX work, the engine signing: it splits what
+fixproxy costs into what trio and Python's ssl cost and what the FIX handling adds. One
+gateway process and one engine process serve every configuration; rounds are interleaved
+(direct, stunnel, trio-relay, fixproxy, direct, ...) so that a change in the machine's load
+over the run falls on all alike instead of on whichever ran last.
 
 Per configuration and round: ``--logons`` connect/Logon/Logout cycles, then one session that
 runs the closed loop, the pipelined run (CPU of engine, gateway and middle process read from
@@ -54,6 +56,7 @@ from bench.middle import (
     make_material,
     start_fixproxy,
     start_stunnel,
+    start_trio_relay,
     stunnel_binary,
     stunnel_version,
 )
@@ -147,7 +150,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Settings, Path | None]:
                         help="a tiny run of everything (1 round, a few hundred orders) that "
                              "checks correctness; exits non-zero if a configuration fails")
     parser.add_argument("--rounds", type=_positive_int,
-                        help="interleaved rounds of the three configurations [10; quick: 1]")
+                        help="interleaved rounds of the four configurations [10; quick: 1]")
     parser.add_argument("--messages", type=_positive_int,
                         help="orders per configuration and round in the closed loop and in "
                              f"the open loop; the pipelined run sends {PIPELINED_FACTOR} times "
@@ -328,11 +331,14 @@ def _measure_rounds(material: Material, gateway: Worker, engine: Worker, gateway
     with contextlib.ExitStack() as stack:
         stunnel_child, stunnel_port = start_stunnel(material, gateway_port, "stunnel")
         stack.enter_context(stunnel_child)
+        relay_child, relay_port = start_trio_relay(material, gateway_port, "trio-relay")
+        stack.enter_context(relay_child)
         fixproxy_child, config = start_fixproxy(material, gateway_port, [account], "fixproxy")
         stack.enter_context(fixproxy_child)
         routes = [
             Route("direct", gateway_port, tls=True, sign=True, middle=None),
             Route("stunnel", stunnel_port, tls=False, sign=True, middle=stunnel_child),
+            Route("trio-relay", relay_port, tls=False, sign=True, middle=relay_child),
             Route("fixproxy", config.sessions[0].listen[1], tls=False, sign=False,
                   middle=fixproxy_child),
         ]

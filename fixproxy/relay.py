@@ -697,15 +697,15 @@ class _SessionRelay:
         await self.close_if_due()
         return accepted
 
-    def _note(self, frame: Frame, counters: TrafficCounters, *, from_engine: bool) -> None:
+    def _note(self, raw: bytes, msg_type: bytes, counters: TrafficCounters, *,
+              from_engine: bool) -> None:
         """Look into a Reject, BusinessMessageReject or Heartbeat on its way through."""
-        msg_type = frame.msg_type
         if msg_type == tags.MT_HEARTBEAT:
             _note_clock_skew(self.status, "engine" if from_engine else "gateway",
-                             _sending_time(frame.raw), datetime.now(UTC), None)
+                             _sending_time(raw), datetime.now(UTC), None)
         elif not from_engine:
-            counters.count_reject(msg_type, frame.raw)
-            _explain_gateway_answer(frame.raw, self.log)
+            counters.count_reject(msg_type, raw)
+            _explain_gateway_answer(raw, self.log)
 
     async def _pump(self, src: trio.abc.Stream, dst: trio.abc.Stream, dst_lock: trio.Lock,
                     framer: FixFramer, counters: TrafficCounters, *, from_engine: bool) -> None:
@@ -721,6 +721,7 @@ class _SessionRelay:
         logout_event = Event.ENGINE_LOGOUT if from_engine else Event.GATEWAY_LOGOUT
         activity = session.engine_activity if from_engine else session.gateway_activity
         latency = counters.latency
+        messages = counters.messages
         clock = time.perf_counter
         pending = framer.buffered
         data: bytes | bytearray = b""
@@ -728,21 +729,24 @@ class _SessionRelay:
         while True:
             parts: list[bytes] = []
             error: FixError | None = None
-            logout: Frame | None = None
+            logout: bytes | None = None
             last = b""
             try:
-                frame = framer.next_message()
+                frame = framer.next_raw()
                 while frame is not None:
-                    msg_type = frame.msg_type
-                    counters.count(msg_type)
+                    raw, msg_type = frame
+                    try:  # a MsgType seen before: one dict update, no call
+                        messages[msg_type] += 1
+                    except KeyError:
+                        counters.count(msg_type)
                     if msg_type in _NOTED_TYPES:  # one set lookup for the usual message
                         if msg_type == tags.MT_LOGOUT:
-                            logout = frame
+                            logout = raw
                             break
-                        self._note(frame, counters, from_engine=from_engine)
-                    last = frame.raw
+                        self._note(raw, msg_type, counters, from_engine=from_engine)
+                    last = raw
                     parts.append(last if translate is None else translate(last))
-                    frame = framer.next_message()
+                    frame = framer.next_raw()
             except (FramingError, SessionError) as exc:
                 exc.side = "engine" if from_engine else "gateway"
                 error = exc
@@ -761,18 +765,18 @@ class _SessionRelay:
                     return
                 latency.observe(clock() - read_at)
             if logout is not None:
-                activity(trio.current_time(), read_seq_num(logout.raw))
+                activity(trio.current_time(), read_seq_num(logout))
                 self.log.info("%s sent Logout: %s", "engine" if from_engine else "gateway",
-                              render(logout.raw))
+                              render(logout))
                 if not from_engine:
-                    reason = _explain_gateway_answer(logout.raw, self.log)
+                    reason = _explain_gateway_answer(logout, self.log)
                     if self.end_cause is None:
                         self.end_cause = ("gateway", reason)
                         self.status.error(f"connection #{self.conn_id}: the gateway logged "
-                                          f"out: {render(logout.raw)}", time.time())
+                                          f"out: {render(logout)}", time.time())
                 # An answer to fixproxy's own Logout closes for the cause that started it.
                 if not await self.event(logout_event, self.logout_cause, defer_close=True):
-                    raw = logout.raw if translate is None else translate(logout.raw)
+                    raw = logout if translate is None else translate(logout)
                     counters.bytes += len(raw)
                     try:
                         await _send_locked(dst, dst_lock, raw)

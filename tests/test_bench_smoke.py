@@ -18,7 +18,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 TIMEOUT_S = 120
-CONFIGS = {"direct", "stunnel", "fixproxy"}
+CONFIGS = {"direct", "stunnel", "trio-relay", "fixproxy"}
 QUICK_ORDERS = 300
 """Orders per workload in ``--quick`` (the default of ``--messages`` there)."""
 
@@ -57,13 +57,14 @@ def test_ratios_and_targets_come_from_the_same_run(
         quick_run: tuple[subprocess.CompletedProcess[str], dict[str, Any]]) -> None:
     _, result = quick_run
     configs = result["configurations"]
-    for base in ("stunnel", "direct"):
-        ratios = result["ratios"][f"fixproxy/{base}"]
+    for name, base in (("fixproxy", "stunnel"), ("fixproxy", "direct"),
+                       ("fixproxy", "trio-relay"), ("trio-relay", "stunnel")):
+        ratios = result["ratios"][f"{name}/{base}"]
         for field in ("closed_loop_rtt_us.p50", "closed_loop_rtt_us.p99",
                       "pipelined.orders_per_s"):
             section, _, key = field.partition(".")
-            expected = configs["fixproxy"][section][key] / configs[base][section][key]
-            assert ratios[field] == pytest.approx(expected), (base, field)
+            expected = configs[name][section][key] / configs[base][section][key]
+            assert ratios[field] == pytest.approx(expected), (name, base, field)
     targets = {target["name"]: target for target in result["targets"]}
     assert set(targets) == {"rtt_p50", "rtt_p99", "throughput", "cpu_per_message",
                             "logon_rewrite", "rss_5_idle"}

@@ -37,14 +37,17 @@ _PREFIX: Final = b"8=FIXT.1.1\x019="
 _PREFIX_LEN: Final = len(_PREFIX)
 _TRAILER_LEN: Final = len(b"10=000\x01")
 _MIN_BODY: Final = len(b"35=0\x01")
+_TRAILER_BASE_SUM: Final = sum(b"10=\x01")
+"""Byte sum of a trailer without its three CheckSum digits."""
 
 
+_adler32: Final = zlib.adler32
 _ADLER_CHUNK: Final = 256
 """Bytes per zlib.adler32 call in :func:`byte_sum`: 256 x 255 + 1 stays below 65521, the
 modulus of Adler-32's first sum, so that sum is the exact byte sum (plus one)."""
 
 
-def byte_sum(data: memoryview) -> int:
+def byte_sum(data: bytes | memoryview) -> int:
     """The sum of the bytes of ``data``.
 
     Adler-32's first component is 1 + the byte sum modulo 65521; over at most 256 bytes no
@@ -54,9 +57,10 @@ def byte_sum(data: memoryview) -> int:
     """
     if len(data) <= _ADLER_CHUNK:
         return (zlib.adler32(data) & 0xFFFF) - 1
+    view = memoryview(data)
     total = 0
-    for start in range(0, len(data), _ADLER_CHUNK):
-        total += (zlib.adler32(data[start : start + _ADLER_CHUNK]) & 0xFFFF) - 1
+    for start in range(0, len(view), _ADLER_CHUNK):
+        total += (zlib.adler32(view[start : start + _ADLER_CHUNK]) & 0xFFFF) - 1
     return total
 
 
@@ -83,7 +87,7 @@ class FixFramer:
             raise ValueError("max_frame_size is too small for any FIX message")
         self.max_frame_size = max_frame_size
         self._max_digits = len(str(max_frame_size))
-        self._buf = bytearray()
+        self._buf: bytes | bytearray = b""
         self._pos = 0
         self._eof = False
         self._error: FramingError | None = None
@@ -107,13 +111,33 @@ class FixFramer:
         if not data:
             self._eof = True
             return
-        if self._pos:
-            del self._buf[: self._pos]
-            self._pos = 0
-        self._buf += data
+        buf = self._buf
+        pos = self._pos
+        if pos >= len(buf):
+            # The usual case: nothing pending. Keep the chunk itself; frames are sliced out of
+            # it with one copy each (none for a chunk that is exactly one frame).
+            self._buf = data if isinstance(data, bytes) else bytes(data)
+        elif isinstance(buf, bytes):
+            # A frame straddles reads: accumulate in a bytearray, so that a large frame
+            # arriving in many pieces is not copied again with every piece.
+            self._buf = bytearray(buf[pos:]) + data
+        else:
+            del buf[:pos]
+            buf += data
+        self._pos = 0
 
     def next_message(self) -> Frame | None:
         """Return the next complete message, or ``None`` if more bytes are needed.
+
+        Raises:
+            FramingError: the stream is not valid FIX; the framer is then broken for good.
+        """
+        found = self.next_raw()
+        return None if found is None else Frame(*found)
+
+    def next_raw(self) -> tuple[bytes, bytes] | None:
+        """:meth:`next_message` as a plain ``(raw, msg_type)`` tuple, for the relay's loop
+        (building a NamedTuple costs more than finding the frame's boundaries).
 
         Raises:
             FramingError: the stream is not valid FIX; the framer is then broken for good.
@@ -122,30 +146,31 @@ class FixFramer:
             raise FramingError(f"framer is broken: {self._error}") from self._error
         buf = self._buf
         pos = self._pos
-        avail = len(buf) - pos
+        have = len(buf)
+        avail = have - pos
         if avail == 0:
             return None
-        if avail < _PREFIX_LEN:
-            if buf[pos:] != _PREFIX[:avail]:
+        # startswith/find with offsets look at the buffer in place: no slice is made for the
+        # checks of a good frame except the two numbers that are parsed.
+        if not buf.startswith(_PREFIX, pos):
+            if avail >= _PREFIX_LEN or not _PREFIX.startswith(buf[pos:]):
                 self._bad_prefix()
             self._need_more()
             return None
-        if buf[pos : pos + _PREFIX_LEN] != _PREFIX:
-            self._bad_prefix()
         digits_at = pos + _PREFIX_LEN
-        soh = buf.find(1, digits_at, digits_at + self._max_digits + 1)
+        soh = buf.find(b"\x01", digits_at, digits_at + self._max_digits + 1)
         if soh < 0:
             if avail > _PREFIX_LEN + self._max_digits:
                 raise self._fail(
                     f"BodyLength (9) is longer than {self._max_digits} digits; "
                     f"frames are limited to {self.max_frame_size} bytes")
             partial = buf[digits_at:]
-            if partial and not (partial.isdigit() and partial.isascii()):
+            if partial and not partial.isdigit():
                 raise self._fail(f"BodyLength (9) is not a number: {bytes(partial)!r}")
             self._need_more()
             return None
         digits = buf[digits_at:soh]
-        if not digits.isdigit() or not digits.isascii():
+        if not digits.isdigit():  # bytes.isdigit: ASCII digits only, no sign or space
             raise self._fail(f"BodyLength (9) is not a number: {bytes(digits)!r}")
         body_len = int(digits)
         body_at = soh + 1
@@ -157,34 +182,38 @@ class FixFramer:
                 f"limit of {self.max_frame_size}")
         if body_len < _MIN_BODY:
             raise self._fail(f"BodyLength (9) of {body_len} is too short for a message")
-        have = len(buf)
         if have < end:
             # Fail early on a stream that cannot be FIX, without waiting for the body.
-            if have >= body_at + 3 and buf[body_at : body_at + 3] != b"35=":
+            if have >= body_at + 3 and not buf.startswith(b"35=", body_at):
                 raise self._fail("MsgType (35) is not the third field")
             self._need_more()
             return None
-        if buf[body_at : body_at + 3] != b"35=":
+        if not buf.startswith(b"35=", body_at):
             raise self._fail("MsgType (35) is not the third field")
-        if buf[checksum_at - 1] != 1 or buf[checksum_at : checksum_at + 3] != b"10=" \
+        if buf[checksum_at - 1] != 1 or not buf.startswith(b"10=", checksum_at) \
                 or buf[end - 1] != 1:
             raise self._fail(
                 f"BodyLength (9) of {body_len} does not end at the CheckSum (10) field")
-        type_end = buf.find(1, body_at + 3, checksum_at)
+        type_end = buf.find(b"\x01", body_at + 3, checksum_at)
         if type_end <= body_at + 3:
             raise self._fail("MsgType (35) is empty")
         checksum_digits = buf[checksum_at + 3 : end - 1]
-        if not checksum_digits.isdigit() or not checksum_digits.isascii():
+        if not checksum_digits.isdigit():
             raise self._fail(
                 f"CheckSum (10) is not three digits: {bytes(checksum_digits)!r}")
-        raw = bytes(buf[pos:end])
-        expected = byte_sum(memoryview(raw)[:checksum_at - pos]) & 0xFF
+        raw = buf[pos:end] if isinstance(buf, bytes) else bytes(buf[pos:end])
+        # The byte sum of the whole frame less that of its trailer "10=ddd|": one pass in C
+        # over the bytes as they are, instead of a view or a copy of all but the trailer.
+        trailer = _TRAILER_BASE_SUM + checksum_digits[0] + checksum_digits[1] \
+            + checksum_digits[2]
+        total = (_adler32(raw) & 0xFFFF) - 1 if end - pos <= _ADLER_CHUNK else byte_sum(raw)
+        expected = (total - trailer) & 0xFF
         if int(checksum_digits) != expected:
             raise self._fail(
-                f"CheckSum (10) is {checksum_digits.decode()}, the bytes sum to "
+                f"CheckSum (10) is {bytes(checksum_digits).decode()}, the bytes sum to "
                 f"{expected:03d}")
         self._pos = end
-        return Frame(raw, raw[body_at + 3 - pos : type_end - pos])
+        return raw, raw[body_at + 3 - pos : type_end - pos]
 
     def _fail(self, message: str) -> FramingError:
         """Record the error that breaks this framer for good, and return it to be raised."""
