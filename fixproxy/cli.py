@@ -3,7 +3,6 @@ become exit codes."""
 
 from __future__ import annotations
 
-import logging
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -15,6 +14,7 @@ import trio
 from fixproxy import __version__
 from fixproxy.config import ENV_CONFIG, Config, config_path_from, load_config
 from fixproxy.errors import FixProxyError
+from fixproxy.logs import LOG_FORMATS, setup_logging
 from fixproxy.metrics import Metrics
 
 EXIT_ERROR: Final = 1
@@ -22,12 +22,8 @@ EXIT_USAGE: Final = 2
 T = TypeVar("T")
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
+def _setup_logging(level: str, log_format: str = "text") -> None:
+    setup_logging(level, "json" if log_format == "json" else "text", sys.stderr)
 
 
 def _run(async_fn: Callable[[], Awaitable[T]]) -> T:
@@ -41,14 +37,14 @@ def _run(async_fn: Callable[[], Awaitable[T]]) -> T:
         sys.exit(130)
 
 
-def _load(config_path: Path | None) -> Config:
+def _load(config_path: Path | None, *, check_files: bool = True) -> Config:
     try:
         path = config_path_from(None if config_path is None else str(config_path))
     except FixProxyError as exc:
         click.echo(f"fixproxy: error: {exc}", err=True)
         sys.exit(EXIT_USAGE)
     try:
-        return load_config(path)
+        return load_config(path, check_files=check_files)
     except FixProxyError as exc:
         click.echo(f"fixproxy: configuration error: {exc}", err=True)
         sys.exit(EXIT_ERROR)
@@ -60,6 +56,10 @@ config_option = click.option(
 log_level_option = click.option(
     "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
     show_default=True, help="How much to log (to stderr).")
+log_format_option = click.option(
+    "--log-format", type=click.Choice(LOG_FORMATS), default="text", show_default=True,
+    help="Log lines as human-readable text or as one JSON object per line (ts, level, "
+         "logger, msg, session, conn), for a log collector.")
 
 
 @click.group()
@@ -75,11 +75,12 @@ def main() -> None:
 @main.command()
 @config_option
 @log_level_option
-def run(config_path: Path | None, log_level: str) -> None:
+@log_format_option
+def run(config_path: Path | None, log_level: str, log_format: str) -> None:
     """Run the sidecar: listen for engines and relay them to Kalshi until SIGTERM/SIGINT."""
     from fixproxy.server import run_until_signal
 
-    _setup_logging(log_level)
+    _setup_logging(log_level, log_format)
     config = _load(config_path)
     metrics = Metrics()
     _run(lambda: run_until_signal(config, metrics))
@@ -96,6 +97,96 @@ def check(config_path: Path | None, offline: bool) -> None:
     config = _load(config_path)
     ok = _run(lambda: preflight(config, online=not offline, echo=click.echo))
     sys.exit(0 if ok else EXIT_ERROR)
+
+
+@main.command()
+@config_option
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the /status answer as JSON instead of a table.")
+def status(config_path: Path | None, as_json: bool) -> None:
+    """Show what each session of the running fixproxy is doing: state and since when, sequence
+    numbers, last message ages, readiness and the last error.
+
+    Asks the running fixproxy at the metrics address of the configuration ([metrics]
+    listen), so that endpoint must be enabled. Exits 1 if fixproxy cannot be reached.
+    """
+    import json
+
+    from fixproxy.health import fetch_status, format_status
+
+    # Only the metrics address is needed: key files may belong to the user fixproxy runs as.
+    config = _load(config_path, check_files=False)
+    if config.metrics.listen is None:
+        click.echo("fixproxy: error: the metrics endpoint is disabled ([metrics] listen = "
+                   "\"\"), and fixproxy serves its status there: set [metrics] listen and "
+                   "restart fixproxy", err=True)
+        sys.exit(EXIT_ERROR)
+    try:
+        answer = fetch_status(config.metrics.listen)
+    except FixProxyError as exc:
+        click.echo(f"fixproxy: error: {exc}", err=True)
+        sys.exit(EXIT_ERROR)
+    click.echo(json.dumps(answer, indent=2) if as_json else format_status(answer))
+
+
+@main.command()
+@config_option
+@click.option("--timeout", default=10.0, show_default=True,
+              help="Seconds to wait for the running fixproxy's answer.")
+def reload(config_path: Path | None, timeout: float) -> None:
+    """Make the running fixproxy re-read its configuration, without dropping live sessions.
+
+    The file is checked here first (syntax, keys, certificates); if it is valid, the fixproxy
+    whose pid file is in the file's [proxy] state_dir gets SIGHUP, and its answer is printed.
+    New connections use the new configuration; live sessions keep theirs until they end.
+    Exits 1 if the file is invalid, no fixproxy runs, or it rejected the file.
+    """
+    import os
+
+    from prometheus_client import CollectorRegistry
+
+    from fixproxy.reload import request_reload
+    from fixproxy.server import build_runtime
+
+    config = _load(config_path)
+    metrics = Metrics(CollectorRegistry())
+    for session in config.sessions:
+        try:
+            build_runtime(session, metrics)
+        except FixProxyError as exc:
+            source = session.private_key_passphrase
+            if source is not None and source.env is not None and source.env not in os.environ:
+                # The service's environment is not this shell's: leave the key to the
+                # running fixproxy, which checks everything again before applying.
+                click.echo(f"fixproxy: note: session {session.name!r}: not checked here, "
+                           f"${source.env} (the key's passphrase) is not set in this shell",
+                           err=True)
+                continue
+            click.echo(f"fixproxy: configuration error: session {session.name!r}: {exc}",
+                       err=True)
+            sys.exit(EXIT_ERROR)
+    state_dir = config.proxy.state_dir
+    if state_dir is None:  # the loader always sets it; hand-built configurations do not
+        click.echo("fixproxy: error: the configuration has no [proxy] state_dir", err=True)
+        sys.exit(EXIT_ERROR)
+    try:
+        pid, record = request_reload(state_dir, timeout=timeout)
+    except FixProxyError as exc:
+        click.echo(f"fixproxy: error: {exc}", err=True)
+        sys.exit(EXIT_ERROR)
+    if record is None:
+        click.echo(f"fixproxy: sent SIGHUP to fixproxy (pid {pid}) but it reported no result "
+                   f"within {timeout:g} s; see its log", err=True)
+        sys.exit(EXIT_ERROR)
+    if record.result == "ok":
+        click.echo(f"fixproxy (pid {pid}) reloaded {config.path}: {record.detail}")
+        return
+    if record.result == "rejected":
+        click.echo(f"fixproxy (pid {pid}) rejected the configuration and keeps the previous "
+                   f"one: {record.detail}", err=True)
+    else:
+        click.echo(f"fixproxy (pid {pid}) did not reload: {record.detail}", err=True)
+    sys.exit(EXIT_ERROR)
 
 
 @main.command()
@@ -160,12 +251,13 @@ def pin(target: str, server_name: str | None, ca_file: Path | None, save_path: P
 @click.option("--cert-out", type=click.Path(path_type=Path, file_okay=False),
               help="Where to write the throwaway certificates (CA, leaf) for clients to trust.")
 @log_level_option
+@log_format_option
 def sim(host: str, base_port: int, key_specs: tuple[str, ...], cert: Path | None,
-        cert_key: Path | None, cert_out: Path | None, log_level: str) -> None:
+        cert_key: Path | None, cert_out: Path | None, log_level: str, log_format: str) -> None:
     """Run the simulated Kalshi FIX gateway (strict: it verifies every Logon signature)."""
     from fixproxy.sim.run import run_sim
 
-    _setup_logging(log_level)
+    _setup_logging(log_level, log_format)
     _run(lambda: run_sim(host=host, base_port=base_port, key_specs=list(key_specs),
                          cert=cert, cert_key=cert_key, cert_out=cert_out, echo=click.echo))
 
@@ -177,14 +269,15 @@ def sim(host: str, base_port: int, key_specs: tuple[str, ...], cert: Path | None
 @click.option("--port", default=9878, show_default=True,
               help="With --serve: the port the engine connects to.")
 @log_level_option
-def demo(serve: bool, orders: int, port: int, log_level: str) -> None:
+@log_format_option
+def demo(serve: bool, orders: int, port: int, log_level: str, log_format: str) -> None:
     """Run a whole session locally: simulated Kalshi, fixproxy in front, a scripted engine.
 
     Needs no Kalshi credentials: certificates and keys are throwaway, made for this run.
     """
     from fixproxy.sim.demo import run_demo
 
-    _setup_logging("warning" if log_level == "info" else log_level)
+    _setup_logging("warning" if log_level == "info" else log_level, log_format)
     _run(lambda: run_demo(serve=serve, orders=orders, serve_port=port, echo=click.echo))
 
 

@@ -37,6 +37,7 @@ import base64
 import binascii
 import difflib
 import ipaddress
+import logging
 import os
 import re
 import tomllib
@@ -47,6 +48,13 @@ from datetime import date, datetime, time
 from pathlib import Path
 from typing import Final, Literal, cast
 
+from fixproxy.access import (
+    ANY_PEER,
+    PeerFilter,
+    parse_network,
+    remote_listener_warning,
+    remote_metrics_warning,
+)
 from fixproxy.backoff import DEFAULT_CEILING, DEFAULT_FLOOR, MAX_CEILING
 from fixproxy.errors import ConfigError
 from fixproxy.fix import tags
@@ -60,6 +68,9 @@ from fixproxy.kalshi import (
     default_host,
 )
 from fixproxy.schedule import DEFAULT_SCHEDULE, MaintenanceSchedule, parse_day, parse_time
+from fixproxy.signing import PassphraseSource
+
+logger = logging.getLogger("fixproxy.config")
 
 VerifyMode = Literal["ca+pin", "ca", "pin"]
 VERIFY_MODES: Final = ("ca+pin", "ca", "pin")
@@ -68,10 +79,13 @@ DEFAULT_ENVIRONMENT: Final = "prod"
 DEFAULT_CONNECT_TIMEOUT: Final = 10.0
 DEFAULT_LOGON_TIMEOUT: Final = 30.0
 DEFAULT_METRICS_LISTEN: Final = ("127.0.0.1", 9464)
+DEFAULT_READINESS_INTERVAL: Final = 30.0
 DEFAULT_STATE_DIR: Final = "state"
 DEFAULT_SHUTDOWN_TIMEOUT: Final = 10.0
 DEFAULT_LIVENESS_GRACE: Final = 5.0
 DEFAULT_LOGOUT_WAIT: Final = 2.0
+DEFAULT_JOURNAL_MAX_BYTES: Final = 64 * 1024 * 1024
+DEFAULT_JOURNAL_BACKUPS: Final = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +125,9 @@ class MetricsConfig:
     listen: tuple[str, int] | None = DEFAULT_METRICS_LISTEN
     """(host, port), or None when disabled with ``listen = ""``."""
     allow_remote: bool = False
+    readiness_interval: float = DEFAULT_READINESS_INTERVAL
+    """Seconds between the /readyz probes of a reachable gateway (failing ones are retried
+    sooner)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +164,11 @@ class SessionConfig:
     translate_sequence: bool = True
     """When fixproxy forces 141=Y on an engine that did not reset, renumber MsgSeqNum (34)
     between the two sides instead of refusing the engine's Logon."""
+    allow_peers: PeerFilter = ANY_PEER
+    """Source addresses that may connect to ``listen``: the session's ``allow_peers``, else
+    ``[proxy]``'s, else any (:mod:`fixproxy.access`)."""
+    private_key_passphrase: PassphraseSource | None = None
+    """Where the passphrase of an encrypted ``private_key`` is read from, when it is one."""
 
     @property
     def reset_policy(self) -> ResetPolicy:
@@ -205,6 +227,15 @@ class ProxyConfig:
     (the demo, tests), keeps nothing between connections."""
     shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT
     """Seconds live sessions get to log out when fixproxy stops."""
+    allow_peers: PeerFilter = ANY_PEER
+    """The ``allow_peers`` of every session that does not set its own."""
+    journal_dir: Path | None = None
+    """Where each session's message journal is written (:mod:`fixproxy.journal`), resolved
+    against the file's directory; None (the default) keeps no journal."""
+    journal_max_bytes: int = DEFAULT_JOURNAL_MAX_BYTES
+    """Size at which a journal file is rotated."""
+    journal_backups: int = DEFAULT_JOURNAL_BACKUPS
+    """Rotated journal files kept per session (``.1`` newest); 0 keeps none."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,6 +265,12 @@ MAX_LIVENESS_GRACE: Final = MAX_TIMEOUT
 MAX_LOGOUT_WAIT: Final = 60.0
 """Longest wait for the gateway's answering Logout: past a minute the gateway is not answering,
 and the connection is closed anyway."""
+MIN_JOURNAL_MAX_BYTES: Final = 64 * 1024
+"""Smallest journal file: below this a busy session would rotate several times a second."""
+MAX_JOURNAL_MAX_BYTES: Final = 1024**4
+"""Largest journal file (1 TiB): a bound that catches a unit mistake, not a policy."""
+MAX_JOURNAL_BACKUPS: Final = 100
+"""Most rotated journal files per session: rotation renames each one."""
 MIN_MESSAGE_RETENTION_HOURS: Final = 1
 LISTENER_ENDPOINTS: Final = frozenset({"KalshiNR", "KalshiRT"})
 """A listener is a mode of these two sessions only (Kalshi, "Listener sessions")."""
@@ -246,18 +283,23 @@ GATEWAY_KEYS: Final = frozenset({
     "environment", "host", "server_name", "ca_file", "pins", "pinned_cert", "verify",
     "connect_timeout",
 })
-METRICS_KEYS: Final = frozenset({"listen", "allow_remote"})
+METRICS_KEYS: Final = frozenset({"listen", "allow_remote", "readiness_interval"})
+MAX_READINESS_INTERVAL: Final = 3600.0
+"""Longest /readyz probe interval: past an hour readiness says little about the gateway."""
 MAINTENANCE_KEYS: Final = frozenset({"days", "start", "end", "timezone", "reset_after",
                                      "enabled"})
 BACKOFF_KEYS: Final = frozenset({"floor", "ceiling"})
-PROXY_KEYS: Final = frozenset({"state_dir", "shutdown_timeout"})
+PROXY_KEYS: Final = frozenset({"state_dir", "shutdown_timeout", "journal_dir",
+                               "journal_max_bytes", "journal_backups", "allow_peers"})
 SESSION_REQUIRED: Final = ("name", "listen", "endpoint", "api_key", "private_key")
 SESSION_KEYS: Final = frozenset({
     *SESSION_REQUIRED, "host", "port", "server_name", "ca_file", "pins", "pinned_cert", "verify",
     "allow_remote", "reset_on_logon", "cancel_orders_on_disconnect", "listener", "use_dollars",
     "receive_settlement_reports", "message_retention_hours", "connect_timeout", "logon_timeout",
     "logout_on_engine_disconnect", "liveness_grace", "logout_wait", "translate_sequence",
+    "allow_peers", "private_key_passphrase_env", "private_key_passphrase_file",
 })
+_ENV_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 _SESSION_NAME: Final = re.compile(r"[A-Za-z0-9_.-]+")
 # SenderCompID goes on the wire verbatim, so only the canonical 8-4-4-4-12 form is accepted
@@ -595,6 +637,37 @@ class _Loader:
                     f"`fixproxy pin HOST:PORT`)", f"{table.key('pins')}[{index}]")
         return pins
 
+    def peers(self, table: _Table) -> PeerFilter | None:
+        entries = table.string_list("allow_peers")
+        if entries is None:
+            return None
+        for index, entry in enumerate(entries):
+            try:
+                parse_network(entry)
+            except ConfigError as exc:
+                raise self.error(exc.detail, f"{table.key('allow_peers')}[{index}]") from exc
+        try:
+            return PeerFilter.parse(entries)
+        except ConfigError as exc:  # no entry at all
+            raise table.error("allow_peers", exc.detail) from exc
+
+    def passphrase(self, table: _Table) -> PassphraseSource | None:
+        env_key, file_key = "private_key_passphrase_env", "private_key_passphrase_file"
+        if table.has(env_key) and table.has(file_key):
+            raise table.error(file_key, f"give {env_key} or {file_key}, not both: the key has "
+                                        f"one passphrase")
+        env = table.string(env_key)
+        if env is not None:
+            if _ENV_NAME.fullmatch(env) is None:
+                # The value is not repeated: it may be the passphrase itself, written by mistake.
+                raise table.error(
+                    env_key, "not an environment variable name; give the name of the variable "
+                             "that holds the passphrase (letters, digits and '_', not starting "
+                             "with a digit), never the passphrase itself")
+            return PassphraseSource(env=env)
+        path = self.file(table, file_key, "passphrase")
+        return None if path is None else PassphraseSource(file=path)
+
     def verify(self, table: _Table) -> VerifyMode | None:
         value = table.data.get("verify")
         if value is None:
@@ -648,7 +721,11 @@ class _Loader:
         else:
             listen = DEFAULT_METRICS_LISTEN
             self.listens[_listen_identity(*listen)] = "metrics.listen (the default)"
-        return MetricsConfig(listen=listen, allow_remote=allow_remote)
+        readiness_interval = table.seconds("readiness_interval",
+                                           maximum=MAX_READINESS_INTERVAL)
+        return MetricsConfig(listen=listen, allow_remote=allow_remote,
+                             readiness_interval=_default(readiness_interval,
+                                                         DEFAULT_READINESS_INTERVAL))
 
     def local_time(self, table: _Table, name: str, default: time) -> time:
         text = table.string(name)
@@ -751,13 +828,26 @@ class _Loader:
         table = _Table(self, data, "proxy", "[proxy]")
         table.check_keys(PROXY_KEYS)
         shutdown_timeout = table.seconds("shutdown_timeout", maximum=MAX_SHUTDOWN_TIMEOUT)
+        # No journal unless asked for: it writes every order to disk.
+        journal_dir = self.directory(table, "journal_dir", "") \
+            if table.has("journal_dir") else None
+        journal_max_bytes = table.integer("journal_max_bytes", MIN_JOURNAL_MAX_BYTES,
+                                          MAX_JOURNAL_MAX_BYTES)
+        journal_backups = table.integer("journal_backups", 0, MAX_JOURNAL_BACKUPS)
         return ProxyConfig(
             state_dir=self.directory(table, "state_dir", DEFAULT_STATE_DIR),
             shutdown_timeout=_default(shutdown_timeout, DEFAULT_SHUTDOWN_TIMEOUT),
+            allow_peers=self.peers(table) or ANY_PEER,
+            journal_dir=journal_dir,
+            journal_max_bytes=DEFAULT_JOURNAL_MAX_BYTES if journal_max_bytes is None
+            else journal_max_bytes,
+            journal_backups=DEFAULT_JOURNAL_BACKUPS if journal_backups is None
+            else journal_backups,
         )
 
     def session(self, index: int, data: Mapping[str, object], gateway: GatewayConfig,
-                seen_names: dict[str, str], seen_keys: dict[str, str]) -> SessionConfig:
+                seen_names: dict[str, str], seen_keys: dict[str, str], *,
+                default_peers: PeerFilter = ANY_PEER) -> SessionConfig:
         label = f"[[session]] number {index + 1}"
         table = _Table(self, data, f"session[{index}]", label)
         table.check_keys(SESSION_KEYS)
@@ -774,6 +864,14 @@ class _Loader:
 
         allow_remote = bool(table.boolean("allow_remote"))
         listen = self.listen(table, "listen", allow_remote=allow_remote)
+        own_peers = self.peers(table)
+        allow_peers = default_peers if own_peers is None else own_peers
+        if _is_loopback(listen[0]) and not allow_peers.admits_loopback():
+            raise self.error(
+                f"{table.label} listens on loopback ({listen[0]}), but allow_peers admits no "
+                f"loopback address, so no engine could ever connect; add \"127.0.0.1\" (or "
+                f"\"::1\") to it",
+                table.key("allow_peers") if own_peers is not None else "proxy.allow_peers")
 
         endpoint_name = table.required_string("endpoint")
         endpoint = ENDPOINTS.get(endpoint_name)
@@ -796,6 +894,7 @@ class _Loader:
 
         private_key = self.existing_file(
             table, "private_key", table.required_string("private_key"), "private key")
+        passphrase = self.passphrase(table)
 
         session_host = self.host(table, "host")
         host = session_host or gateway.host or default_host(gateway.environment, endpoint)
@@ -849,6 +948,8 @@ class _Loader:
             logout_wait=_default(table.seconds("logout_wait", maximum=MAX_LOGOUT_WAIT),
                                  DEFAULT_LOGOUT_WAIT),
             translate_sequence=table.boolean("translate_sequence") is not False,
+            allow_peers=allow_peers,
+            private_key_passphrase=passphrase,
         )
 
     def tls_policy(self, table: _Table, gateway: GatewayConfig, host: str, *,
@@ -924,7 +1025,8 @@ class _Loader:
             if not isinstance(raw, dict):
                 raise self.error(f"expected a [[session]] table, got {_toml_type(raw)}",
                                  f"session[{index}]")
-            sessions.append(self.session(index, raw, gateway, seen_names, seen_keys))
+            sessions.append(self.session(index, raw, gateway, seen_names, seen_keys,
+                                         default_peers=proxy.allow_peers))
         return Config(gateway=gateway, metrics=metrics, sessions=tuple(sessions),
                       path=self.path, maintenance=maintenance, backoff=backoff, proxy=proxy)
 
@@ -932,7 +1034,8 @@ class _Loader:
 def load_config(path: Path, *, check_files: bool = True) -> Config:
     """Read and validate a TOML configuration file.
 
-    Relative paths in the file are resolved against the file's directory.
+    Relative paths in the file are resolved against the file's directory. Each listener
+    that faces the network (``allow_remote``) is logged as a warning (:func:`remote_warnings`).
 
     Args:
         path: the TOML file.
@@ -967,7 +1070,20 @@ def load_config(path: Path, *, check_files: bool = True) -> Config:
             line = None
         message = re.sub(r"\s*\(at (?:line \d+, column \d+|end of document)\)", "", message)
         raise ConfigError(f"TOML syntax error: {message}", line=line, path=str(path)) from exc
-    return _Loader(path, text, check_files=check_files).config(document)
+    config = _Loader(path, text, check_files=check_files).config(document)
+    for warning in remote_warnings(config):
+        logger.warning("%s", warning)
+    return config
+
+
+def remote_warnings(config: Config) -> tuple[str, ...]:
+    """The risks of ``config``'s listeners that face the network (``allow_remote``), one
+    warning each; :func:`load_config` logs them."""
+    warnings = [remote_listener_warning(one.name, *one.listen, one.allow_peers)
+                for one in config.sessions if not _is_loopback(one.listen[0])]
+    if config.metrics.listen is not None and not _is_loopback(config.metrics.listen[0]):
+        warnings.append(remote_metrics_warning(*config.metrics.listen))
+    return tuple(warnings)
 
 
 def config_path_from(option: str | None, environ: Mapping[str, str] | None = None) -> Path:

@@ -232,9 +232,15 @@ class Metrics:
             "fixproxy_build_info", "Always 1; the version label says which build runs.",
             ["version"], registry=r)
         self.build_info.labels(version=__version__).set(1)
+        self.config_reload = Counter(
+            "fixproxy_config_reload", "Configuration reloads, by result (ok, rejected).",
+            ["result"], registry=r)
+        for result in ("ok", "rejected"):
+            self.config_reload.labels(result=result)  # both series exist from the start
         self._traffic: dict[tuple[str, Direction], TrafficCounters] = {}
         r.register(_TrafficCollector(self._traffic))
         self._status_watched = False
+        self._leaf_subjects: dict[str, set[str]] = {}
 
     def traffic(self, session: str, direction: Direction) -> TrafficCounters:
         """The counters of one session and direction (created on first use, then shared)."""
@@ -251,8 +257,23 @@ class Metrics:
         self._status_watched = True
         self.registry.register(_StatusCollector(board, monotonic))
 
+    def set_certificate_expiry(self, session: str, subject: str, not_after: float) -> None:
+        """Record the gateway leaf's expiry, dropping the series of an earlier leaf of the
+        session: after a renewal under a new subject, an alert must not fire for a
+        certificate no longer presented."""
+        self._leaf_subjects.setdefault(session, set())
+        for old in self._leaf_subjects[session] - {subject}:
+            self.certificate_expiry.remove(session, old)
+        self._leaf_subjects[session] = {subject}
+        self.certificate_expiry.labels(session=session, subject=subject).set(not_after)
+
     def declare_session(self, session: str) -> None:
-        """Create a session's series at zero so dashboards see it before its first event."""
+        """Create a session's series at zero so dashboards see it before its first event,
+        and so that ``increase()`` over a counter sees its first event too."""
         self.session_up.labels(session=session).set(0)
+        self.pin_mismatches.labels(session=session)
+        self.heartbeat_timeouts.labels(session=session)
+        for result in ("accepted", "refused_locally", "refused_by_gateway", "no_answer"):
+            self.logons.labels(session=session, result=result)
         for direction in DIRECTIONS:
             self.traffic(session, direction)

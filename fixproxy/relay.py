@@ -41,7 +41,7 @@ from typing import Any, Final
 
 import trio
 
-from fixproxy.config import SessionConfig
+from fixproxy.config import ProxyConfig, SessionConfig
 from fixproxy.errors import (
     FixError,
     FixProxyError,
@@ -61,13 +61,19 @@ from fixproxy.fix.logon import (
     rewrite_logon,
     strip_forced_reset,
 )
+from fixproxy.journal import (
+    ENGINE_TO_GATEWAY,
+    GATEWAY_TO_ENGINE,
+    SessionJournal,
+    open_journal,
+)
 from fixproxy.manager import SessionManager
 from fixproxy.metrics import Metrics, TrafficCounters
 from fixproxy.seqstore import SequenceStore, SessionSequences
 from fixproxy.sequence import SequenceTranslator, read_seq_num
 from fixproxy.session import Action, Event, Session
 from fixproxy.status import SessionStatus
-from fixproxy.streams import RawSocketStream
+from fixproxy.streams import NonBlockingSocketStream, RawSocketStream
 from fixproxy.tls import HandshakeInfo
 
 logger = logging.getLogger("fixproxy.relay")
@@ -92,6 +98,8 @@ class _ConnectionLog(logging.LoggerAdapter[logging.Logger]):
     def process(self, msg: object, kwargs: MutableMapping[str, Any]
                 ) -> tuple[object, MutableMapping[str, Any]]:
         extra = self.extra or {}
+        # As record attributes too, for the JSON log format's session and conn fields.
+        kwargs["extra"] = {**extra, **kwargs.get("extra", {})}
         return f"[{extra.get('session')} #{extra.get('conn')}] {msg}", kwargs
 
 
@@ -107,6 +115,8 @@ class SessionRuntime:
     manager: SessionManager
     sequences: SequenceStore | None = None
     """Where sequence numbers are kept between connections, for translation."""
+    proxy: ProxyConfig | None = None
+    """Process-wide settings: where the message journal goes, if anywhere."""
 
 
 def declare_status(runtime: SessionRuntime) -> SessionStatus:
@@ -152,6 +162,14 @@ async def _serve_connection(engine: trio.abc.Stream, runtime: SessionRuntime,
     log = _ConnectionLog(logger, {"conn": conn_id, "session": name})
     metrics = runtime.metrics
     status = declare_status(runtime)
+    peers = runtime.config.allow_peers
+    if not peers.unrestricted and isinstance(engine, NonBlockingSocketStream):
+        host = engine.peer_host() or "an unknown address"
+        if not peers.allows(host):
+            metrics.engine_connections.labels(session=name, result="peer_refused").inc()
+            log.warning("%s", peers.log_text(host, name))
+            await _refuse_peer(engine, runtime, peers.refusal_text(host))
+            return
     engine_framer = FixFramer()
     first: Frame | None = None
     claimed = False
@@ -380,15 +398,32 @@ async def _open_gateway(runtime: SessionRuntime,
             f"'fixproxy check' tests the connection", exc.result) from exc
     metrics.upstream_connects.labels(session=cfg.name, result="ok").inc()
     metrics.tls_handshake_seconds.labels(session=cfg.name).observe(info.handshake_seconds)
-    metrics.certificate_expiry.labels(session=cfg.name, subject=info.leaf_subject).set(
-        info.leaf_not_after.timestamp())
+    metrics.set_certificate_expiry(cfg.name, info.leaf_subject,
+                                   info.leaf_not_after.timestamp())
     return gateway, info
 
 
+async def _refuse_peer(engine: trio.abc.Stream, runtime: SessionRuntime, text: str) -> None:
+    """Refuse an engine whose address is not in allow_peers.
+
+    The Logout only mirrors the CompIDs of the peer's own Logon: the session's defaults would
+    tell an unknown party the API key. A peer that sends no readable Logon is just closed.
+    """
+    first: Frame | None = None
+    with trio.move_on_after(runtime.config.logon_timeout):
+        with contextlib.suppress(_Refusal, trio.BrokenResourceError, trio.ClosedResourceError):
+            first = await _receive_logon(engine, FixFramer())
+    ids = _mirrored_ids(first)
+    if ids is None:
+        await engine.aclose()
+        return
+    await _refuse(engine, runtime, first, text, ids=ids)
+
+
 async def _refuse(engine: trio.abc.Stream, runtime: SessionRuntime, first: Frame | None,
-                  text: str) -> None:
+                  text: str, *, ids: tuple[bytes, bytes] | None = None) -> None:
     """Send a local Logout, half-close, drain briefly and close: the clean local answer."""
-    sender, target = _counterparty_ids(first, runtime)
+    sender, target = ids if ids is not None else _counterparty_ids(first, runtime)
     message = admin.logout(f"fixproxy: {text}", sender=sender, target=target, seq=1,
                            now=time.time())
     with trio.move_on_after(DRAIN_TIMEOUT):
@@ -405,6 +440,18 @@ async def _refuse(engine: trio.abc.Stream, runtime: SessionRuntime, first: Frame
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
     await engine.aclose()
+
+
+def _mirrored_ids(first: Frame | None) -> tuple[bytes, bytes] | None:
+    """(sender, target) for an answer to ``first``: its own 56 and 49; None if it has none."""
+    if first is None:
+        return None
+    try:
+        logon = FixMessage.parse(first.raw)
+    except FramingError:
+        return None
+    sender, target = logon.get(tags.TARGET_COMP_ID), logon.get(tags.SENDER_COMP_ID)
+    return None if not sender or not target else (sender, target)
 
 
 def _counterparty_ids(first: Frame | None, runtime: SessionRuntime) -> tuple[bytes, bytes]:
@@ -456,6 +503,8 @@ class _SessionRelay:
         self.session.engine_last_seq = rewritten.msg_seq_num
         self.translator = translator
         status.session_started(conn_id, self.session, translated=translator is not None)
+        self.journal: SessionJournal | None = (
+            None if runtime.proxy is None else open_journal(runtime.proxy, cfg.name))
         self.engine_input_open = True
         self.close_due = False
         self.logout_cause = ""
@@ -478,6 +527,8 @@ class _SessionRelay:
                              "the Logon could be sent")
             return
         self.session.handle(Event.LOGON_SENT, trio.current_time())
+        if self.journal is not None:
+            self.journal.record(ENGINE_TO_GATEWAY, self.rewritten.raw, self.conn_id)
         self.to_gateway.count(tags.MT_LOGON)
         self.to_gateway.bytes += len(self.rewritten.raw)
         self.log.info("sent Logon: %s", render(self.rewritten.raw))
@@ -489,6 +540,8 @@ class _SessionRelay:
                 nursery.start_soon(self._gateway_pump)
                 nursery.start_soon(self._engine_pump)
         finally:
+            if self.journal is not None:
+                self.journal.close()
             self.runtime.manager.unregister(self.conn_id)
             self._save_sequences()
             self._count_end()
@@ -585,6 +638,8 @@ class _SessionRelay:
         self.log.info("sending Logout to the gateway: %s", text)
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             await _send_locked(self.gateway, self.gateway_lock, message)
+            if self.journal is not None:
+                self.journal.record("proxy_to_gateway", message, self.conn_id)
 
     async def _logout_to_engine(self, text: str) -> None:
         self.session.gateway_last_seq += 1
@@ -597,6 +652,8 @@ class _SessionRelay:
         self.log.info("sending Logout to the engine: %s", text)
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             await _send_locked(self.engine, self.engine_lock, message)
+            if self.journal is not None:
+                self.journal.record("proxy_to_engine", message, self.conn_id)
 
     async def _close(self) -> None:
         # Let a batch being written finish, so the peer never gets half a message.
@@ -694,6 +751,8 @@ class _SessionRelay:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             await self.event(Event.ENGINE_CLOSED, "the engine closed the connection")
             return False
+        if self.journal is not None:
+            self.journal.record(GATEWAY_TO_ENGINE, data, self.conn_id)
         await self.close_if_due()
         return accepted
 
@@ -722,6 +781,8 @@ class _SessionRelay:
         activity = session.engine_activity if from_engine else session.gateway_activity
         latency = counters.latency
         messages = counters.messages
+        journal = self.journal
+        direction = ENGINE_TO_GATEWAY if from_engine else GATEWAY_TO_ENGINE
         clock = time.perf_counter
         pending = framer.buffered
         data: bytes | bytearray = b""
@@ -764,6 +825,8 @@ class _SessionRelay:
                                      else Event.ENGINE_CLOSED)
                     return
                 latency.observe(clock() - read_at)
+                if journal is not None:
+                    journal.record(direction, out, self.conn_id)
             if logout is not None:
                 activity(trio.current_time(), read_seq_num(logout))
                 self.log.info("%s sent Logout: %s", "engine" if from_engine else "gateway",
@@ -784,6 +847,8 @@ class _SessionRelay:
                         await self.event(Event.GATEWAY_CLOSED if from_engine
                                          else Event.ENGINE_CLOSED)
                         return
+                    if journal is not None:
+                        journal.record(direction, raw, self.conn_id)
                 await self.close_if_due()
                 pending = framer.buffered
                 data = b""

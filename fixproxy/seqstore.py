@@ -7,16 +7,37 @@ that number even if the engine's Logon does not say it (789) and even if fixprox
 between, so it is written here when each connection ends: one small JSON file per session,
 replaced atomically (write a temporary file, fsync, rename), in a directory created 0700 with
 files 0600.
+
+The files hold no secret (an API key ID and two numbers), but fixproxy acts on them: a saved
+number decides how a live trading session is renumbered. So the directory's mode is checked
+before each use. Write access for group or others lets another local user replace a file,
+whatever the file's own mode, since replacing a file needs only the directory (the very rename
+that makes saving atomic): that is refused, with the chmod to run. Read or search access alone
+shows no more than the file names, the files themselves being 0600: a warning, once, rather
+than a stopped session over a directory a package manager created 0755. The temporary file is
+opened without following symbolic links and set to 0600 explicitly, so a stale or planted file
+cannot lend the new state its mode.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import stat
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Final
 
 from fixproxy.errors import FixProxyError
+
+logger = logging.getLogger("fixproxy.seqstore")
+
+DIRECTORY_MODE: Final = 0o700
+FILE_MODE: Final = 0o600
+_OTHERS_WRITE: Final = stat.S_IWGRP | stat.S_IWOTH
+"""Bits that let group or others create, rename or remove files in the directory."""
+_OTHERS_SEE: Final = stat.S_IRGRP | stat.S_IROTH | stat.S_IXGRP | stat.S_IXOTH
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +57,36 @@ class SequenceStore:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
+        self._warned = False
+
+    def check_directory(self) -> bool:
+        """Check the directory's mode; False when it does not exist yet.
+
+        Raises:
+            FixProxyError: group or others may write to it (with the chmod to run), it is not
+                a directory, or it cannot be examined.
+        """
+        try:
+            found = self.directory.stat().st_mode
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise FixProxyError(f"cannot examine state directory {self.directory}: "
+                                f"{exc.strerror}") from exc
+        if not stat.S_ISDIR(found):
+            raise FixProxyError(f"state directory {self.directory} is not a directory")
+        mode = stat.S_IMODE(found)
+        if mode & _OTHERS_WRITE:
+            raise FixProxyError(
+                f"state directory {self.directory} is writable by group or others (mode "
+                f"{mode:04o}), so another user could replace the sequence numbers fixproxy "
+                f"resumes from; run: chmod 700 {self.directory}")
+        if mode & _OTHERS_SEE and not self._warned:
+            self._warned = True
+            logger.warning("state directory %s is open to group or others (mode %04o): they "
+                           "can list its files; run: chmod 700 %s", self.directory, mode,
+                           self.directory)
+        return True
 
     def _path(self, session: str) -> Path:
         return self.directory / f"{session}.json"
@@ -43,6 +94,8 @@ class SequenceStore:
     def load(self, session: str, api_key: str, endpoint: str) -> SessionSequences | None:
         """The saved numbers of ``session``, or None if none are saved for this key and
         endpoint (a changed key or endpoint starts afresh)."""
+        if not self.check_directory():
+            return None
         try:
             data = json.loads(self._path(session).read_text())
             saved = SessionSequences(**data)
@@ -61,15 +114,29 @@ class SequenceStore:
         path = self._path(session)
         temporary = path.with_suffix(".tmp")
         try:
-            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            if not self.check_directory():
+                self._create_directory()
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW,
+                         FILE_MODE)
             with os.fdopen(fd, "w") as out:
+                # O_CREAT's mode applies only to a new file, and through the umask.
+                os.fchmod(out.fileno(), FILE_MODE)
                 json.dump(asdict(sequences), out)
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(temporary, path)
         except OSError as exc:
             raise FixProxyError(f"cannot write sequence state {path}: {exc.strerror}") from exc
+
+    def _create_directory(self) -> None:
+        """Create the directory 0700 whatever the umask; missing parents get the usual mode."""
+        self.directory.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.directory.mkdir(mode=DIRECTORY_MODE)
+        except FileExistsError:
+            self.check_directory()  # created meanwhile by someone else: check it as found
+            return
+        os.chmod(self.directory, DIRECTORY_MODE)
 
 
 def _check_fields(saved: SessionSequences) -> None:

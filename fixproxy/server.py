@@ -6,7 +6,9 @@ Theory of operation
 (loading its key, building its TLS context, so a bad key or CA file fails at start, not at the
 first Logon), opens every listener, and reports the bound addresses through
 ``task_status.started`` (tests bind port 0). Each accepted connection runs
-:func:`~fixproxy.relay.relay_engine_connection` in its own task under the listener's nursery.
+:func:`~fixproxy.relay.relay_engine_connection` in its own task under the listener's nursery,
+with the runtime in force when it was accepted: SIGHUP swaps in the runtimes of a re-read
+configuration for later connections only (:mod:`fixproxy.reload`).
 
 The metrics endpoint is a deliberately small HTTP/1.0 responder on trio rather than
 prometheus-client's threaded server: running in the trio thread, a scrape reads the relay's
@@ -15,10 +17,13 @@ plain-integer counters without locks, and it binds exactly the configured loopba
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import itertools
 import logging
+import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final
@@ -28,11 +33,20 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from fixproxy import tls
 from fixproxy.backoff import LogonBackoff
-from fixproxy.config import Config, SessionConfig
+from fixproxy.config import Config, ProxyConfig, SessionConfig
 from fixproxy.errors import FixProxyError
+from fixproxy.health import Health
 from fixproxy.manager import SessionManager
 from fixproxy.metrics import Metrics
 from fixproxy.relay import SessionRuntime, declare_status, relay_engine_connection
+from fixproxy.reload import (
+    ConfigReloader,
+    PidFile,
+    ReloadRecord,
+    ReloadResult,
+    SessionListeners,
+    write_reload_record,
+)
 from fixproxy.seqstore import SequenceStore
 from fixproxy.signing import LogonSigner, load_private_key
 
@@ -54,13 +68,14 @@ class BoundAddresses:
 
 def build_runtime(session: SessionConfig, metrics: Metrics,
                   manager: SessionManager | None = None,
-                  sequences: SequenceStore | None = None) -> SessionRuntime:
+                  sequences: SequenceStore | None = None,
+                  proxy: ProxyConfig | None = None) -> SessionRuntime:
     """Load a session's key and TLS settings.
 
     Raises:
         FixProxyError: the key or a TLS file cannot be used.
     """
-    signer = LogonSigner(load_private_key(session.private_key))
+    signer = LogonSigner(load_private_key(session.private_key, session.private_key_passphrase))
     context = tls.make_client_context(session.tls)
     trust = tls.GatewayTrust.from_policy(session.tls)
     connect = functools.partial(tls.open_gateway_stream, session.host, session.port, trust,
@@ -68,7 +83,7 @@ def build_runtime(session: SessionConfig, metrics: Metrics,
     return SessionRuntime(config=session, policy=session.logon_policy(), sign=signer,
                           connect=connect, metrics=metrics,
                           manager=manager if manager is not None else SessionManager(),
-                          sequences=sequences)
+                          sequences=sequences, proxy=proxy)
 
 
 async def serve_proxy(config: Config, metrics: Metrics, *,
@@ -82,11 +97,14 @@ async def serve_proxy(config: Config, metrics: Metrics, *,
 
 class ProxyServer:
     """The listeners and the metrics endpoint; engine connections run in a nursery of the
-    caller's, so that listening can stop while the sessions log out."""
+    caller's, so that listening can stop while the sessions log out.
+
+    :meth:`reload` re-reads the configuration file: new connections get the new
+    configuration, live ones keep theirs (see :mod:`fixproxy.reload`).
+    """
 
     def __init__(self, config: Config, metrics: Metrics,
                  manager: SessionManager | None = None) -> None:
-        self.config = config
         self.metrics = metrics
         self.manager = manager if manager is not None else SessionManager(
             config.maintenance, LogonBackoff(config.backoff.floor, config.backoff.ceiling))
@@ -94,45 +112,62 @@ class ProxyServer:
         metrics.watch_status(self.manager.status, trio.current_time)
         state_dir = config.proxy.state_dir
         sequences = SequenceStore(state_dir) if state_dir is not None else None
-        self.runtimes = [build_runtime(session, metrics, self.manager, sequences)
-                         for session in config.sessions]
-        self._listening: trio.CancelScope | None = None
+        build = functools.partial(build_runtime, metrics=metrics, manager=self.manager,
+                                  sequences=sequences, proxy=config.proxy)
+        self.listeners = SessionListeners(
+            {session.name: build(session) for session in config.sessions},
+            relay_engine_connection)
+        self.reloader = ConfigReloader(config, self.listeners, build, metrics, self.manager)
+        # Reads the runtimes on every pass, so it follows a reload that replaces them.
+        self.health = Health(self.manager, lambda: list(self.runtimes.values()), metrics,
+                             interval=config.metrics.readiness_interval)
+
+    @property
+    def config(self) -> Config:
+        """The configuration in force (the latest accepted reload's)."""
+        return self.reloader.config
+
+    @property
+    def runtimes(self) -> Mapping[str, SessionRuntime]:
+        """Session name -> the runtime a new connection of that session gets."""
+        return self.listeners.runtimes
+
+    @property
+    def addresses(self) -> dict[str, tuple[str, int]]:
+        """Where each session listens now."""
+        return self.listeners.addresses
 
     async def serve(self, sessions: trio.Nursery, *,
                     task_status: trio.TaskStatus[BoundAddresses] = trio.TASK_STATUS_IGNORED
                     ) -> None:
         """Accept engines into ``sessions`` until :meth:`stop_listening` or cancellation."""
         metrics = self.metrics
+        for runtime in self.runtimes.values():
+            metrics.declare_session(runtime.config.name)
+            declare_status(runtime)
         async with trio.open_nursery() as nursery:
-            self._listening = nursery.cancel_scope
-            bound: dict[str, tuple[str, int]] = {}
-            for runtime in self.runtimes:
-                metrics.declare_session(runtime.config.name)
-                declare_status(runtime)
-                host, port = runtime.config.listen
-                listeners = await _open_listeners(host, port,
-                                                  f"session {runtime.config.name!r}")
-                bound[runtime.config.name] = _address_of(listeners[0])
-                handler = functools.partial(relay_engine_connection, runtime=runtime)
-                nursery.start_soon(functools.partial(trio.serve_listeners, handler, listeners,
-                                                     handler_nursery=sessions))
-                logger.info("session %s listening on %s:%d for %s at %s:%d",
-                            runtime.config.name, *bound[runtime.config.name],
-                            runtime.config.endpoint.target_comp_id, runtime.config.host,
-                            runtime.config.port)
+            bound: dict[str, tuple[str, int]] = await nursery.start(self.listeners.serve,
+                                                                   sessions)
             metrics_address = None
             if self.config.metrics.listen is not None:
-                metrics_address = await sessions.start(serve_metrics,
-                                                       *self.config.metrics.listen, metrics)
+                # The probes only feed /readyz, so they run only where it is served.
+                sessions.start_soon(self.health.run)
+                metrics_address = await sessions.start(
+                    functools.partial(serve_metrics, routes=self.health.routes()),
+                    *self.config.metrics.listen, metrics)
             task_status.started(BoundAddresses(bound, metrics_address))
+
+    async def reload(self) -> ReloadResult:
+        """Re-read the configuration file and put it in force for new connections, or
+        reject it whole (logged, counted, the old configuration kept)."""
+        return await self.reloader.reload()
 
     def _maintenance_active(self) -> float:
         return 0.0 if self.manager.maintenance_window(datetime.now(UTC)) is None else 1.0
 
     def stop_listening(self) -> None:
         """Close the engine listeners; connections already accepted carry on."""
-        if self._listening is not None:
-            self._listening.cancel()
+        self.listeners.stop()
 
 
 async def _open_listeners(host: str, port: int, what: str) -> list[trio.SocketListener]:
@@ -151,23 +186,27 @@ Route = Callable[[], tuple[int, str, bytes]]
 
 
 async def serve_metrics(host: str, port: int, metrics: Metrics, *,
+                        routes: Mapping[str, Route] | None = None,
                         task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED
                         ) -> None:
-    """Serve ``/metrics`` and ``/healthz`` over HTTP/1.0 on ``host:port``."""
+    """Serve ``/metrics`` and ``/healthz`` over HTTP/1.0 on ``host:port``, plus ``routes``
+    (path -> answer; the server adds ``/readyz`` and ``/status``)."""
     def scrape() -> tuple[int, str, bytes]:
         return 200, CONTENT_TYPE_LATEST, generate_latest(metrics.registry)
 
-    routes: dict[str, Route] = {
+    all_routes: dict[str, Route] = {
         "/metrics": scrape,
         "/healthz": lambda: (200, "text/plain; charset=utf-8", b"ok\n"),
     }
+    all_routes.update(routes or {})
     listeners = await _open_listeners(host, port, "metrics")
     logger.info("metrics on http://%s:%d/metrics", *_address_of(listeners[0]))
     task_status.started(_address_of(listeners[0]))
-    await trio.serve_listeners(functools.partial(_http_connection, routes=routes), listeners)
+    await trio.serve_listeners(functools.partial(_http_connection, routes=all_routes),
+                               listeners)
 
 
-async def _http_connection(stream: trio.SocketStream, routes: dict[str, Route]) -> None:
+async def _http_connection(stream: trio.SocketStream, routes: Mapping[str, Route]) -> None:
     async with stream:
         with trio.move_on_after(HTTP_TIMEOUT):
             head = b""
@@ -189,48 +228,98 @@ async def _http_connection(stream: trio.SocketStream, routes: dict[str, Route]) 
                 if route is None:
                     await _http_answer(stream, 404, "text/plain", b"not found\n")
                     return
-                status, content_type, body = route()
-                await _http_answer(stream, status, content_type,
-                                   b"" if parts[0] == b"HEAD" else body)
+                try:
+                    status, content_type, body = route()
+                except Exception:
+                    # A fault in one answer must not take the endpoint (and the server) down.
+                    logger.exception("the metrics endpoint failed to answer %s", path)
+                    status, content_type, body = 500, "text/plain", b"internal error\n"
+                await _http_answer(stream, status, content_type, body,
+                                   head_only=parts[0] == b"HEAD")
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return
 
 
 _REASONS: Final = {200: "OK", 404: "Not Found", 405: "Method Not Allowed",
-                   431: "Request Header Fields Too Large", 503: "Service Unavailable"}
+                   431: "Request Header Fields Too Large", 500: "Internal Server Error",
+                   503: "Service Unavailable"}
 
 
 async def _http_answer(stream: trio.SocketStream, status: int, content_type: str,
-                       body: bytes) -> None:
+                       body: bytes, *, head_only: bool = False) -> None:
+    # A HEAD answer announces the length the GET body would have, and sends none.
     head = (f"HTTP/1.0 {status} {_REASONS.get(status, 'Error')}\r\n"
             f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
             f"Connection: close\r\n\r\n").encode()
-    await stream.send_all(head + body)
+    await stream.send_all(head if head_only else head + body)
 
 
 async def run_until_signal(config: Config, metrics: Metrics) -> None:
     """Serve until SIGTERM or SIGINT; then stop accepting, log every session out (waiting up
     to ``shutdown_timeout`` for the gateway's answers) and return. A second signal ends at
-    once."""
-    server = ProxyServer(config, metrics)
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async with trio.open_nursery() as sessions:
-            await sessions.start(server.serve, sessions)
+    once.
 
-            async def drain() -> None:
-                server.stop_listening()
-                with trio.move_on_after(config.proxy.shutdown_timeout):
-                    await server.manager.drain()
-                sessions.cancel_scope.cancel()
+    SIGHUP re-reads the configuration file for new connections (:mod:`fixproxy.reload`);
+    one received while stopping is ignored. While serving, the process id is kept in
+    ``fixproxy.pid`` under ``[proxy] state_dir`` for ``fixproxy reload``, and the outcome of
+    each reload in ``reload.json`` beside it.
 
-            draining = False
-            async for signum in signals:
-                name = signal.Signals(signum).name
-                if draining:
-                    logger.warning("received %s again; stopping now", name)
+    Raises:
+        FixProxyError: another live fixproxy runs with the same state_dir, or a session
+            cannot start (its key, TLS files or listen address).
+    """
+    state_dir = config.proxy.state_dir
+    reloads = itertools.count(1)
+
+    def record(result: ReloadResult) -> None:
+        if state_dir is not None:
+            write_reload_record(state_dir, ReloadRecord(os.getpid(), next(reloads),
+                                                        result.result, result.detail))
+
+    # A single slot: a SIGHUP arriving while a reload waits its turn joins that reload, which
+    # reads the file after the signal anyway; a burst of signals queues nothing more.
+    want_reload, reload_wanted = trio.open_memory_channel[None](1)
+    # The receiver is in place before the pid file names this process: a SIGHUP sent as soon
+    # as the file exists must reach this loop, not the default action (terminate).
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        pid_file = PidFile.claim(state_dir) if state_dir is not None else None
+        try:
+            server = ProxyServer(config, metrics)
+            async with trio.open_nursery() as sessions:
+                await sessions.start(server.serve, sessions)
+
+                async def drain() -> None:
+                    server.stop_listening()
+                    with trio.move_on_after(server.config.proxy.shutdown_timeout):
+                        await server.manager.drain()
                     sessions.cancel_scope.cancel()
-                    break
-                logger.info("received %s; logging out %d session(s), then stopping (again to "
-                            "stop at once)", name, server.manager.live_sessions)
-                draining = True
-                sessions.start_soon(drain)
+
+                async def reload_worker() -> None:
+                    async for _ in reload_wanted:
+                        record(await server.reload())
+
+                sessions.start_soon(reload_worker)
+                draining = False
+                async for signum in signals:
+                    name = signal.Signals(signum).name
+                    if signum == signal.SIGHUP:
+                        if draining:
+                            logger.warning("received SIGHUP while stopping; the configuration "
+                                           "is not reloaded")
+                            record(ReloadResult("ignored", "fixproxy is stopping; the "
+                                                           "configuration was not re-read"))
+                        else:
+                            with contextlib.suppress(trio.WouldBlock):
+                                want_reload.send_nowait(None)
+                        continue
+                    if draining:
+                        logger.warning("received %s again; stopping now", name)
+                        sessions.cancel_scope.cancel()
+                        break
+                    logger.info("received %s; logging out %d session(s), then stopping (again "
+                                "to stop at once)", name, server.manager.live_sessions)
+                    draining = True
+                    sessions.start_soon(drain)
+        finally:
+            if pid_file is not None:
+                pid_file.release()

@@ -88,6 +88,13 @@ class NonBlockingSocketStream(trio.abc.Stream):
     def setsockopt(self, level: int, option: int, value: int | bytes) -> None:
         self._sock.setsockopt(level, option, value)
 
+    def peer_host(self) -> str | None:
+        """The peer's IP address as text; None once the connection is gone."""
+        try:
+            return str(self._sock.getpeername()[0])
+        except OSError:
+            return None
+
     async def aclose(self) -> None:
         if self._sock.fileno() >= 0:
             trio.lowlevel.notify_closing(self._sock)

@@ -81,6 +81,12 @@ from fixproxy.streams import NonBlockingSocketStream
 PIN_PREFIX: Final = "sha256/"
 MIN_TLS_VERSION: Final = ssl.TLSVersion.TLSv1_2
 """Kalshi's connectivity page: TLS 1.2 or higher."""
+TLS12_CIPHERS: Final = "@SECLEVEL=2:ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL"
+"""The TLS 1.2 cipher suites offered: forward-secret key exchange (ECDHE) with an AEAD cipher
+(AES-GCM, ChaCha20-Poly1305) only. Python's default list still has CBC suites with SHA-1 or
+SHA-2 MACs and finite-field DHE; AWS load balancers' TLS policies all offer ECDHE with AES-GCM,
+so nothing a Kalshi gateway needs is lost. Security level 2 also refuses RSA keys under 2048
+bits. TLS 1.3 suites are separate in OpenSSL and all AEAD; its defaults stand."""
 _SHA256_BYTES: Final = 32
 MAX_LINKED_CHAIN: Final = 8
 """Presented certificates considered when ``pin`` mode links issuers to the leaf. Real chains
@@ -263,7 +269,8 @@ def check_chain(trust: GatewayTrust, chain: PeerChain, *, peer: str) -> tuple[st
 
 
 def make_client_context(policy: TLSPolicy) -> ssl.SSLContext:
-    """Build the client context for one session: TLS 1.2+, modern ciphers, no renegotiation.
+    """Build the client context for one session: TLS 1.2+, ECDHE with AEAD ciphers only
+    (:data:`TLS12_CIPHERS`), no renegotiation, no compression.
 
     ``ca`` and ``ca+pin`` verify the chain against ``ca_file`` (or the system store when unset)
     and check the hostname; ``pin`` verifies neither, leaving trust to the pins.
@@ -278,7 +285,15 @@ def make_client_context(policy: TLSPolicy) -> ssl.SSLContext:
         raise ConfigError(f"cannot load ca_file {cafile}: {_os_reason(exc)}",
                           key="ca_file") from exc
     context.minimum_version = MIN_TLS_VERSION
-    # Renegotiation and compression only add attack surface to a long-lived FIX session.
+    try:
+        context.set_ciphers(TLS12_CIPHERS)
+    except ssl.SSLError as exc:  # an OpenSSL built without any of them
+        raise ConfigError(f"this OpenSSL ({ssl.OPENSSL_VERSION}) offers none of the TLS 1.2 "
+                          f"cipher suites fixproxy allows ({TLS12_CIPHERS})") from exc
+    # Renegotiation and compression only add attack surface to a long-lived FIX session
+    # (renegotiation: CVE-2009-3555-style prefix injection and CPU exhaustion; compression:
+    # CRIME). OP_NO_RENEGOTIATION makes OpenSSL answer a server's HelloRequest with a
+    # no_renegotiation alert instead of a new handshake.
     context.options |= ssl.OP_NO_RENEGOTIATION | ssl.OP_NO_COMPRESSION
     if policy.verify == "pin":
         context.check_hostname = False  # must precede CERT_NONE, which ssl refuses otherwise

@@ -230,3 +230,25 @@ async def test_a_live_session_exports_state_sequences_latency_skew_and_rejects(
         assert pair.sample("fixproxy_session_state", state="active") == 0
         # The last connection's numbers stay: the engine's Logout was its 7th message.
         assert pair.sample("fixproxy_sequence_number", direction="engine_to_gateway") == 7
+
+
+def test_a_renewed_leaf_replaces_the_old_expiry_series() -> None:
+    metrics = Metrics(CollectorRegistry())
+    metrics.set_certificate_expiry(SESSION, "CN=old", 1.8e9)
+    metrics.set_certificate_expiry("other", "CN=old", 1.7e9)
+    metrics.set_certificate_expiry(SESSION, "CN=new", 1.9e9)
+    samples = exposition(metrics)
+    name = "fixproxy_certificate_expiry_timestamp_seconds"
+    assert value(samples, name, session=SESSION, subject="CN=new") == 1.9e9
+    assert value(samples, name, session=SESSION, subject="CN=old") is None
+    assert value(samples, name, session="other", subject="CN=old") == 1.7e9
+
+
+def test_declared_event_counters_start_at_zero() -> None:
+    metrics = Metrics(CollectorRegistry())
+    metrics.declare_session(SESSION)
+    samples = exposition(metrics)
+    assert value(samples, "fixproxy_pin_mismatches_total", session=SESSION) == 0
+    assert value(samples, "fixproxy_heartbeat_timeouts_total", session=SESSION) == 0
+    for result in ("accepted", "refused_locally", "refused_by_gateway", "no_answer"):
+        assert value(samples, "fixproxy_logons_total", session=SESSION, result=result) == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import stat
@@ -13,7 +14,7 @@ from typing import Final
 import pytest
 
 from fixproxy.errors import FixProxyError
-from fixproxy.seqstore import SequenceStore, SessionSequences
+from fixproxy.seqstore import DIRECTORY_MODE, FILE_MODE, SequenceStore, SessionSequences
 
 API_KEY: Final = "0b7e6f4c-52a1-4c55-9a43-1a2b3c4d5e6f"
 OTHER_KEY: Final = "5d2c1b0a-9f8e-4d7c-8b6a-0f1e2d3c4b5a"
@@ -170,3 +171,114 @@ def test_fields_of_the_wrong_kind_are_corrupt(tmp_path: Path, changes: dict[str,
     path.write_text(_valid_json(**changes))
     with pytest.raises(FixProxyError, match=re.escape(str(path))):
         SequenceStore(tmp_path).load(SESSION, API_KEY, "KalshiNR")
+
+
+# --- modes of the directory and the files ----------------------------------------------------
+
+
+@pytest.fixture
+def odd_umask() -> Iterator[None]:
+    """A umask that would strip the owner's own write bit from anything created."""
+    previous = os.umask(0o277)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
+def mode_of(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.mark.usefixtures("odd_umask")
+def test_modes_do_not_depend_on_the_umask(tmp_path: Path) -> None:
+    directory = tmp_path / "state"
+    SequenceStore(directory).save(SESSION, SAVED)
+    assert mode_of(directory) == DIRECTORY_MODE == 0o700
+    assert mode_of(directory / f"{SESSION}.json") == FILE_MODE == 0o600
+
+
+@pytest.mark.usefixtures("no_umask")
+def test_replacing_a_file_keeps_it_owner_only(tmp_path: Path) -> None:
+    """Neither an old state file nor a stale temporary file lends the new file its mode."""
+    store = SequenceStore(tmp_path)
+    store.save(SESSION, SAVED)
+    path = tmp_path / f"{SESSION}.json"
+    path.chmod(0o644)
+    stale = tmp_path / f"{SESSION}.tmp"
+    stale.write_text("left over by a crash")
+    stale.chmod(0o666)
+    store.save(SESSION, SAVED)
+    assert mode_of(path) == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+    assert store.load(SESSION, API_KEY, "KalshiNR") == SAVED
+
+
+def test_a_planted_temporary_link_is_not_followed(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    target = tmp_path / "elsewhere"
+    target.write_text("precious")
+    (state / f"{SESSION}.tmp").symlink_to(target)
+    with pytest.raises(FixProxyError, match=re.escape(str(state / f"{SESSION}.json"))):
+        SequenceStore(state).save(SESSION, SAVED)
+    assert target.read_text() == "precious"
+
+
+@pytest.mark.parametrize("mode", [0o770, 0o730, 0o707, 0o777, 0o720, 0o702])
+@pytest.mark.parametrize("operation", ["save", "load"])
+def test_a_directory_others_can_write_is_refused(tmp_path: Path, mode: int,
+                                                 operation: str) -> None:
+    directory = tmp_path / "state"
+    directory.mkdir()
+    SequenceStore(directory).save(SESSION, SAVED)
+    directory.chmod(mode)
+    store = SequenceStore(directory)
+    with pytest.raises(FixProxyError) as caught:
+        if operation == "save":
+            store.save(SESSION, SAVED)
+        else:
+            store.load(SESSION, API_KEY, "KalshiNR")
+    message = str(caught.value)
+    assert f"run: chmod 700 {directory}" in message
+    assert f"{mode:04o}" in message
+    assert "writable by group or others" in message
+    directory.chmod(0o700)
+    assert store.load(SESSION, API_KEY, "KalshiNR") == SAVED
+
+
+@pytest.mark.parametrize("mode", [0o755, 0o750, 0o705, 0o711, 0o740])
+def test_a_directory_others_can_read_is_a_warning_once(tmp_path: Path, mode: int,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="fixproxy.seqstore")
+    directory = tmp_path / "state"
+    directory.mkdir()
+    directory.chmod(mode)
+    store = SequenceStore(directory)
+    store.save(SESSION, SAVED)
+    assert store.load(SESSION, API_KEY, "KalshiNR") == SAVED
+    store.save(SESSION, SAVED)
+    warnings = [r.getMessage() for r in caplog.records if r.name == "fixproxy.seqstore"]
+    assert len(warnings) == 1
+    assert f"run: chmod 700 {directory}" in warnings[0]
+    assert f"{mode:04o}" in warnings[0]
+    assert mode_of(directory) == mode  # fixproxy reports, it does not chmod behind your back
+    assert mode_of(directory / f"{SESSION}.json") == 0o600
+
+
+def test_a_private_directory_logs_nothing(tmp_path: Path,
+                                          caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    directory = tmp_path / "state"
+    directory.mkdir(mode=0o700)
+    store = SequenceStore(directory)
+    store.save(SESSION, SAVED)
+    assert store.load(SESSION, API_KEY, "KalshiNR") == SAVED
+    assert [r for r in caplog.records if r.name == "fixproxy.seqstore"] == []
+
+
+def test_check_directory_before_creation(tmp_path: Path) -> None:
+    store = SequenceStore(tmp_path / "not-yet")
+    assert store.check_directory() is False
+    store.save(SESSION, SAVED)
+    assert store.check_directory() is True

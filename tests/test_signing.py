@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -14,9 +15,12 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from fixproxy.errors import FixProxyError, SigningError
 from fixproxy.signing import (
+    MAX_PASSPHRASE_FILE,
     LogonSigner,
+    PassphraseSource,
     check_key_file_permissions,
     generate_key_pair,
+    is_encrypted_pem,
     load_private_key,
     load_public_key,
     public_key_pem,
@@ -268,3 +272,157 @@ def test_write_private_key_creates_0600(tmp_path: Path, rsa_key: rsa.RSAPrivateK
         os.umask(old_umask)
     assert mode_of(path) == 0o600
     assert same_key(load_private_key(path), rsa_key)
+
+
+# --------------------------------------------------------------------------- passphrases
+
+PASSPHRASE = b"correct horse"
+
+
+def encrypted_key(tmp_path: Path, key: rsa.RSAPrivateKey,
+                  fmt: serialization.PrivateFormat = serialization.PrivateFormat.PKCS8) -> Path:
+    return write_key(tmp_path / "enc.pem", pem(key, fmt, passphrase=PASSPHRASE))
+
+
+def passphrase_file(tmp_path: Path, content: bytes, mode: int = 0o600) -> Path:
+    path = tmp_path / "passphrase"
+    path.write_bytes(content)
+    path.chmod(mode)
+    return path
+
+
+@pytest.mark.parametrize("fmt", [serialization.PrivateFormat.PKCS8,
+                                 serialization.PrivateFormat.TraditionalOpenSSL],
+                         ids=["PKCS#8", "PKCS#1"])
+def test_encrypted_key_with_passphrase_from_the_environment(
+        tmp_path: Path, rsa_key: rsa.RSAPrivateKey, fmt: serialization.PrivateFormat) -> None:
+    path = encrypted_key(tmp_path, rsa_key, fmt)
+    assert is_encrypted_pem(path.read_bytes())
+    source = PassphraseSource(env="KEY_PASSPHRASE")
+    loaded = load_private_key(path, source, environ={"KEY_PASSPHRASE": PASSPHRASE.decode()})
+    assert same_key(loaded, rsa_key)
+
+
+def test_passphrase_from_the_process_environment(tmp_path: Path, rsa_key: rsa.RSAPrivateKey,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FIXPROXY_KEY_PASSPHRASE", PASSPHRASE.decode())
+    path = encrypted_key(tmp_path, rsa_key)
+    assert same_key(load_private_key(path, PassphraseSource(env="FIXPROXY_KEY_PASSPHRASE")),
+                    rsa_key)
+
+
+@pytest.mark.parametrize("content", [PASSPHRASE, PASSPHRASE + b"\n", PASSPHRASE + b"\r\n",
+                                     PASSPHRASE + b"\nsecond line is ignored\n"],
+                         ids=["bare", "newline", "crlf", "two_lines"])
+def test_encrypted_key_with_passphrase_file(tmp_path: Path, rsa_key: rsa.RSAPrivateKey,
+                                            content: bytes) -> None:
+    path = encrypted_key(tmp_path, rsa_key)
+    source = PassphraseSource(file=passphrase_file(tmp_path, content))
+    assert same_key(load_private_key(path, source), rsa_key)
+
+
+def test_passphrase_keeps_its_spaces(tmp_path: Path, rsa_key: rsa.RSAPrivateKey) -> None:
+    path = write_key(tmp_path / "enc.pem", pem(rsa_key, passphrase=b" padded "))
+    source = PassphraseSource(file=passphrase_file(tmp_path, b" padded \n"))
+    assert same_key(load_private_key(path, source), rsa_key)
+    with pytest.raises(SigningError, match="does not decrypt"):
+        load_private_key(path, PassphraseSource(file=passphrase_file(tmp_path, b"padded\n")))
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o644, 0o660])
+def test_passphrase_file_open_to_others_is_refused(tmp_path: Path, rsa_key: rsa.RSAPrivateKey,
+                                                   mode: int) -> None:
+    path = encrypted_key(tmp_path, rsa_key)
+    secret_file = passphrase_file(tmp_path, PASSPHRASE + b"\n", mode)
+    with pytest.raises(SigningError) as caught:
+        load_private_key(path, PassphraseSource(file=secret_file))
+    message = str(caught.value)
+    assert f"run: chmod 600 {secret_file}" in message
+    assert f"{mode:04o}" in message
+    assert "passphrase file" in message
+
+
+def test_encrypted_key_without_a_passphrase_says_how_to_configure_one(
+        tmp_path: Path, rsa_key: rsa.RSAPrivateKey) -> None:
+    path = encrypted_key(tmp_path, rsa_key)
+    with pytest.raises(SigningError) as caught:
+        load_private_key(path)
+    message = str(caught.value)
+    assert f"private key {path} is encrypted and no passphrase is configured" in message
+    assert "private_key_passphrase_env" in message
+    assert "private_key_passphrase_file" in message
+
+
+@pytest.mark.parametrize("where", ["env", "file"])
+def test_wrong_passphrase_says_so_and_never_shows_it(tmp_path: Path, rsa_key: rsa.RSAPrivateKey,
+                                                     where: str) -> None:
+    wrong = "battery-staple-9f2e"
+    path = encrypted_key(tmp_path, rsa_key)
+    if where == "env":
+        source = PassphraseSource(env="KEY_PASSPHRASE")
+        environ = {"KEY_PASSPHRASE": wrong}
+        origin = "environment variable KEY_PASSPHRASE"
+    else:
+        source = PassphraseSource(file=passphrase_file(tmp_path, wrong.encode() + b"\n"))
+        environ = {}
+        origin = f"passphrase file {source.file}"
+    with pytest.raises(SigningError) as caught:
+        load_private_key(path, source, environ=environ)
+    message = str(caught.value)
+    assert f"the passphrase ({origin}) does not decrypt private key {path}" in message
+    for secret in (wrong, PASSPHRASE.decode()):
+        assert secret not in message
+        assert secret not in repr(caught.value)
+        assert secret not in repr(source)
+
+
+@pytest.mark.parametrize(("environ", "message"), [
+    ({}, "KEY_PASSPHRASE (private_key_passphrase_env) is not set"),
+    ({"KEY_PASSPHRASE": ""}, "KEY_PASSPHRASE (private_key_passphrase_env) is empty"),
+])
+def test_passphrase_variable_unset_or_empty(tmp_path: Path, rsa_key: rsa.RSAPrivateKey,
+                                            environ: dict[str, str], message: str) -> None:
+    path = encrypted_key(tmp_path, rsa_key)
+    with pytest.raises(SigningError, match=re.escape(message)):
+        load_private_key(path, PassphraseSource(env="KEY_PASSPHRASE"), environ=environ)
+
+
+@pytest.mark.parametrize("content", [b"", b"\n", b"\r\nsecret on the second line\n"],
+                         ids=["empty", "newline", "blank_first_line"])
+def test_passphrase_file_with_an_empty_first_line(tmp_path: Path, rsa_key: rsa.RSAPrivateKey,
+                                                  content: bytes) -> None:
+    path = encrypted_key(tmp_path, rsa_key)
+    with pytest.raises(SigningError, match="empty first line"):
+        load_private_key(path, PassphraseSource(file=passphrase_file(tmp_path, content)))
+
+
+def test_missing_passphrase_file(tmp_path: Path, rsa_key: rsa.RSAPrivateKey) -> None:
+    path = encrypted_key(tmp_path, rsa_key)
+    with pytest.raises(SigningError, match="cannot read passphrase file"):
+        load_private_key(path, PassphraseSource(file=tmp_path / "absent"))
+
+
+@pytest.mark.parametrize("source", [PassphraseSource(env="KEY_PASSPHRASE"), PASSPHRASE],
+                         ids=["source", "bytes"])
+def test_passphrase_for_an_unencrypted_key_says_so(tmp_path: Path, rsa_key: rsa.RSAPrivateKey,
+                                                   source: PassphraseSource | bytes) -> None:
+    path = write_key(tmp_path / "k.pem", pem(rsa_key))
+    with pytest.raises(SigningError) as caught:
+        load_private_key(path, source, environ={"KEY_PASSPHRASE": "unused"})
+    assert f"private key {path} is not encrypted, but a passphrase is configured" \
+        in str(caught.value)
+
+
+def test_passphrase_source_names_exactly_one_place(tmp_path: Path) -> None:
+    with pytest.raises(SigningError, match="exactly one"):
+        PassphraseSource()
+    with pytest.raises(SigningError, match="exactly one"):
+        PassphraseSource(env="A", file=tmp_path / "b")
+    assert PassphraseSource(env="A").describe() == "environment variable A"
+    assert PassphraseSource(file=tmp_path / "b").describe() == f"passphrase file {tmp_path / 'b'}"
+
+
+def test_only_the_head_of_a_passphrase_file_is_read(tmp_path: Path) -> None:
+    # A runaway file (a log pointed at by mistake) is not read whole.
+    path = passphrase_file(tmp_path, b"x" * (MAX_PASSPHRASE_FILE * 2))
+    assert len(PassphraseSource(file=path).read()) == MAX_PASSPHRASE_FILE

@@ -13,6 +13,7 @@ import functools
 import hashlib
 import socket
 import ssl
+import struct
 import tomllib
 import warnings
 from collections.abc import AsyncIterator
@@ -29,6 +30,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from OpenSSL import SSL
 
 from fixproxy.config import TLSPolicy, VerifyMode
 from fixproxy.errors import (
@@ -748,3 +750,212 @@ async def test_fetch_chain_refused_is_a_connect_error() -> None:
         port = probe.getsockname()[1]
     with trio.fail_after(GUARD), pytest.raises(ConnectError):
         await fetch_chain("127.0.0.1", port, timeout=5.0)
+
+
+# --- protocol hardening: versions, cipher suites, renegotiation, compression ---------------------
+
+
+TLS12_AEAD_ECDHE = frozenset(
+    cipher["name"] for cipher in make_client_context(policy("ca")).get_ciphers()
+    if cipher["protocol"] == "TLSv1.2")
+"""The TLS 1.2 suites fixproxy offers (all checked below to be ECDHE with an AEAD cipher)."""
+
+
+@pytest.fixture(scope="module")
+def rsa_ca() -> trustme.CA:
+    return trustme.CA(key_type=trustme.KeyType.RSA)
+
+
+@pytest.fixture(scope="module")
+def rsa_server_cert(rsa_ca: trustme.CA) -> trustme.LeafCert:
+    return rsa_ca.issue_cert("localhost", "127.0.0.1", key_type=trustme.KeyType.RSA)
+
+
+def tls12_server_context(cert: trustme.LeafCert, suite: str) -> ssl.SSLContext:
+    """A TLS 1.2-only server that offers exactly ``suite``."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers(f"{suite}:@SECLEVEL=0")
+    cert.configure_cert(context)
+    return context
+
+
+def test_tls12_suites_are_ecdhe_with_aead_only() -> None:
+    context = make_client_context(policy("ca"))
+    tls12 = [cipher for cipher in context.get_ciphers() if cipher["protocol"] == "TLSv1.2"]
+    assert tls12, "no TLS 1.2 suite at all would lock out TLS 1.2 gateways"
+    for cipher in tls12:
+        assert cipher["aead"], cipher["name"]
+        assert cipher["kea"] == "kx-ecdhe", cipher["name"]
+        assert cipher["auth"] in ("auth-rsa", "auth-ecdsa"), cipher["name"]
+        for weak in ("CBC", "RC4", "DES", "MD5", "NULL", "EXPORT", "PSK", "SRP"):
+            assert weak not in cipher["name"].upper() and weak.lower() not in \
+                cipher["symmetric"], cipher["name"]
+        assert not cipher["name"].endswith("-SHA"), cipher["name"]  # SHA-1 MAC
+    # Both certificate types Kalshi's load balancer could present are covered.
+    assert {"ECDHE-RSA-AES128-GCM-SHA256", "ECDHE-ECDSA-AES128-GCM-SHA256"} <= TLS12_AEAD_ECDHE
+    # Stricter than Python's own default list, which still offers CBC suites.
+    default = {c["name"] for c in ssl.create_default_context().get_ciphers()}
+    assert default - {c["name"] for c in context.get_ciphers()}
+
+
+@pytest.mark.parametrize("verify", ["ca", "ca+pin", "pin"])
+def test_every_context_is_hardened(verify: VerifyMode, ca_file: Path) -> None:
+    context = make_client_context(policy(verify, ca_file,
+                                         pins=() if verify == "ca" else (UNUSED_PIN,)))
+    assert context.minimum_version == ssl.TLSVersion.TLSv1_2
+    assert context.maximum_version == ssl.TLSVersion.MAXIMUM_SUPPORTED
+    assert context.options & ssl.OP_NO_RENEGOTIATION
+    assert context.options & ssl.OP_NO_COMPRESSION
+    assert {c["name"] for c in context.get_ciphers() if c["protocol"] == "TLSv1.2"} \
+        == TLS12_AEAD_ECDHE
+
+
+@pytest.mark.parametrize(("suite", "key_type"), [
+    ("ECDHE-ECDSA-AES128-SHA", "ecdsa"),  # CBC with a SHA-1 MAC
+    ("ECDHE-ECDSA-AES256-SHA384", "ecdsa"),  # CBC; still in Python's default list
+    ("ECDHE-RSA-AES128-SHA256", "rsa"),  # CBC; still in Python's default list
+    ("AES128-SHA", "rsa"),  # RSA key transport: no forward secrecy; CBC with SHA-1
+    ("AES128-GCM-SHA256", "rsa"),  # AEAD, but RSA key transport: no forward secrecy
+], ids=["ecdhe-cbc-sha1", "ecdhe-cbc-sha384", "ecdhe-rsa-cbc-sha256", "rsa-cbc-sha1",
+        "rsa-gcm"])
+async def test_a_gateway_offering_only_weak_suites_is_refused(
+        suite: str, key_type: str, ca: trustme.CA, server_cert: trustme.LeafCert,
+        rsa_ca: trustme.CA, rsa_server_cert: trustme.LeafCert, tmp_path: Path) -> None:
+    issuer, cert = (ca, server_cert) if key_type == "ecdsa" else (rsa_ca, rsa_server_cert)
+    context = tls12_server_context(cert, suite)
+    trust_file = tmp_path / "ca.pem"
+    issuer.cert_pem.write_to_path(str(trust_file))
+    # Control: the server really completes a handshake with a client that allows the suite.
+    lenient = ssl.create_default_context()
+    lenient.set_ciphers(f"{suite}:@SECLEVEL=0")
+    issuer.configure_trust(lenient)
+    async with tls_gateway(context) as gateway:
+        with trio.fail_after(GUARD):
+            tcp = await trio.open_tcp_stream("127.0.0.1", gateway.port)
+            control = trio.SSLStream(tcp, lenient, server_hostname="localhost")
+            await control.do_handshake()
+            cipher = control.cipher()
+            assert cipher is not None and cipher[0] == suite
+            await control.aclose()
+
+    error, seen = await expect_refusal(context, policy("ca", trust_file), TLSHandshakeError)
+    assert error.result == "tls_error"
+    assert "127.0.0.1" in str(error)
+    assert "cipher suite" in str(error)
+    assert not seen.handshake_done
+
+
+@pytest.mark.parametrize("key_type", ["ecdsa", "rsa"])
+async def test_a_tls12_gateway_with_a_modern_suite_is_accepted(
+        key_type: str, ca: trustme.CA, server_cert: trustme.LeafCert, rsa_ca: trustme.CA,
+        rsa_server_cert: trustme.LeafCert, tmp_path: Path) -> None:
+    issuer, cert = (ca, server_cert) if key_type == "ecdsa" else (rsa_ca, rsa_server_cert)
+    trust_file = tmp_path / "ca.pem"
+    issuer.cert_pem.write_to_path(str(trust_file))
+    # The server accepts anything; the suite chosen is one fixproxy offered.
+    info = await expect_success(tls12_server_context(cert, "ALL"), policy("ca", trust_file))
+    assert info.tls_version == "TLSv1.2"
+    assert info.cipher in TLS12_AEAD_ECDHE
+
+
+async def test_tls13_is_used_when_offered_and_nothing_is_compressed(
+        server_cert: trustme.LeafCert, ca_file: Path) -> None:
+    async with tls_gateway(server_context(server_cert)) as gateway:
+        stream, info = await connect(gateway.port, policy("ca", ca_file))
+        try:
+            assert info.tls_version == "TLSv1.3"
+            assert stream.ssl_socket.compression() is None
+        finally:
+            with trio.fail_after(GUARD):
+                await stream.aclose()
+
+
+@dataclass
+class RenegotiationOutcome:
+    """What the renegotiating server saw."""
+
+    error: str | None = None
+    received: bytes = b""
+
+
+def renegotiating_server(listener: socket.socket, chain_file: Path,
+                         outcome: RenegotiationOutcome) -> None:
+    """Blocking TLS 1.2 server that asks for a renegotiation right after the handshake.
+
+    Python's ssl cannot start a renegotiation, pyOpenSSL can. The server sends a HelloRequest,
+    then "hello"; reads one message; answers "bye". Socket timeouts bound every wait.
+    """
+    context = SSL.Context(SSL.TLS_SERVER_METHOD)
+    context.set_max_proto_version(SSL.TLS1_2_VERSION)
+    context.use_certificate_chain_file(str(chain_file))
+    context.use_privatekey_file(str(chain_file))
+    sock, _ = listener.accept()
+    sock.setblocking(True)
+    bound = struct.pack("ll", int(GUARD), 0)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, bound)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, bound)
+    connection = SSL.Connection(context, sock)
+    connection.set_accept_state()
+    try:
+        connection.do_handshake()
+        connection.renegotiate()
+        connection.do_handshake()  # sends the HelloRequest
+        connection.sendall(b"hello")
+        outcome.received = connection.recv(100)
+        connection.sendall(b"bye")
+    except SSL.Error as exc:
+        outcome.error = str(exc)
+    finally:
+        sock.close()
+
+
+async def talk_to_a_renegotiating_server(context: ssl.SSLContext, server_cert: trustme.LeafCert,
+                                         ca_file: Path, tmp_path: Path
+                                         ) -> tuple[RenegotiationOutcome, list[bytes]]:
+    """Connect with ``context``, read, write "ping", read; return both sides' views."""
+    chain_file = tmp_path / "server.pem"
+    server_cert.private_key_and_cert_chain_pem.write_to_path(str(chain_file))
+    outcome = RenegotiationOutcome()
+    received: list[bytes] = []
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        listener.settimeout(GUARD)
+        port = listener.getsockname()[1]
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(functools.partial(trio.to_thread.run_sync, renegotiating_server,
+                                                 listener, chain_file, outcome))
+            with trio.fail_after(GUARD):
+                stream, _ = await open_gateway_stream(
+                    "127.0.0.1", port, GatewayTrust.from_policy(policy("ca", ca_file)),
+                    context, connect_timeout=GUARD)
+                try:
+                    received.append(await stream.receive_some())
+                    await stream.send_all(b"ping")
+                    received.append(await stream.receive_some())
+                except trio.BrokenResourceError as exc:
+                    received.append(repr(exc.__cause__).encode())
+                finally:
+                    await trio.aclose_forcefully(stream)
+    return outcome, received
+
+
+async def test_a_server_requested_renegotiation_is_refused(
+        server_cert: trustme.LeafCert, ca_file: Path, tmp_path: Path) -> None:
+    context = make_client_context(policy("ca", ca_file))
+    outcome, received = await talk_to_a_renegotiating_server(context, server_cert, ca_file,
+                                                             tmp_path)
+    assert outcome.error is not None and "no renegotiation" in outcome.error
+    assert received[0] == b"hello"
+    assert b"bye" not in received
+
+    # Control: the same context without OP_NO_RENEGOTIATION renegotiates and carries on, so it
+    # is that option, and nothing else about the server, that refuses.
+    context.options &= ~ssl.OP_NO_RENEGOTIATION
+    outcome, received = await talk_to_a_renegotiating_server(context, server_cert, ca_file,
+                                                             tmp_path)
+    assert outcome.error is None
+    assert outcome.received == b"ping"
+    assert received == [b"hello", b"bye"]

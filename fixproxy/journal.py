@@ -1,0 +1,345 @@
+"""A per-session journal of every FIX message relayed, both legs, in rotating text files.
+
+Theory of operation
+-------------------
+When an order goes wrong the first question is what exactly crossed the proxy, in which order,
+on which connection. FIX engines keep their own message logs, but only of their own leg; the
+gateway's view is Kalshi's. The journal is fixproxy's: one line per message, in relay order,
+``<UTC time> <connection id> <direction> <message>``, the message with SOH shown as ``|`` (as
+FIX logs conventionally show it) and the Logon's secrets (RawData 96, Password 554, and the
+other :data:`fixproxy.fix.tags.SECRET_TAGS`) replaced by ``<redacted>``. Secret fields are
+found by walking the fields with their data lengths (RawDataLength 95 gives 96's length, which
+may include SOH) when a message has one; every other message is written as it arrived, with one
+byte translation.
+
+It sits beside the relay's hot path, so its costs are bounded and mostly deferred: lines are
+buffered in memory and written with one ``write`` at most every :data:`FLUSH_INTERVAL`
+seconds (or when :data:`MAX_BUFFERED_BYTES` are waiting, on rotation and on close). The
+alternative, a write per message, costs a system call for every relayed frame; a background
+writer thread was rejected for the shared state and shutdown ordering it brings. Size-based
+rotation (``<session>.log``, ``.1`` ... ``.N``) bounds the disk used to ``max_bytes`` times
+``backups + 1`` per session.
+
+A journal must never stop trading: every ``OSError`` (a full disk, a removed directory, a
+permission change) is logged once at ERROR and the journal switches itself off for the rest
+of the process; :meth:`SessionJournal.record` and :meth:`SessionJournal.close` never raise.
+The files hold order flow, so the directory is created 0700 and the files 0600.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import re
+import stat
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Final
+
+from fixproxy.config import ProxyConfig
+from fixproxy.errors import FixProxyError, FramingError
+from fixproxy.fix import tags
+from fixproxy.fix.codec import iter_fields
+
+logger = logging.getLogger("fixproxy.journal")
+
+FLUSH_INTERVAL: Final = 0.2
+"""Seconds between writes while messages keep coming: a burst costs one system call per
+interval, and a crash loses at most this much of the journal."""
+MAX_BUFFERED_BYTES: Final = 256 * 1024
+"""Bytes of lines held before a write regardless of time, so a burst cannot grow memory
+without bound."""
+DIRECTORY_MODE: Final = 0o700
+FILE_MODE: Final = 0o600
+SUFFIX: Final = ".log"
+REDACTED: Final = b"<redacted>"
+ENGINE_TO_GATEWAY: Final = "engine_to_gateway"
+GATEWAY_TO_ENGINE: Final = "gateway_to_engine"
+"""The directions the relay records, spelt as in the metrics' ``direction`` label."""
+
+_SOH_TO_BAR: Final = bytes.maketrans(b"\x01", b"|")
+_SECRET_FIELD_START: Final = re.compile(
+    b"\x01(?:" + b"|".join(b"%d" % tag for tag in sorted(tags.SECRET_TAGS)) + b")=")
+_SECRET_FIELD: Final = re.compile(
+    b"(?<=\x01)(" + b"|".join(b"%d" % tag for tag in sorted(tags.SECRET_TAGS))
+    + b")=[^\x01]*")
+_TRAILER: Final = re.compile(rb"\x0110=[0-9]{3}\x01")
+_TRAILER_LENGTH: Final = len(b"10=000\x01")
+_SESSION_FILE_NAME: Final = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def open_journal(config: ProxyConfig, session: str) -> SessionJournal | None:
+    """The journal of ``session`` as ``[proxy]`` configures it, or None when it is off.
+
+    The caller closes it (:meth:`SessionJournal.close`). Never raises for file problems:
+    see :class:`SessionJournal`.
+    """
+    if config.journal_dir is None:
+        return None
+    return SessionJournal(config.journal_dir, session, max_bytes=config.journal_max_bytes,
+                          backups=config.journal_backups)
+
+
+def split_frames(data: bytes | bytearray) -> list[bytes | bytearray]:
+    """The FIX messages of ``data``, which holds one or more complete frames back to back.
+
+    Each frame is cut where its BodyLength (9) says it ends. Bytes that do not follow that
+    layout (never the case for what the framer passed) are cut after the next CheckSum (10)
+    field, or kept whole, so nothing relayed is missing from the journal.
+    """
+    frames: list[bytes | bytearray] = []
+    pos = 0
+    end = len(data)
+    while pos < end:
+        stop = _frame_end(data, pos)
+        if pos == 0 and stop == end:
+            return [data]  # the usual case: one frame, no copy
+        frames.append(data[pos:stop])
+        pos = stop
+    return frames
+
+
+def _frame_end(data: bytes | bytearray, pos: int) -> int:
+    first = data.find(b"\x01", pos)
+    if first >= 0 and data.startswith(b"9=", first + 1):
+        second = data.find(b"\x01", first + 3)
+        digits = data[first + 3 : second]
+        if second > 0 and 0 < len(digits) <= 9 and digits.isdigit():
+            stop = second + 1 + int(digits) + _TRAILER_LENGTH
+            if (stop <= len(data) and data[stop - 1] == 1
+                    and data.startswith(b"10=", stop - _TRAILER_LENGTH)):
+                return stop
+    match = _TRAILER.search(data, pos)
+    return len(data) if match is None else match.end()
+
+
+def render_message(frame: bytes | bytearray) -> bytes:
+    """``frame`` as one journal line's message: SOH as ``|``, secret values redacted,
+    line breaks inside values escaped so one message stays one line."""
+    if _SECRET_FIELD_START.search(frame) is not None:
+        frame = _redact(frame)
+    if b"\n" in frame or b"\r" in frame:
+        frame = frame.replace(b"\n", b"\\n").replace(b"\r", b"\\r")
+    return bytes(frame.translate(_SOH_TO_BAR))
+
+
+def _redact(frame: bytes | bytearray) -> bytes:
+    """``frame`` with every secret value replaced; SOH stays SOH."""
+    try:
+        fields = list(iter_fields(bytes(frame)))
+    except FramingError:
+        # Not walkable by data lengths: cut each secret value at the next SOH instead.
+        return _SECRET_FIELD.sub(rb"\1=" + REDACTED, bytes(frame))
+    return b"".join(b"%d=%s\x01" % (tag, REDACTED if tag in tags.SECRET_TAGS else value)
+                    for tag, value in fields)
+
+
+class _Stamp:
+    """RFC 3339 UTC timestamps with milliseconds; the seconds part is formatted once per
+    second, since the journal stamps every relayed chunk."""
+
+    __slots__ = ("_prefix", "_second")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = b""
+
+    def __call__(self, now: float) -> bytes:
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second)).encode()
+        return self._prefix + b"%03dZ" % int((now - second) * 1000)
+
+
+class SessionJournal:
+    """The journal of one session: ``<directory>/<session>.log`` and its rotated backups.
+
+    One object serves every connection of the session in turn (lines carry the connection
+    id). It is synchronous and not thread-safe: the relay's tasks share one trio thread.
+    """
+
+    __slots__ = ("_backups", "_buffer", "_buffered", "_clock", "_fd", "_flush_interval",
+                 "_last_flush", "_max_bytes", "_size", "_stamp", "_wall", "directory",
+                 "path", "session")
+
+    def __init__(self, directory: Path, session: str, *, max_bytes: int, backups: int,
+                 flush_interval: float = FLUSH_INTERVAL,
+                 clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time) -> None:
+        """Open (creating as needed) the session's journal file.
+
+        A directory or file that cannot be created or opened is logged once at ERROR and
+        leaves the journal switched off; it does not raise.
+
+        Args:
+            directory: where the files live; created with mode 0700 if absent.
+            session: the session name, the file's stem.
+            max_bytes: size at which the file is rotated (a single longer line still goes
+                into a file of its own).
+            backups: how many rotated files to keep (``.1`` newest); 0 keeps none.
+            flush_interval: seconds between writes while messages keep coming.
+            clock: monotonic seconds, for the flush interval.
+            wall: seconds since the epoch, for the timestamps.
+        Raises:
+            FixProxyError: a session name that is not a plain file name, or non-positive
+                ``max_bytes``, or negative ``backups`` (the configuration loader rules
+                these out, so only a programming error gets here).
+        """
+        if _SESSION_FILE_NAME.fullmatch(session) is None or session in (".", ".."):
+            raise FixProxyError(f"{session!r} cannot name a journal file")
+        if max_bytes < 1 or backups < 0:
+            raise FixProxyError(f"journal limits out of range: max_bytes={max_bytes}, "
+                                f"backups={backups}")
+        self.directory = directory
+        self.session = session
+        self.path = directory / f"{session}{SUFFIX}"
+        self._max_bytes = max_bytes
+        self._backups = backups
+        self._flush_interval = flush_interval
+        self._clock = clock
+        self._wall = wall
+        self._stamp = _Stamp()
+        self._buffer: list[bytes] = []
+        self._buffered = 0
+        self._size = 0
+        self._fd: int | None = None
+        self._last_flush = clock()
+        try:
+            directory.mkdir(mode=DIRECTORY_MODE, parents=True, exist_ok=True)
+            self._open()
+        except OSError as exc:
+            self._fail("cannot open", exc)
+
+    @property
+    def enabled(self) -> bool:
+        """True while the journal is writing: not closed, and no write has failed."""
+        return self._fd is not None
+
+    def record(self, direction: str, data: bytes | bytearray, conn_id: int) -> None:
+        """Journal ``data``, one or more complete FIX frames as relayed; never raises.
+
+        Args:
+            direction: ``engine_to_gateway`` or ``gateway_to_engine`` (any word without
+                spaces is written as given).
+            data: the bytes relayed, whole frames only.
+            conn_id: the connection id the relay's log lines carry.
+        """
+        if self._fd is None:
+            return
+        head = b"%s %d %s " % (self._stamp(self._wall()), conn_id, direction.encode())
+        for frame in split_frames(data):
+            line = head + render_message(frame) + b"\n"
+            self._buffer.append(line)
+            self._buffered += len(line)
+        if (self._buffered >= MAX_BUFFERED_BYTES
+                or self._clock() - self._last_flush >= self._flush_interval):
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the buffered lines now, rotating as needed; never raises.
+
+        The relay need not call it (records flush themselves at most every
+        ``flush_interval``, and :meth:`close` flushes), but may, to bound how long the last
+        lines of a burst wait when the session goes quiet.
+        """
+        self._last_flush = self._clock()
+        if not self._buffer or self._fd is None:
+            return
+        lines = self._buffer
+        self._buffer = []
+        self._buffered = 0
+        try:
+            self._write_lines(lines)
+        except OSError as exc:
+            self._fail("cannot write", exc)
+
+    def close(self) -> None:
+        """Flush and close the file; further records are dropped. Never raises."""
+        self.flush()
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError as exc:
+                self._fail("cannot close", exc)
+
+    # --- file handling ---------------------------------------------------------------------
+
+    def _open(self) -> None:
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
+                     FILE_MODE)
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                # A device or pipe would swallow the journal (or, for a device, have its
+                # mode changed below): refuse it like any other unusable path.
+                raise OSError(errno.EINVAL, "not a regular file")
+            if stat.S_IMODE(info.st_mode) != FILE_MODE:
+                # A file left by an older run or made by hand: it holds order flow.
+                os.fchmod(fd, FILE_MODE)
+        except OSError:
+            os.close(fd)
+            raise
+        self._fd = fd
+        self._size = info.st_size
+
+    def _write_lines(self, lines: list[bytes]) -> None:
+        pending = sum(len(line) for line in lines)
+        if self._size + pending <= self._max_bytes:
+            self._write(b"".join(lines))
+            return
+        chunk: list[bytes] = []
+        chunk_size = 0
+        for line in lines:
+            if self._size + chunk_size + len(line) > self._max_bytes \
+                    and self._size + chunk_size > 0:
+                if chunk:
+                    self._write(b"".join(chunk))
+                chunk, chunk_size = [], 0
+                self._rotate()
+            chunk.append(line)
+            chunk_size += len(line)
+        if chunk:
+            self._write(b"".join(chunk))
+
+    def _write(self, data: bytes) -> None:
+        assert self._fd is not None
+        view = memoryview(data)
+        while view:
+            written = os.write(self._fd, view)
+            self._size += written
+            view = view[written:]
+
+    def _rotate(self) -> None:
+        """``<session>.log`` becomes ``.1``, ``.1`` becomes ``.2`` ... the last one is
+        dropped; a fresh file follows."""
+        assert self._fd is not None
+        fd, self._fd = self._fd, None
+        os.close(fd)
+        name = str(self.path)
+        if self._backups == 0:
+            os.unlink(name)
+        else:
+            for index in range(self._backups - 1, 0, -1):
+                try:
+                    os.replace(f"{name}.{index}", f"{name}.{index + 1}")
+                except FileNotFoundError:
+                    continue  # fewer backups so far than allowed
+            os.replace(name, f"{name}.1")
+        self._open()
+
+    def _fail(self, what: str, exc: OSError) -> None:
+        """Switch the journal off for good, saying why once."""
+        logger.error("journal of session %s switched off: %s %s (%s); trading continues "
+                     "without it", self.session, what, self.path, exc.strerror or exc)
+        self._buffer = []
+        self._buffered = 0
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            # Already failing: the error above is the one worth reporting.
+            with contextlib.suppress(OSError):
+                os.close(fd)
