@@ -127,6 +127,11 @@ def declare_status(runtime: SessionRuntime) -> SessionStatus:
         listen="{}:{}".format(*cfg.listen), wall=time.time())
 
 
+_UPSTREAM_NOT_TRIED: Final = frozenset({"duplicate_key", "maintenance", "backoff"})
+"""Refusals that stand for a gateway connection fixproxy chose not to open; they are counted
+in fixproxy_upstream_connects_total too, beside the attempts that failed."""
+
+
 class _Refusal(FixProxyError):
     """Internal: end the connection with a local Logout carrying ``text``."""
 
@@ -206,6 +211,8 @@ async def _serve_connection(engine: trio.abc.Stream, runtime: SessionRuntime,
             status.connection_ended(conn_id, time.time())
         status.error(f"refused engine connection #{conn_id}: {refusal.text}", time.time())
         metrics.engine_connections.labels(session=name, result=refusal.result).inc()
+        if refusal.result in _UPSTREAM_NOT_TRIED:
+            metrics.upstream_connects.labels(session=name, result=refusal.result).inc()
         if refusal.result not in ("no_logon", "framing_error"):
             metrics.logons.labels(session=name, result="refused_locally").inc()
         log.warning("refused engine connection: %s", refusal.text)

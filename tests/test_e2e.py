@@ -406,6 +406,7 @@ async def test_duplicate_key_is_refused_locally_and_first_session_survives(
         assert pair.sim.live_sessions == {pair.api_key: "KalshiNR"}
         assert pair.sample("fixproxy_logons_total", result="accepted") == 1
         assert pair.sample("fixproxy_engine_connections_total", result="duplicate_key") == 1
+        assert pair.sample("fixproxy_upstream_connects_total", result="duplicate_key") == 1
         assert pair.sample("fixproxy_session_up") == 1
 
 
