@@ -58,6 +58,7 @@ RANKS: Final[dict[str, int]] = {
     "fixproxy.sim": 58,
     "fixproxy.demo": 58,
     "fixproxy.cli": 60,
+    "fixproxy.__main__": 61,  # `python3 -m fixproxy`: runs the command line
 }
 """Rank of each module; a package's entry covers everything under it (fix/*, sim/*)."""
 
