@@ -209,8 +209,10 @@ def _run_round(engine: Worker, route: Route, account: Account, settings: Setting
                            name=route.name, count=settings.pipelined, window=settings.window)
     nanoseconds = {role: cpu_ns(pid) - nanoseconds[role] for role, pid in pids.items()}
     ticks = {role: cpu_ticks(pid) - ticks[role] for role, pid in pids.items()}
+    open_ns = {role: cpu_ns(pid) for role, pid in pids.items()}
     late = engine.request("open_loop", timeout=30.0 + 2 * settings.messages / settings.rate,
                           name=route.name, count=settings.messages, rate=settings.rate)
+    open_ns = {role: cpu_ns(pid) - open_ns[role] for role, pid in pids.items()}
     closed = engine.request("close", timeout=15.0, name=route.name)
     return {
         "round": number,
@@ -222,6 +224,7 @@ def _run_round(engine: Worker, route: Route, account: Account, settings: Setting
         "cpu_ns": nanoseconds,
         "open_latency_ns": late["latency_ns"],
         "send_lag_ns": late["send_lag_ns"],
+        "open_loop_cpu_ns": open_ns,
         "orders": closed["orders"],
     }
 
