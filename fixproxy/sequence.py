@@ -40,7 +40,7 @@ from typing import Final
 
 from fixproxy.errors import SessionError
 from fixproxy.fix import tags
-from fixproxy.fix.codec import FixMessage
+from fixproxy.fix.codec import FixMessage, parse_uint
 
 # Tags holding the sender's own sequence numbers, and those holding the receiver's.
 _SENDER_SEQ_TAGS: Final = frozenset({tags.MSG_SEQ_NUM, tags.NEW_SEQ_NO})
@@ -107,9 +107,10 @@ class SequenceTranslator:
 
 
 def _shift(tag: int, value: bytes, delta: int) -> int:
-    if not value.isdigit() or not value.isascii():
+    number = parse_uint(value)
+    if number is None or number < 1:
         raise SessionError(f"tag {tag} is not a sequence number: {value[:20]!r}")
-    shifted = int(value) + delta
+    shifted = number + delta
     if shifted < 1:
         raise SessionError(
             f"tag {tag}={value.decode()} refers to a message from before this connection's "
@@ -127,5 +128,4 @@ def read_seq_num(raw: bytes) -> int | None:
         return None
     start += 4
     end = raw.find(b"\x01", start)
-    value = raw[start:end]
-    return int(value) if value.isdigit() and value.isascii() else None
+    return parse_uint(raw[start:end])

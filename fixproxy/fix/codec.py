@@ -58,6 +58,19 @@ def encode(fields: Iterable[tuple[int, FieldValue]],
     return message + b"10=" + checksum(message) + b"\x01"
 
 
+MAX_NUMBER_DIGITS: Final = 18
+"""Most digits a tag, length or sequence number may have: more than any real value, and far
+below the 4300 digits past which int() refuses to parse (and a 1 MiB frame could carry)."""
+
+
+def parse_uint(value: bytes | None) -> int | None:
+    """``value`` as a non-negative integer: ASCII digits only, at most MAX_NUMBER_DIGITS of
+    them (no sign, space or underscore, which int() would accept); otherwise None."""
+    if value is None or not value.isdigit() or len(value) > MAX_NUMBER_DIGITS:
+        return None  # bytes.isdigit() is true for ASCII digits only
+    return int(value)
+
+
 def iter_fields(raw: bytes) -> Iterator[Field]:
     """Yield (tag, value) of every field of ``raw``, 8, 9 and 10 included.
 
@@ -75,9 +88,10 @@ def iter_fields(raw: bytes) -> Iterator[Field]:
         if eq <= pos:
             raise FramingError(f"malformed field at byte {pos}")
         tag_bytes = raw[pos:eq]
-        if not tag_bytes.isdigit() or not tag_bytes.isascii() or tag_bytes[0] == 0x30:
+        tag_number = parse_uint(tag_bytes)
+        if tag_number is None or tag_bytes[0] == 0x30:
             raise FramingError(f"malformed tag {tag_bytes[:16]!r} at byte {pos}")
-        tag = int(tag_bytes)
+        tag = tag_number
         value_at = eq + 1
         length = data_length.pop(tag, None)
         if length is not None:
@@ -90,8 +104,13 @@ def iter_fields(raw: bytes) -> Iterator[Field]:
                 raise FramingError(f"field {tag} is not terminated by SOH")
         value = raw[value_at:soh]
         data_tag = _DATA_TAG_BY_LENGTH_TAG.get(tag)
-        if data_tag is not None and value.isdigit() and value.isascii():
-            data_length[data_tag] = int(value)
+        if data_tag is not None:
+            declared = parse_uint(value)
+            if declared is not None:
+                data_length[data_tag] = declared
+            elif value.isdigit():
+                raise FramingError(f"length field {tag} has {len(value)} digits; at most "
+                                   f"{MAX_NUMBER_DIGITS} are accepted")
         yield tag, value
         pos = soh + 1
 
@@ -109,14 +128,20 @@ class FixMessage:
     @classmethod
     def parse(cls, raw: bytes) -> FixMessage:
         """Parse a framed message (as returned by the framer)."""
+        fields = list(iter_fields(raw))
         begin_string = b""
-        body: list[Field] = []
-        for tag, value in iter_fields(raw):
-            if tag == tags.BEGIN_STRING:
-                begin_string = value
-            elif tag not in _FRAME_TAGS:
-                body.append((tag, value))
-        return cls(body, begin_string or tags.BEGIN_STRING_FIXT11)
+        # 8 and 9 open a frame and 10 closes it; anywhere else they would be silently lost
+        # (or, for 8, replace the BeginString) when the message is encoded again.
+        if fields and fields[0][0] == tags.BEGIN_STRING:
+            begin_string = fields.pop(0)[1]
+        if fields and fields[0][0] == tags.BODY_LENGTH:
+            fields.pop(0)
+        if fields and fields[-1][0] == tags.CHECKSUM:
+            fields.pop()
+        for tag, _ in fields:
+            if tag in _FRAME_TAGS:
+                raise FramingError(f"tag {tag} inside the body of the message")
+        return cls(fields, begin_string or tags.BEGIN_STRING_FIXT11)
 
     @property
     def msg_type(self) -> bytes:

@@ -107,7 +107,7 @@ class FixFramer:
         if self._error is not None:
             raise FramingError(f"framer is broken: {self._error}") from self._error
         if self._eof:
-            raise FramingError("data received after end of stream")
+            raise self._fail("data received after end of stream")
         if not data:
             self._eof = True
             return

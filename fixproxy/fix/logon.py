@@ -24,7 +24,7 @@ from typing import Final
 
 from fixproxy.errors import FramingError, LogonRefused
 from fixproxy.fix import tags
-from fixproxy.fix.codec import FixMessage, utc_timestamp
+from fixproxy.fix.codec import FixMessage, parse_uint, utc_timestamp
 from fixproxy.kalshi import LOGON_HEARTBEAT_DEFAULT, LOGON_HEARTBEAT_MAX, LOGON_HEARTBEAT_MIN
 
 Signer = Callable[[bytes], bytes]
@@ -126,7 +126,8 @@ def rewrite_logon(raw: bytes, policy: LogonPolicy, sign: Signer, *, now: float) 
         raise LogonRefused(f"the Logon is malformed: {exc}") from exc
     if logon.msg_type != tags.MT_LOGON:
         raise LogonRefused(
-            f"the first message must be a Logon (35=A); got 35={logon.msg_type.decode()}")
+            f"the first message must be a Logon (35=A); got "
+            f"35={logon.msg_type.decode('ascii', 'replace')}")
 
     sender = _single(logon, tags.SENDER_COMP_ID)
     if sender != policy.api_key.encode():
@@ -144,23 +145,25 @@ def rewrite_logon(raw: bytes, policy: LogonPolicy, sign: Signer, *, now: float) 
             f"session for that endpoint", reason="target_comp_id")
 
     seq_text = _single(logon, tags.MSG_SEQ_NUM)
-    if seq_text is None or not seq_text.isdigit() or not seq_text.isascii() or int(seq_text) < 1:
+    parsed_seq = parse_uint(seq_text)
+    if parsed_seq is None or parsed_seq < 1:
         raise LogonRefused(
             f"{field_name(tags.MSG_SEQ_NUM)} is {_show(seq_text)}; expected a positive integer",
             reason="msg_seq_num")
-    msg_seq_num = int(seq_text)
+    msg_seq_num = parsed_seq
 
     heartbeat = LOGON_HEARTBEAT_DEFAULT
     heartbeat_text = _single(logon, tags.HEART_BT_INT)
     if heartbeat_text is not None:
-        if not heartbeat_text.isdigit() or not heartbeat_text.isascii() or not (
-                LOGON_HEARTBEAT_MIN <= int(heartbeat_text) <= LOGON_HEARTBEAT_MAX):
+        parsed_heartbeat = parse_uint(heartbeat_text)
+        if parsed_heartbeat is None or not (
+                LOGON_HEARTBEAT_MIN <= parsed_heartbeat <= LOGON_HEARTBEAT_MAX):
             raise LogonRefused(
                 f"{field_name(tags.HEART_BT_INT)} is {_show(heartbeat_text)}; expected "
                 f"{LOGON_HEARTBEAT_MIN}..{LOGON_HEARTBEAT_MAX} seconds (Kalshi requires more "
                 f"than 3). Set the engine's HeartBtInt, e.g. to {LOGON_HEARTBEAT_DEFAULT}",
                 reason="heart_bt_int")
-        heartbeat = int(heartbeat_text)
+        heartbeat = parsed_heartbeat
 
     reset_flag = _single(logon, tags.RESET_SEQ_NUM_FLAG)
     if reset_flag not in (None, b"Y", b"N"):
@@ -190,7 +193,8 @@ def rewrite_logon(raw: bytes, policy: LogonPolicy, sign: Signer, *, now: float) 
     # Under translation the gateway leg restarts at 1; the signature binds the 34 sent.
     seq = b"1" if translate else b"%d" % msg_seq_num
     next_expected = _single(logon, tags.NEXT_EXPECTED_MSG_SEQ_NUM)
-    if next_expected is not None and (not next_expected.isdigit() or int(next_expected) < 1):
+    next_expected_number = parse_uint(next_expected)
+    if next_expected is not None and (next_expected_number is None or next_expected_number < 1):
         raise LogonRefused(f"NextExpectedMsgSeqNum (789) is {_show(next_expected)}; expected a "
                            f"positive integer", reason="next_expected")
     if reset:
@@ -228,7 +232,7 @@ def rewrite_logon(raw: bytes, policy: LogonPolicy, sign: Signer, *, now: float) 
         engine_requested_reset=engine_reset,
         reset_forced=reset and not engine_reset,
         translated=translate,
-        engine_next_expected=int(next_expected) if next_expected is not None else None,
+        engine_next_expected=next_expected_number,
     )
 
 
