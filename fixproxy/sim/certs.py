@@ -7,6 +7,8 @@ second, and nothing about the proxy's pinning or hostname checks depends on the 
 
 Validity is configurable so a test can build a certificate that is already expired or not yet
 valid; the CA always covers the leaf's period and today, so such a test fails on the leaf alone.
+A second leaf can be issued by the CA of an earlier set (``issuer``): same CA, different key,
+the certificate a pin must refuse even though the chain verifies.
 """
 
 from __future__ import annotations
@@ -61,6 +63,9 @@ class SimCertificates:
     """The leaf's private key, unencrypted PKCS#8 PEM."""
     hostname: str
     """The DNS name the leaf was issued for (also its subject CN)."""
+    ca_key_pem: bytes | None = None
+    """The CA's private key (unencrypted PKCS#8 PEM), kept so the CA can issue further leaves;
+    None when unknown. Never written by :meth:`write`."""
 
     @property
     def leaf_pin(self) -> str:
@@ -137,7 +142,8 @@ def _name(common_name: str) -> x509.Name:
 def generate_certificates(hostname: str = DEFAULT_HOSTNAME, *,
                           ip_addresses: tuple[str, ...] = DEFAULT_IP_ADDRESSES,
                           not_before: dt.datetime | None = None,
-                          not_after: dt.datetime | None = None) -> SimCertificates:
+                          not_after: dt.datetime | None = None,
+                          issuer: SimCertificates | None = None) -> SimCertificates:
     """Create a fresh CA and a server leaf for ``hostname``.
 
     Args:
@@ -145,10 +151,13 @@ def generate_certificates(hostname: str = DEFAULT_HOSTNAME, *,
         ip_addresses: IP addresses also put in the subjectAltName.
         not_before: start of the leaf's validity (naive means UTC); default one hour ago.
         not_after: end of the leaf's validity; default 30 days after ``not_before``.
+        issuer: reuse this set's CA (certificate and key) instead of creating one; the new
+            leaf has a new key. The CA's own validity is then whatever it was issued with.
     Returns:
         The PEM bytes of CA, leaf and leaf key.
     Raises:
-        ConfigError: an IP address does not parse, or the validity period is empty.
+        ConfigError: an IP address does not parse, the validity period is empty, or
+            ``issuer`` carries no CA key.
     """
     now = dt.datetime.now(dt.UTC)
     start = _aware(not_before) if not_before is not None else now - _BACKDATE
@@ -160,6 +169,26 @@ def generate_certificates(hostname: str = DEFAULT_HOSTNAME, *,
     except ValueError as exc:
         raise ConfigError(f"not an IP address for the certificate: {exc}") from exc
 
+    ca_key, ca_cert = _load_issuer(issuer) if issuer is not None else _new_ca(start, end, now)
+    return _issue_leaf(hostname, ips, start, end, ca_key, ca_cert)
+
+
+def _load_issuer(issuer: SimCertificates
+                 ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    if issuer.ca_key_pem is None:
+        raise ConfigError("the issuing certificate set carries no CA key")
+    try:
+        key = serialization.load_pem_private_key(issuer.ca_key_pem, password=None)
+        cert = x509.load_pem_x509_certificate(issuer.ca_cert_pem)
+    except ValueError as exc:
+        raise ConfigError(f"the issuing CA cannot be loaded: {exc}") from exc
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ConfigError("the issuing CA key is not an EC key")
+    return key, cert
+
+
+def _new_ca(start: dt.datetime, end: dt.datetime, now: dt.datetime
+            ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = _name("fixproxy simulator CA")
     ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
@@ -179,7 +208,14 @@ def generate_certificates(hostname: str = DEFAULT_HOSTNAME, *,
         .add_extension(ca_ski, critical=False)
         .sign(ca_key, hashes.SHA256())
     )
+    return ca_key, ca_cert
 
+
+def _issue_leaf(hostname: str, ips: list[x509.IPAddress], start: dt.datetime,
+                end: dt.datetime, ca_key: ec.EllipticCurvePrivateKey,
+                ca_cert: x509.Certificate) -> SimCertificates:
+    ca_name = ca_cert.subject
+    ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
     leaf_key = ec.generate_private_key(ec.SECP256R1())
     leaf_cert = (
         x509.CertificateBuilder()
@@ -210,6 +246,9 @@ def generate_certificates(hostname: str = DEFAULT_HOSTNAME, *,
                                             serialization.PrivateFormat.PKCS8,
                                             serialization.NoEncryption()),
         hostname=hostname,
+        ca_key_pem=ca_key.private_bytes(serialization.Encoding.PEM,
+                                        serialization.PrivateFormat.PKCS8,
+                                        serialization.NoEncryption()),
     )
 
 

@@ -32,7 +32,9 @@ matter are parsed (the Logon, TestRequest, orders); heartbeats and the sequence 
 raw bytes, because the benchmark drives this loop hard.
 
 Faults (:class:`SimFaults`) let tests provoke what the real gateway does on a bad day: drop the
-TCP connection, go silent, log out, refuse every Logon.
+TCP connection, go silent, log out, refuse every Logon. A drop can take each form a connection
+really ends in (``drop_style``): a bare TCP close, a TLS close_notify first, a TCP reset, or an
+answer cut off in the middle, because a proxy must tell its engine the same story for each.
 
 The alternative rejected was to reuse the proxy's own session code: a simulator sharing the
 proxy's understanding of FIX would agree with its bugs instead of catching them.
@@ -40,12 +42,15 @@ proxy's understanding of FIX would agree with its bugs instead of catching them.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import itertools
 import logging
 import math
 import re
+import socket
 import ssl
+import struct
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -88,6 +93,8 @@ MAX_EVENTS: Final = 100_000
 """Events kept for inspection; older ones are discarded (counts are kept regardless)."""
 
 Direction = Literal["in", "out"]
+DropStyle = Literal["close", "close_notify", "reset", "truncate"]
+DROP_STYLES: Final[tuple[DropStyle, ...]] = ("close", "close_notify", "reset", "truncate")
 
 _AWAIT_LOGON: Final = 0
 _ACTIVE: Final = 1
@@ -132,9 +139,18 @@ class SimFaults:
     """After the N-th message send ``Logout 58=sim: logout after N messages``."""
     refuse_logon_text: str | None = None
     """Answer every Logon with a Logout carrying this Text (58)."""
+    drop_style: DropStyle = "close"
+    """How ``drop_after_messages`` ends the connection. ``close``: close TCP (a FIN) without a
+    TLS close_notify; ``close_notify``: send a TLS close_notify, then close; ``reset``: a TCP
+    reset (SO_LINGER 0), which also discards whatever the simulator had not yet sent;
+    ``truncate``: answer the N-th message, but send only the first half of the answer's bytes
+    (recorded in :attr:`SimGateway.events` as sent in full), then close."""
 
     def __post_init__(self) -> None:
         _check_count("drop_after_messages", self.drop_after_messages)
+        if self.drop_style not in DROP_STYLES:
+            raise ConfigError(f"must be one of {', '.join(DROP_STYLES)}, got "
+                              f"{self.drop_style!r}", key="faults.drop_style")
         _check_count("silent_after_messages", self.silent_after_messages)
         _check_count("logout_after_messages", self.logout_after_messages)
         if self.refuse_logon_text is not None and (
@@ -206,10 +222,10 @@ class _Conn:
     """The state of one connection; changed only by the synchronous handlers."""
 
     __slots__ = (
-        "api_key", "claimed_key", "conn_id", "done", "endpoint", "endpoint_b", "heart_bt_int",
-        "key_b", "last_received", "last_sent", "linger", "logout_deadline", "next_in",
-        "next_out", "outbox", "reason", "received", "sender_field", "silent", "state",
-        "target_field", "test_req_at", "test_req_id",
+        "api_key", "claimed_key", "conn_id", "done", "dropped", "endpoint", "endpoint_b",
+        "heart_bt_int", "key_b", "last_received", "last_sent", "linger", "logout_deadline",
+        "next_in", "next_out", "outbox", "reason", "received", "sender_field", "silent",
+        "state", "target_field", "test_req_at", "test_req_id",
     )
 
     def __init__(self, conn_id: int, endpoint: str, now: float) -> None:
@@ -236,6 +252,8 @@ class _Conn:
         self.done = False
         self.linger = False
         self.reason = ""
+        self.dropped: DropStyle | None = None
+        """Set when the drop fault fired: how the connection is to end."""
 
 
 def _value(raw: bytes, marker: bytes) -> bytes | None:
@@ -284,6 +302,32 @@ async def _close_gracefully(stream: trio.abc.Stream) -> None:
         pass
     finally:
         await trio.aclose_forcefully(stream)
+
+
+def _drop_reason(count: int, style: DropStyle) -> str:
+    return f"fault: dropped after {count} messages" + ("" if style == "close" else f" ({style})")
+
+
+def _tcp_of(stream: trio.abc.Stream) -> trio.SocketStream | None:
+    transport = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
+    return transport if isinstance(transport, trio.SocketStream) else None
+
+
+async def _close_dropped(stream: trio.abc.Stream, style: DropStyle) -> None:
+    """End a connection the way the drop fault asks (see :attr:`SimFaults.drop_style`)."""
+    tcp = _tcp_of(stream)
+    if style == "reset" and tcp is not None:
+        # Linger on with a zero timeout: close() sends RST and drops unsent data.
+        tcp.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    elif style == "close_notify" and isinstance(stream, trio.SSLStream):
+        # unwrap() sends close_notify, then waits for the peer's (which most clients never
+        # send; they just close): bounded, and whatever it ends in, TCP is closed below.
+        transport = stream.transport_stream
+        with trio.move_on_after(LINGER_S), contextlib.suppress(
+                trio.BrokenResourceError, trio.ClosedResourceError):
+            await stream.unwrap()
+        await trio.aclose_forcefully(transport)
+    await trio.aclose_forcefully(stream)
 
 
 class SimGateway:
@@ -445,6 +489,8 @@ class SimGateway:
             self._forget(conn)
             if conn.linger:
                 await _close_gracefully(stream)
+            elif conn.dropped is not None:
+                await _close_dropped(stream, conn.dropped)
             else:
                 await trio.aclose_forcefully(stream)
 
@@ -466,7 +512,7 @@ class SimGateway:
                 conn.test_req_id = None
                 try:
                     framer.receive_data(data)
-                    while not conn.done:
+                    while not conn.done and conn.dropped is None:
                         frame = framer.next_message()
                         if frame is None:
                             break
@@ -477,11 +523,15 @@ class SimGateway:
             if conn.outbox:
                 out = b"".join(conn.outbox)
                 conn.outbox.clear()
+                if conn.dropped == "truncate":
+                    out = out[: len(out) // 2]
                 with trio.move_on_after(SEND_TIMEOUT_S) as scope:
                     await stream.send_all(out)
                 if scope.cancelled_caught:
                     self._end(conn, "peer stopped reading", linger=False)
                 conn.last_sent = trio.current_time()
+            if conn.dropped == "truncate":
+                self._end(conn, _drop_reason(conn.received, "truncate"), linger=False)
 
     def _forget(self, conn: _Conn) -> None:
         if conn.api_key is not None and self._live.get(conn.api_key) is conn:
@@ -500,6 +550,15 @@ class SimGateway:
             conn.done = True
             conn.linger = linger
             conn.reason = reason
+
+    def _drop(self, conn: _Conn, count: int) -> None:
+        """The drop fault fires on the ``count``-th message (0: right after the Logon)."""
+        style = self.config.faults.drop_style
+        if conn.done or conn.dropped is not None:
+            return
+        conn.dropped = style
+        if style != "truncate":  # a truncated answer is written first; _converse ends it
+            self._end(conn, _drop_reason(count, style), linger=False)
 
     def _send(self, conn: _Conn, msg_type: bytes, body: Iterable[tuple[int, FieldValue]],
               stamp: bytes | None = None) -> None:
@@ -617,7 +676,7 @@ class SimGateway:
                  "reset" if logon.reset else f"continuing at {logon.seq}")
         faults = self.config.faults
         if faults.drop_after_messages == 0:
-            self._end(conn, "fault: dropped after 0 messages", linger=False)
+            self._drop(conn, 0)
         if faults.silent_after_messages == 0:
             conn.silent = True
         if faults.logout_after_messages == 0 and not conn.done:
@@ -735,8 +794,9 @@ class SimGateway:
         count = conn.received
         faults = self.config.faults
         if faults.drop_after_messages is not None and count >= faults.drop_after_messages:
-            self._end(conn, f"fault: dropped after {count} messages", linger=False)
-            return
+            self._drop(conn, count)
+            if faults.drop_style != "truncate":
+                return  # the message is not answered
         if faults.silent_after_messages is not None and count >= faults.silent_after_messages \
                 and not conn.silent:
             LOG.info("connection %d: fault: silent after %d messages", conn.conn_id, count)
