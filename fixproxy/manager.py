@@ -66,6 +66,10 @@ class SessionManager:
         if holder is not None:
             return holder
         self._holders[api_key] = KeyHolder(session, conn_id, time.time())
+        # A connection still opening TLS is live too: a drain must wait for it to log on
+        # (then out) or give up, or it would be cancelled without a word to the engine.
+        if self._idle.is_set():
+            self._idle = trio.Event()
         return None
 
     def release(self, api_key: str, conn_id: int) -> None:
@@ -73,6 +77,7 @@ class SessionManager:
         holder = self._holders.get(api_key)
         if holder is not None and holder.conn_id == conn_id:
             del self._holders[api_key]
+        self._set_idle_if_idle()
 
     def maintenance_window(self, now: datetime) -> Window | None:
         """Kalshi's maintenance window in progress at ``now``, if any."""
@@ -97,7 +102,10 @@ class SessionManager:
 
     def unregister(self, conn_id: int) -> None:
         self._shutdown_hooks.pop(conn_id, None)
-        if not self._shutdown_hooks:
+        self._set_idle_if_idle()
+
+    def _set_idle_if_idle(self) -> None:
+        if not self._shutdown_hooks and not self._holders:
             self._idle.set()
 
     @property

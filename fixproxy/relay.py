@@ -71,7 +71,7 @@ from fixproxy.manager import SessionManager
 from fixproxy.metrics import Metrics, TrafficCounters
 from fixproxy.seqstore import SequenceStore, SessionSequences
 from fixproxy.sequence import SequenceTranslator, read_seq_num
-from fixproxy.session import Action, Event, Session
+from fixproxy.session import Action, Event, Session, State
 from fixproxy.status import SessionStatus
 from fixproxy.streams import NonBlockingSocketStream, RawSocketStream
 from fixproxy.tls import HandshakeInfo
@@ -205,6 +205,10 @@ async def _serve_connection(engine: trio.abc.Stream, runtime: SessionRuntime,
         except _Refusal:
             runtime.manager.backoff.record_failure(runtime.policy.api_key, trio.current_time())
             raise
+        if runtime.manager.draining:
+            # Stopping began while TLS was being opened: no Logon may start now.
+            await _close_gateway(gateway)
+            raise _Refusal("fixproxy is shutting down; reconnect once it is back", "shutdown")
     except _Refusal as refusal:
         if claimed:
             runtime.manager.release(runtime.policy.api_key, conn_id)
@@ -602,6 +606,8 @@ class _SessionRelay:
         :meth:`close_if_due`, so a Logout answer reaches its peer before the close.
         """
         before = self.session.state
+        if before is State.LOGON_SENT and event is Event.GATEWAY_SILENT:
+            self._logon_failed()
         if self.end_cause is None and event in _END_CAUSES:
             self.end_cause = _END_CAUSES[event]
             if event is not Event.ENGINE_LOGOUT:
@@ -643,7 +649,9 @@ class _SessionRelay:
                                target=policy.target_comp_id.encode(), seq=seq,
                                now=time.time())
         self.log.info("sending Logout to the gateway: %s", text)
-        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+        # Bounded: a pump blocked on a full window (a dead host) may hold the lock for good.
+        with trio.move_on_after(CLOSE_TIMEOUT), \
+                contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             await _send_locked(self.gateway, self.gateway_lock, message)
             if self.journal is not None:
                 self.journal.record("proxy_to_gateway", message, self.conn_id)
@@ -657,7 +665,8 @@ class _SessionRelay:
         message = admin.logout(f"fixproxy: {text}", sender=sender, target=target, seq=seq,
                                now=time.time())
         self.log.info("sending Logout to the engine: %s", text)
-        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+        with trio.move_on_after(CLOSE_TIMEOUT), \
+                contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             await _send_locked(self.engine, self.engine_lock, message)
             if self.journal is not None:
                 self.journal.record("proxy_to_engine", message, self.conn_id)
@@ -690,9 +699,11 @@ class _SessionRelay:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         except FramingError as exc:
+            self._logon_failed()
             await self.event(Event.GATEWAY_ERROR, f"the gateway sent invalid FIX: {exc}")
             return
         if frame is None:
+            self._logon_failed()
             self.runtime.metrics.logons.labels(session=self.runtime.config.name,
                                                result="no_answer").inc()
             await self.event(Event.GATEWAY_CLOSED, "the Kalshi gateway closed the connection "
@@ -703,6 +714,12 @@ class _SessionRelay:
             return
         await self._pump(self.gateway, self.engine, self.engine_lock, self.gateway_framer,
                          self.to_engine, from_engine=False)
+
+    def _logon_failed(self) -> None:
+        """The Logon got no usable answer: hold the key's next attempt (Kalshi rate-limits
+        Logons, and an engine reconnecting in a loop would hit the limit every time)."""
+        self.runtime.manager.backoff.record_failure(self.runtime.config.api_key,
+                                                    trio.current_time())
 
     async def _engine_pump(self) -> None:
         await self._pump(self.engine, self.gateway, self.gateway_lock, self.engine_framer,
@@ -748,10 +765,6 @@ class _SessionRelay:
         elif frame.msg_type == tags.MT_LOGOUT:
             await self.event(Event.GATEWAY_LOGOUT, "the gateway refused the Logon",
                              defer_close=True)
-        else:
-            await self.event(Event.GATEWAY_ERROR, "the gateway answered the Logon with "
-                             f"35={frame.msg_type.decode('ascii', 'replace')}",
-                             defer_close=True)
         self.to_engine.bytes += len(data)
         try:
             await _send_locked(self.engine, self.engine_lock, data)
@@ -760,6 +773,12 @@ class _SessionRelay:
             return False
         if self.journal is not None:
             self.journal.record(GATEWAY_TO_ENGINE, data, self.conn_id)
+        if not accepted and frame.msg_type != tags.MT_LOGOUT:
+            # Only now: fixproxy's Logout to the engine must follow the answer it explains,
+            # not overtake it.
+            await self.event(Event.GATEWAY_ERROR, "the gateway answered the Logon with "
+                             f"35={frame.msg_type.decode('ascii', 'replace')}",
+                             defer_close=True)
         await self.close_if_due()
         return accepted
 
