@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-The engine plays the trading firm's FIX engine in all three configurations, with the same code
+The engine plays the trading firm's FIX engine in every configuration, with the same code
 path: it connects (over TLS straight to the gateway, or over plain TCP to stunnel or fixproxy),
 sends a Logon (signed by itself, or unsigned for fixproxy to sign), and then runs one workload
 at a time on the open session:

@@ -1,4 +1,4 @@
-"""The benchmark's quick run, as CI runs it: all three configurations must work end to end.
+"""The benchmark's quick run, as CI runs it: every configuration must work end to end.
 
 ``python3 -m bench --quick`` starts the gateway, the load engine, stunnel4 and fixproxy as real
 processes, checks that every order is answered in order, and exits non-zero otherwise. The
