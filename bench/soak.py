@@ -55,7 +55,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -602,8 +602,9 @@ class _Soak:
             async with trio.open_nursery() as side:
                 side.start_soon(self._sample_rss, stop_at)
                 side.start_soon(self._report_progress)
-                side.start_soon(self._drops, stop_at)
-                side.start_soon(self._reconnects, stop_at)
+                side.start_soon(self._every, self.settings.drop_every, stop_at, self._drop)
+                side.start_soon(self._every, self.settings.reconnect_every, stop_at,
+                                self._reconnect)
                 while await engine.session(live, stop_at) != END_FINAL:
                     live = await engine.log_on()
                 side.cancel_scope.cancel()
@@ -646,31 +647,27 @@ class _Soak:
                       f"drops {self.drops_done}  fixproxy RSS "
                       f"{memory_kib(self.child.pid)['VmRSS'] / 1024:.1f} MiB")
 
-    async def _drops(self, stop_at: float) -> None:
-        every = self.settings.drop_every
-        if every <= 0:
+    async def _every(self, seconds: float, stop_at: float, action: Callable[[], None]) -> None:
+        """Run ``action`` every ``seconds`` from the start until ``stop_at``; 0: never."""
+        if seconds <= 0:
             return
         number = 1
-        while (when := self.started + number * every) < stop_at:
+        while (when := self.started + number * seconds) < stop_at:
             await trio.sleep_until(when)
             number += 1
-            self.drops_scheduled += 1
-            live = self.engine.live
-            dropped = self.gateway.drop_all()
-            self.drops_done += dropped
-            if dropped and live is not None:
-                live.record.gateway_dropped = True
+            action()
 
-    async def _reconnects(self, stop_at: float) -> None:
-        every = self.settings.reconnect_every
-        if every <= 0:
-            return
-        number = 1
-        while (when := self.started + number * every) < stop_at:
-            await trio.sleep_until(when)
-            number += 1
-            self.reconnects_requested += 1
-            self.engine.request_reconnect()
+    def _drop(self) -> None:
+        self.drops_scheduled += 1
+        live = self.engine.live
+        dropped = self.gateway.drop_all()
+        self.drops_done += dropped
+        if dropped and live is not None:
+            live.record.gateway_dropped = True
+
+    def _reconnect(self) -> None:
+        self.reconnects_requested += 1
+        self.engine.request_reconnect()
 
     def result(self) -> dict[str, Any]:
         """The figures of a completed run, as the JSON report."""
