@@ -52,7 +52,7 @@ from fixproxy.errors import (
     UpstreamError,
 )
 from fixproxy.fix import admin, tags
-from fixproxy.fix.codec import FixMessage, render
+from fixproxy.fix.codec import FixMessage, header_value, parse_utc_timestamp, render
 from fixproxy.fix.framer import FixFramer, Frame
 from fixproxy.fix.logon import (
     LogonPolicy,
@@ -199,7 +199,7 @@ async def _serve_connection(engine: trio.abc.Stream, runtime: SessionRuntime,
         _claim_key(runtime, conn_id)
         claimed = True
         status.connection_started(conn_id, time.time())
-        _note_clock_skew(status, "engine", rewritten.sending_time, wall, log)
+        _note_clock_skew(status, "engine", rewritten.sending_time, wall.timestamp(), log)
         try:
             gateway, info = await _open_gateway(runtime, log)
         except _Refusal:
@@ -288,34 +288,18 @@ messages more than 30 s off (Reject 373=10)."""
 
 
 def _note_clock_skew(status: SessionStatus, source: str, sending_time: bytes | None,
-                     now: datetime, log: _ConnectionLog | None) -> None:
+                     now: float, log: _ConnectionLog | None) -> None:
     """Record how far a peer's SendingTime (52) is from local time; warn about the engine's."""
-    if not sending_time:
+    stamped = parse_utc_timestamp(sending_time)
+    if stamped is None:
         return
-    try:
-        stamped = datetime.strptime(sending_time.decode(), "%Y%m%d-%H:%M:%S.%f").replace(
-            tzinfo=UTC)
-    except (ValueError, UnicodeDecodeError):
-        try:
-            stamped = datetime.strptime(sending_time.decode(), "%Y%m%d-%H:%M:%S").replace(
-                tzinfo=UTC)
-        except (ValueError, UnicodeDecodeError):
-            return
-    skew = (stamped - now).total_seconds()
+    skew = stamped - now
     status.skew(source, skew)
     if log is not None and abs(skew) > CLOCK_SKEW_WARNING:
         log.warning("the %s's SendingTime (52) is %+.1f s off local time; Kalshi rejects "
                     "messages more than 30 s off (Reject 373=10): synchronise the clocks",
                     source, skew)
 
-
-def _sending_time(raw: bytes) -> bytes | None:
-    """SendingTime (52) of a frame, by search: only rare messages (Logon, Heartbeat) ask."""
-    start = raw.find(b"\x0152=")
-    if start < 0:
-        return None
-    start += 4
-    return raw[start:raw.find(b"\x01", start)]
 
 
 def _translator_for(rewritten: RewrittenLogon, runtime: SessionRuntime,
@@ -734,8 +718,8 @@ class _SessionRelay:
         data = frame.raw
         accepted = frame.msg_type == tags.MT_LOGON
         manager = self.runtime.manager
-        _note_clock_skew(self.status, "gateway", _sending_time(frame.raw), datetime.now(UTC),
-                         None)
+        _note_clock_skew(self.status, "gateway", header_value(frame.raw, tags.SENDING_TIME),
+                         time.time(), None)
         if accepted:
             manager.backoff.record_success(cfg.api_key)
             manager.logon_accepted(cfg.api_key, datetime.now(UTC))
@@ -787,7 +771,7 @@ class _SessionRelay:
         """Look into a Reject, BusinessMessageReject or Heartbeat on its way through."""
         if msg_type == tags.MT_HEARTBEAT:
             _note_clock_skew(self.status, "engine" if from_engine else "gateway",
-                             _sending_time(raw), datetime.now(UTC), None)
+                             header_value(raw, tags.SENDING_TIME), time.time(), None)
         elif not from_engine:
             counters.count_reject(msg_type, raw)
             _explain_gateway_answer(raw, self.log)

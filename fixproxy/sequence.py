@@ -40,7 +40,7 @@ from typing import Final
 
 from fixproxy.errors import SessionError
 from fixproxy.fix import tags
-from fixproxy.fix.codec import FixMessage, parse_uint
+from fixproxy.fix.codec import FixMessage, header_value, parse_uint
 
 # Tags holding the sender's own sequence numbers, and those holding the receiver's.
 _SENDER_SEQ_TAGS: Final = frozenset({tags.MSG_SEQ_NUM, tags.NEW_SEQ_NO})
@@ -123,9 +123,4 @@ def read_seq_num(raw: bytes) -> int | None:
 
     The header puts 34 early, so this is a short ``find`` rather than a parse.
     """
-    start = raw.find(b"\x0134=")
-    if start < 0:
-        return None
-    start += 4
-    end = raw.find(b"\x01", start)
-    return parse_uint(raw[start:end])
+    return parse_uint(header_value(raw, tags.MSG_SEQ_NUM))

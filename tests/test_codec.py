@@ -17,7 +17,9 @@ from fixproxy.fix.codec import (
     FixMessage,
     checksum,
     encode,
+    header_value,
     iter_fields,
+    parse_utc_timestamp,
     render,
     render_fields,
     utc_timestamp,
@@ -304,3 +306,25 @@ def test_utc_timestamp_defaults_to_now() -> None:
     stamped = int(datetime.strptime(stamp[:17].decode(), "%Y%m%d-%H:%M:%S")
                   .replace(tzinfo=UTC).timestamp())
     assert before <= stamped <= after
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    (b"20230809-05:28:18.035", 1691558898.035),
+    (b"20230809-05:28:18", 1691558898.0),
+    (b"20230809-05:28:18.5", 1691558898.5),
+    (b"20230809-05:28:18.035123", 1691558898.035123),
+    (b"20230230-05:28:18.035", None),  # no 30 February
+    (b"20230809 05:28:18.035", None),
+    (b"20230809-05:28:18.", None),
+    (None, None),
+])
+def test_parse_utc_timestamp(value: bytes | None, expected: float | None) -> None:
+    parsed = parse_utc_timestamp(value)
+    assert parsed == pytest.approx(expected) if expected is not None else parsed is None
+
+
+def test_header_value_finds_a_field_without_parsing() -> None:
+    raw = encode([(35, b"0"), (49, b"KalshiNR"), (34, 12), (52, b"20230809-05:28:18.035")])
+    assert header_value(raw, 34) == b"12"
+    assert header_value(raw, 52) == b"20230809-05:28:18.035"
+    assert header_value(raw, 112) is None

@@ -7,8 +7,10 @@ Encoding always recomputes BodyLength (9) and CheckSum (10).
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
 from typing import Final
 
 from fixproxy.errors import FramingError
@@ -19,6 +21,43 @@ FieldValue = bytes | str | int
 
 _DATA_TAG_BY_LENGTH_TAG: Final = {length: data for data, length in tags.LENGTH_OF.items()}
 _FRAME_TAGS: Final = frozenset({tags.BEGIN_STRING, tags.BODY_LENGTH, tags.CHECKSUM})
+
+
+_MARKERS: Final[dict[int, bytes]] = {}
+"""``SOH tag=`` search strings of :func:`header_value`, made once per tag."""
+_UTC_TIMESTAMP: Final = re.compile(
+    rb"(\d{4})(\d{2})(\d{2})-(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?")
+
+
+def header_value(raw: bytes, tag: int) -> bytes | None:
+    """The value of header field ``tag`` of a framed message, found by search, not a parse.
+
+    Header fields come before any data field of the body, so in a well-formed message the
+    first ``SOH tag=`` is the header field.
+    """
+    marker = _MARKERS.get(tag)
+    if marker is None:
+        marker = _MARKERS[tag] = b"\x01%d=" % tag
+    at = raw.find(marker)
+    if at < 0:
+        return None
+    start = at + len(marker)
+    return raw[start : raw.find(b"\x01", start)]
+
+
+def parse_utc_timestamp(value: bytes | None) -> float | None:
+    """A FIX UTCTimestamp (``YYYYMMDD-HH:MM:SS`` with an optional fraction) as Unix seconds;
+    None if ``value`` is not one."""
+    match = _UTC_TIMESTAMP.fullmatch(value) if value is not None else None
+    if match is None:
+        return None
+    year, month, day, hour, minute, second, fraction = match.groups()
+    try:
+        moment = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second),
+                          tzinfo=UTC)
+    except ValueError:
+        return None
+    return moment.timestamp() + (int(fraction) / 10 ** len(fraction) if fraction else 0.0)
 
 
 def checksum(data: bytes | bytearray) -> bytes:

@@ -43,7 +43,6 @@ proxy's understanding of FIX would agree with its bugs instead of catching them.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import itertools
 import logging
 import math
@@ -64,7 +63,15 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
 from fixproxy.errors import ConfigError, FramingError, LogonRefused
 from fixproxy.fix import tags
-from fixproxy.fix.codec import FieldValue, SendingTimeClock, encode, iter_fields, render
+from fixproxy.fix.codec import (
+    FieldValue,
+    SendingTimeClock,
+    encode,
+    header_value,
+    iter_fields,
+    parse_utc_timestamp,
+    render,
+)
 from fixproxy.fix.framer import FixFramer, Frame
 from fixproxy.kalshi import ENDPOINTS
 from fixproxy.signing import load_public_key, verify_signature
@@ -100,7 +107,7 @@ _AWAIT_LOGON: Final = 0
 _ACTIVE: Final = 1
 _LOGOUT_SENT: Final = 2
 
-_SENDING_TIME: Final = re.compile(rb"(\d{4})(\d{2})(\d{2})-(\d{2}):(\d{2}):(\d{2})\.(\d{3})")
+_SENDING_TIME: Final = re.compile(rb"\d{8}-\d{2}:\d{2}:\d{2}\.\d{3}")
 _ORDER_ECHO: Final = (55, 54, 38, 40, 44)
 _CANCEL_ECHO: Final = (41, 55, 54, 38)
 _LOGON_UNIQUE: Final = (
@@ -256,19 +263,6 @@ class _Conn:
         """Set when the drop fault fired: how the connection is to end."""
 
 
-def _value(raw: bytes, marker: bytes) -> bytes | None:
-    """The value of the first field whose ``SOH tag=`` ``marker`` occurs in ``raw``.
-
-    Header fields come before any data field of the body, so in a well-formed message the
-    first occurrence is the header field, and no full parse is needed.
-    """
-    at = raw.find(marker)
-    if at < 0:
-        return None
-    start = at + len(marker)
-    return raw[start : raw.find(b"\x01", start)]
-
-
 def _show(value: bytes | None) -> str:
     return "missing" if value is None else repr(value.decode("ascii", "replace"))
 
@@ -278,15 +272,8 @@ def _name(tag: int) -> str:
 
 
 def _sending_time(value: bytes) -> float | None:
-    match = _SENDING_TIME.fullmatch(value)
-    if match is None:
-        return None
-    year, month, day, hour, minute, second, millis = (int(part) for part in match.groups())
-    try:
-        moment = dt.datetime(year, month, day, hour, minute, second, tzinfo=dt.UTC)
-    except ValueError:
-        return None
-    return moment.timestamp() + millis / 1000
+    # Stricter than FIX allows: Kalshi wants milliseconds, so the simulator does too.
+    return parse_utc_timestamp(value) if _SENDING_TIME.fullmatch(value) else None
 
 
 async def _close_gracefully(stream: trio.abc.Stream) -> None:
@@ -633,7 +620,7 @@ class SimGateway:
         raw, msg_type = frame
         state = conn.state
         if state == _AWAIT_LOGON:
-            claimed = _value(raw, b"\x0149=")
+            claimed = header_value(raw, tags.SENDER_COMP_ID)
             if claimed:
                 conn.claimed_key = claimed.decode("ascii", "replace")
                 conn.key_b = claimed
@@ -802,7 +789,7 @@ class SimGateway:
             LOG.info("connection %d: fault: silent after %d messages", conn.conn_id, count)
             conn.silent = True
 
-        seq_text = _value(raw, b"\x0134=")
+        seq_text = header_value(raw, tags.MSG_SEQ_NUM)
         if seq_text is None or not seq_text.isdigit():
             self._logout(conn, f"{_name(tags.MSG_SEQ_NUM)} missing or invalid: "
                                f"{_show(seq_text)}")
@@ -828,7 +815,7 @@ class SimGateway:
         if msg_type == tags.MT_HEARTBEAT:
             pass
         elif msg_type == tags.MT_TEST_REQUEST:
-            test_req_id = _value(raw, b"\x01112=")
+            test_req_id = header_value(raw, tags.TEST_REQ_ID)
             if test_req_id is None:
                 self._reject(conn, seq, msg_type, 1, "Required tag missing",
                              ref_tag=tags.TEST_REQ_ID)
