@@ -522,8 +522,7 @@ class _SessionRelay:
                              "the Logon could be sent")
             return
         self.session.handle(Event.LOGON_SENT, trio.current_time())
-        if self.journal is not None:
-            self.journal.record(ENGINE_TO_GATEWAY, self.rewritten.raw, self.conn_id)
+        self._journal(ENGINE_TO_GATEWAY, self.rewritten.raw)
         self.to_gateway.count(tags.MT_LOGON)
         self.to_gateway.bytes += len(self.rewritten.raw)
         self.log.info("sent Logon: %s", render(self.rewritten.raw))
@@ -637,8 +636,7 @@ class _SessionRelay:
         with trio.move_on_after(CLOSE_TIMEOUT), \
                 contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             await _send_locked(self.gateway, self.gateway_lock, message)
-            if self.journal is not None:
-                self.journal.record("proxy_to_gateway", message, self.conn_id)
+            self._journal("proxy_to_gateway", message)
 
     async def _logout_to_engine(self, text: str) -> None:
         self.session.gateway_last_seq += 1
@@ -652,8 +650,7 @@ class _SessionRelay:
         with trio.move_on_after(CLOSE_TIMEOUT), \
                 contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             await _send_locked(self.engine, self.engine_lock, message)
-            if self.journal is not None:
-                self.journal.record("proxy_to_engine", message, self.conn_id)
+            self._journal("proxy_to_engine", message)
 
     async def _close(self) -> None:
         # Let a batch being written finish, so the peer never gets half a message.
@@ -698,6 +695,11 @@ class _SessionRelay:
             return
         await self._pump(self.gateway, self.engine, self.engine_lock, self.gateway_framer,
                          self.to_engine, from_engine=False)
+
+    def _journal(self, direction: str, data: bytes) -> None:
+        """Record what was written on a leg, if the journal is on (the pumps inline this)."""
+        if self.journal is not None:
+            self.journal.record(direction, data, self.conn_id)
 
     def _logon_failed(self) -> None:
         """The Logon got no usable answer: hold the key's next attempt (Kalshi rate-limits
@@ -755,8 +757,7 @@ class _SessionRelay:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             await self.event(Event.ENGINE_CLOSED, "the engine closed the connection")
             return False
-        if self.journal is not None:
-            self.journal.record(GATEWAY_TO_ENGINE, data, self.conn_id)
+        self._journal(GATEWAY_TO_ENGINE, data)
         if not accepted and frame.msg_type != tags.MT_LOGOUT:
             # Only now: fixproxy's Logout to the engine must follow the answer it explains,
             # not overtake it.
