@@ -21,9 +21,9 @@ from pathlib import Path
 
 import trio
 
-from fixproxy.config import TLSPolicy
-from fixproxy.streams import RECEIVE_SIZE, RawSocketStream
-from fixproxy.tls import (
+from fixproxy.config.loader import TLSPolicy
+from fixproxy.net.streams import RECEIVE_SIZE, RawSocketStream
+from fixproxy.net.tls import (
     GatewayTrust,
     HandshakeInfo,
     TLSSocketStream,

@@ -25,7 +25,7 @@ from typing import Final
 from bench import BenchError
 from bench.proc import Child, free_port
 from bench.wire import ENDPOINT
-from fixproxy.config import Config, load_config
+from fixproxy.config.loader import Config, load_config
 from fixproxy.signing import generate_key_pair
 from fixproxy.sim.certs import CertificateFiles, generate_certificates
 

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from fixproxy.cli import main
+from fixproxy.cli.main import main
 
 main()

@@ -51,7 +51,7 @@ from fixproxy.fix import tags
 from fixproxy.fix.codec import iter_fields
 from fixproxy.fix.framer import MAX_FRAME_SIZE, FixFramer, Frame
 from fixproxy.fix.logon import LogonPolicy, rewrite_logon
-from fixproxy.sequence import SequenceTranslator, read_seq_num
+from fixproxy.session.sequence import SequenceTranslator, read_seq_num
 from fixproxy.signing import LogonSigner, verify_signature
 
 API_KEY: Final = "0b1c6d1e-2f3a-4b5c-8d9e-0a1b2c3d4e5f"

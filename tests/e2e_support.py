@@ -27,13 +27,13 @@ import trio
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from prometheus_client import CollectorRegistry
 
-from fixproxy.config import Config, GatewayConfig, MetricsConfig, SessionConfig, TLSPolicy
+from fixproxy.config.loader import Config, GatewayConfig, MetricsConfig, SessionConfig, TLSPolicy
 from fixproxy.fix import tags
 from fixproxy.fix.codec import FixMessage, checksum
 from fixproxy.kalshi import ENDPOINTS
-from fixproxy.manager import SessionManager
-from fixproxy.metrics import Metrics
-from fixproxy.server import BoundAddresses, serve_proxy
+from fixproxy.proxy.manager import SessionManager
+from fixproxy.ops.metrics import Metrics
+from fixproxy.proxy.server import BoundAddresses, serve_proxy
 from fixproxy.signing import generate_key_pair, load_public_key
 from fixproxy.sim.certs import CertificateFiles, SimCertificates, generate_certificates
 from fixproxy.sim.engine import ScriptedEngine

@@ -32,19 +32,19 @@ import trio.testing
 from e2e_support import LOOPBACK, E2EMaterial, ProxyPair
 from prometheus_client import CollectorRegistry
 
-from fixproxy.config import SessionConfig, TLSPolicy
+from fixproxy.config.loader import SessionConfig, TLSPolicy
 from fixproxy.fix import tags
 from fixproxy.fix.codec import FieldValue, FixMessage, encode, utc_timestamp
 from fixproxy.fix.framer import FixFramer
 from fixproxy.kalshi import ENDPOINTS
-from fixproxy.manager import SessionManager
-from fixproxy.metrics import Metrics
-from fixproxy.relay import SessionRuntime, relay_engine_connection
+from fixproxy.proxy.manager import SessionManager
+from fixproxy.ops.metrics import Metrics
+from fixproxy.proxy.relay import SessionRuntime, relay_engine_connection
 from fixproxy.signing import LogonSigner, load_private_key
 from fixproxy.sim.certs import SimCertificates
 from fixproxy.sim.engine import ScriptedEngine
 from fixproxy.sim.gateway import SimConfig, SimFaults, SimGateway
-from fixproxy.tls import HandshakeInfo
+from fixproxy.net.tls import HandshakeInfo
 
 MEMORY_SESSION: Final = "faults"
 ENDPOINT: Final = "KalshiNR"

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from fixproxy.access import (
+from fixproxy.session.peers import (
     ANY_PEER,
     PeerFilter,
     parse_network,
@@ -20,7 +20,7 @@ from fixproxy.access import (
     remote_listener_warning,
     remote_metrics_warning,
 )
-from fixproxy.config import load_config, remote_warnings
+from fixproxy.config.loader import load_config, remote_warnings
 from fixproxy.errors import ConfigError, FixProxyError
 
 API_KEY: Final = "11111111-1111-4111-8111-111111111111"

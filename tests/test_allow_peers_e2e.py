@@ -10,7 +10,7 @@ from e2e_support import (  # e2e_material_fixture: a pytest fixture, found by it
     open_proxy_pair,
 )
 
-from fixproxy.access import PeerFilter
+from fixproxy.session.peers import PeerFilter
 from fixproxy.fix import tags
 
 

@@ -5,14 +5,23 @@ module that would pull trio into the protocol layer is caught even on a code pat
 Each checker is first tried on small sources that break the rule, so a checker that silently
 stopped finding anything fails here too.
 
-Ranks (lower never imports higher): errors (0)
-< fix/*, kalshi, schedule, backoff, config, signing, sequence (10) < session, metrics (20)
-< tls, manager (30) < relay (40) < server (50) < preflight (55) < sim/* and demo (58)
-< cli (60). Rank 10 modules may import one another (config builds a
-LogonPolicy from fix/logon and kalshi); elsewhere an import between modules of the same rank
-is refused, except inside the simulator. Imports under ``if TYPE_CHECKING:`` count too: a type
-that lives in a higher layer is still a dependency on it. A module that has no rank fails the
-test until it is given one, so the rules cannot silently lapse.
+One rule per folder. The layers, lowest first; a module imports only from its own folder or from
+a lower layer, never upward and never sideways into another folder of the same layer:
+
+    errors, kalshi  <-  fix/, signing  <-  session/  <-  config/  <-  ops/  <-  net/
+    <-  proxy/, sim/  <-  cli/ (and ``python3 -m fixproxy``)
+
+and, on top of the order:
+
+* the pure folders (errors, kalshi, fix/, signing, session/) never import trio, socket or ssl
+  and never await; config/ and ops/ never import trio;
+* net/ knows no FIX: it never imports fix/, session/ or proxy/;
+* sim/ never imports session/ or proxy/: the simulated Kalshi must not share our mistakes;
+* only cli/ imports click or calls ``trio.run``.
+
+Imports under ``if TYPE_CHECKING:`` count too: a type that lives in a higher layer is still a
+dependency on it. A module outside every listed folder fails the test until it is placed, so
+the rules cannot silently lapse.
 """
 
 from __future__ import annotations
@@ -30,49 +39,37 @@ import fixproxy
 PACKAGE: Final = "fixproxy"
 PACKAGE_DIR: Final = Path(fixproxy.__file__).resolve().parent
 
-RANKS: Final[dict[str, int]] = {
+LAYERS: Final[dict[str, int]] = {
     "fixproxy": 0,  # the package __init__: runs before every submodule, so it must stay at 0
     "fixproxy.errors": 0,
-    "fixproxy.fix": 10,
-    "fixproxy.kalshi": 10,
-    "fixproxy.schedule": 10,
-    "fixproxy.backoff": 10,  # Logon retry waits: pure, the manager passes the time in
-    "fixproxy.config": 10,
-    "fixproxy.signing": 10,
-    "fixproxy.sequence": 10,  # sequence translation: pure, below the session that drives it
-    "fixproxy.seqstore": 10,  # sequence numbers kept between connections: file I/O, no trio
-    "fixproxy.access": 10,  # which engine addresses may connect: pure
-    "fixproxy.logs": 10,  # log formatting and redaction: no trio
-    "fixproxy.journal": 15,  # per-session message journal files: file I/O, no trio
-    "fixproxy.session": 20,
-    "fixproxy.metrics": 20,
-    "fixproxy.status": 15,  # what each session is doing, for /status and scrape-time metrics
-    "fixproxy.streams": 25,  # trio streams over raw sockets, for the relay's hot path
-    "fixproxy.tls": 30,
-    "fixproxy.manager": 30,
-    "fixproxy.relay": 40,
-    "fixproxy.health": 45,  # readiness probes and the /readyz and /status answers
-    "fixproxy.reload": 45,  # re-reading the configuration while sessions keep trading
-    "fixproxy.server": 50,
-    "fixproxy.preflight": 55,  # `fixproxy check`: builds the server's runtime and probes it
-    "fixproxy.sim": 58,
-    "fixproxy.demo": 58,
-    "fixproxy.cli": 60,
-    "fixproxy.__main__": 61,  # `python3 -m fixproxy`: runs the command line
+    "fixproxy.kalshi": 0,
+    "fixproxy.fix": 1,
+    "fixproxy.signing": 1,
+    "fixproxy.session": 2,
+    "fixproxy.config": 3,
+    "fixproxy.ops": 4,
+    "fixproxy.net": 5,
+    "fixproxy.proxy": 6,
+    "fixproxy.sim": 6,
+    "fixproxy.cli": 7,
+    "fixproxy.__main__": 7,
 }
-"""Rank of each module; a package's entry covers everything under it (fix/*, sim/*)."""
+"""The layer of each top-level module or folder; a folder's entry covers everything in it."""
 
-MUTUAL_RANKS: Final = frozenset({0, 10, 58})
-"""Ranks whose modules may import one another."""
+PURE: Final = ("fixproxy.errors", "fixproxy.kalshi", "fixproxy.fix", "fixproxy.signing",
+               "fixproxy.session")
+"""The protocol layer: synchronous, no trio, no sockets, no TLS."""
 
-PURE: Final = ("fixproxy.errors", "fixproxy.fix", "fixproxy.kalshi", "fixproxy.schedule",
-               "fixproxy.backoff",
-               "fixproxy.session", "fixproxy.sequence", "fixproxy.config", "fixproxy.signing")
-"""The protocol layer: synchronous, no trio."""
+NO_TRIO: Final = (*PURE, "fixproxy.config", "fixproxy.ops")
+"""Folders that must not import trio (only the I/O layers, sim and cli do)."""
 
-NO_TRIO: Final = (*PURE, "fixproxy.metrics", "fixproxy.status", "fixproxy.journal",
-                   "fixproxy.access", "fixproxy.logs")
-"""Modules that must not import trio (design.md: only the I/O layer, sim and cli do)."""
+FORBIDDEN: Final[dict[str, tuple[str, ...]]] = {
+    "fixproxy.net": ("fixproxy.fix", "fixproxy.session", "fixproxy.proxy"),
+    "fixproxy.sim": ("fixproxy.session", "fixproxy.proxy"),
+}
+"""Imports refused although the layer order would allow them."""
+
+PURE_BANNED: Final = ("trio", "socket", "ssl")
 
 CLI: Final = "fixproxy.cli"
 
@@ -100,13 +97,13 @@ def within(name: str, prefix: str) -> bool:
     return name == prefix or name.startswith(prefix + ".")
 
 
-def rank_of(name: str) -> int | None:
-    """The rank of a fixproxy module, from the longest matching entry of RANKS."""
+def home_of(name: str) -> str | None:
+    """The entry of LAYERS a fixproxy module belongs to (its folder or itself)."""
     parts = name.split(".")
-    for end in range(len(parts), 0, -1):
-        rank = RANKS.get(".".join(parts[:end]))
-        if rank is not None and (end > 1 or name == PACKAGE):
-            return rank
+    for end in range(min(len(parts), 2), 0, -1):
+        home = ".".join(parts[:end])
+        if home in LAYERS and (end > 1 or name == PACKAGE):
+            return home
     return None
 
 
@@ -196,22 +193,32 @@ def wildcard_addresses(module: Module) -> list[str]:
 
 
 def layer_violations(module: Module, known: set[str]) -> list[str]:
-    """Imports that reach up (or sideways outside a mutual rank), and unranked modules."""
-    own = rank_of(module.name)
-    if own is None:
-        return [f"{module.path}: {module.name} has no rank; add it to RANKS in "
-                f"tests/test_architecture.py"]
+    """Imports that reach up, sideways into another folder, or across a forbidden edge; and
+    modules outside every folder of LAYERS."""
+    home = home_of(module.name)
+    if home is None:
+        return [f"{module.path}: {module.name} is in no layer; place it in a folder of "
+                f"LAYERS in tests/test_architecture.py"]
+    own = LAYERS[home]
     found: list[str] = []
     for target, node in fixproxy_imports(module, known):
-        if module.is_package and module.name != PACKAGE and within(target, module.name):
-            continue  # a subpackage importing its own submodules (sim/__init__)
-        rank = rank_of(target)
-        if rank is None:
-            found.append(f"{module.where(node)} imports {target}, which has no rank")
-        elif rank > own or (rank == own and own not in MUTUAL_RANKS):
-            found.append(f"{module.where(node)} {module.name} (rank {own}) imports {target} "
-                         f"(rank {rank})")
+        target_home = home_of(target)
+        if target_home is None:
+            found.append(f"{module.where(node)} imports {target}, which is in no layer")
+            continue
+        if target_home == home and home != PACKAGE:
+            continue  # within one folder
+        layer = LAYERS[target_home]
+        if layer > own or (layer == own and target_home != home):
+            found.append(f"{module.where(node)} {module.name} (layer {own}) imports {target} "
+                         f"(layer {layer})")
+        elif any(within(target, banned) for banned in FORBIDDEN.get(home, ())):
+            found.append(f"{module.where(node)} {home} must never import {target_home}")
     return found
+
+
+def forbidden_imports(module: Module, tops: tuple[str, ...]) -> list[str]:
+    return [where for top in tops for where in imports_top_level(module, top)]
 
 
 # --------------------------------------------------------------------------- the real tree
@@ -243,34 +250,45 @@ def _of(prefixes: tuple[str, ...]) -> list[Module]:
 
 def test_the_walk_sees_the_package() -> None:
     for name in ("fixproxy", "fixproxy.errors", "fixproxy.fix.framer", "fixproxy.fix.logon",
-                 "fixproxy.kalshi", "fixproxy.signing", "fixproxy.config"):
+                 "fixproxy.kalshi", "fixproxy.signing", "fixproxy.session.machine",
+                 "fixproxy.config.loader", "fixproxy.proxy.relay", "fixproxy.cli.main"):
         assert name in KNOWN
-    assert len(_of(PURE)) >= 8
+    assert len(_of(PURE)) >= 12
 
 
-def test_every_module_has_a_rank_and_imports_only_downward() -> None:
+def test_every_module_is_in_a_layer_and_imports_only_downward() -> None:
     found = [v for module in MODULES for v in layer_violations(module, KNOWN)]
     assert found == []
 
 
-def test_protocol_layer_never_imports_trio() -> None:
+def test_at_most_six_modules_sit_directly_in_the_package() -> None:
+    top = [m.name for m in MODULES if m.name.count(".") == 1 and not m.is_package]
+    assert len(top) <= 6, top
+
+
+def test_pure_and_edge_folders_never_import_trio() -> None:
     found = [where for module in _of(NO_TRIO) for where in imports_top_level(module, "trio")]
     assert found == []
 
 
-def test_protocol_layer_never_awaits() -> None:
+def test_pure_folders_never_touch_sockets_or_tls() -> None:
+    found = [where for module in _of(PURE) for where in forbidden_imports(module, PURE_BANNED)]
+    assert found == []
+
+
+def test_pure_folders_never_await() -> None:
     found = [where for module in _of(PURE) for where in async_constructs(module)]
     assert found == []
 
 
 def test_only_the_cli_imports_click() -> None:
-    found = [where for module in MODULES if module.name != CLI
+    found = [where for module in MODULES if not within(module.name, CLI)
              for where in imports_top_level(module, "click")]
     assert found == []
 
 
 def test_only_the_cli_calls_trio_run() -> None:
-    found = [where for module in MODULES if module.name != CLI
+    found = [where for module in MODULES if not within(module.name, CLI)
              for where in trio_run_uses(module)]
     assert found == []
 
@@ -289,9 +307,11 @@ def test_no_wildcard_bind_address_anywhere() -> None:
 
 SYNTHETIC_KNOWN: Final = {
     "fixproxy", "fixproxy.errors", "fixproxy.fix", "fixproxy.fix.tags", "fixproxy.fix.codec",
-    "fixproxy.kalshi", "fixproxy.config", "fixproxy.session", "fixproxy.metrics",
-    "fixproxy.tls", "fixproxy.manager", "fixproxy.relay", "fixproxy.server", "fixproxy.cli",
-    "fixproxy.sim", "fixproxy.sim.gateway", "fixproxy.sim.demo", "fixproxy.unranked",
+    "fixproxy.kalshi", "fixproxy.config", "fixproxy.config.loader", "fixproxy.session",
+    "fixproxy.session.machine", "fixproxy.ops", "fixproxy.ops.metrics", "fixproxy.net",
+    "fixproxy.net.tls", "fixproxy.proxy", "fixproxy.proxy.manager", "fixproxy.proxy.relay",
+    "fixproxy.proxy.server", "fixproxy.cli", "fixproxy.cli.main", "fixproxy.sim",
+    "fixproxy.sim.gateway", "fixproxy.unplaced",
 }
 
 
@@ -304,12 +324,12 @@ SYNTHETIC_KNOWN: Final = {
     "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import trio\n",
 ])
 def test_checker_finds_trio_imports(source: str) -> None:
-    assert imports_top_level(parse("fixproxy.session", source), "trio")
+    assert imports_top_level(parse("fixproxy.session.machine", source), "trio")
 
 
 @pytest.mark.parametrize("source", ["import trio_websocket", "import triopy", "x = 'trio'"])
 def test_checker_ignores_names_that_only_look_like_trio(source: str) -> None:
-    assert imports_top_level(parse("fixproxy.session", source), "trio") == []
+    assert imports_top_level(parse("fixproxy.session.machine", source), "trio") == []
 
 
 @pytest.mark.parametrize("source", [
@@ -330,7 +350,7 @@ def test_checker_finds_async_code(source: str) -> None:
     "from trio import sleep, run as go\n",
 ])
 def test_checker_finds_trio_run(source: str) -> None:
-    assert trio_run_uses(parse("fixproxy.server", source))
+    assert trio_run_uses(parse("fixproxy.proxy.server", source))
 
 
 @pytest.mark.parametrize("source", [
@@ -339,25 +359,36 @@ def test_checker_finds_trio_run(source: str) -> None:
     "import other\nother.run()\n",
 ])
 def test_checker_ignores_other_runs(source: str) -> None:
-    assert trio_run_uses(parse("fixproxy.server", source)) == []
+    assert trio_run_uses(parse("fixproxy.proxy.server", source)) == []
+
+
+@pytest.mark.parametrize("source", ["import socket", "import ssl", "from socket import socket",
+                                    "import trio.socket"])
+def test_checker_finds_socket_imports(source: str) -> None:
+    assert forbidden_imports(parse("fixproxy.session.peers", source), PURE_BANNED)
 
 
 @pytest.mark.parametrize(("name", "source", "is_package"), [
-    ("fixproxy.session", "from fixproxy.relay import x", False),
-    ("fixproxy.session", "from .relay import x", False),
-    ("fixproxy.session", "import fixproxy.server", False),
-    ("fixproxy.fix.codec", "from fixproxy import metrics", False),
-    ("fixproxy.fix.codec", "from ..session import S", False),
-    ("fixproxy.fix", "from ..tls import T", True),
+    ("fixproxy.session.machine", "from fixproxy.proxy.relay import x", False),
+    ("fixproxy.session.machine", "from ..proxy import relay", False),
+    ("fixproxy.session.machine", "import fixproxy.proxy.server", False),
+    ("fixproxy.fix.codec", "from fixproxy.ops import metrics", False),
+    ("fixproxy.fix.codec", "from ..session import machine", False),
+    ("fixproxy.fix", "from ..net import tls", True),
     ("fixproxy.errors", "from fixproxy.fix import tags", False),
-    ("fixproxy", "from fixproxy.config import load", True),
-    ("fixproxy.tls", "from fixproxy.manager import M", False),
-    ("fixproxy.relay", "from fixproxy.server import serve", False),
-    ("fixproxy.server", "from fixproxy.sim.gateway import SimGateway", False),
-    ("fixproxy.sim.demo", "from fixproxy.cli import main", False),
+    ("fixproxy.kalshi", "from fixproxy.errors import ConfigError", False),
+    ("fixproxy", "from fixproxy.config import loader", True),
+    ("fixproxy.net.tls", "from fixproxy.proxy.manager import M", False),
+    ("fixproxy.net.tls", "from fixproxy.fix import tags", False),
+    ("fixproxy.net.tls", "from fixproxy.session.machine import State", False),
+    ("fixproxy.proxy.relay", "from fixproxy.cli.main import main", False),
+    ("fixproxy.proxy.server", "from fixproxy.sim.gateway import SimGateway", False),
+    ("fixproxy.sim.gateway", "from fixproxy.proxy.relay import r", False),
+    ("fixproxy.sim.gateway", "from fixproxy.session.machine import State", False),
     ("fixproxy.sim", "from fixproxy.cli import main", True),
-    ("fixproxy.kalshi", "from fixproxy.unranked import x", False),
-    ("fixproxy.unranked", "", False),
+    ("fixproxy.config.loader", "from fixproxy.ops.metrics import M", False),
+    ("fixproxy.kalshi", "from fixproxy.unplaced import x", False),
+    ("fixproxy.unplaced", "", False),
     ("fixproxy.fixtures", "", False),
 ])
 def test_checker_finds_layer_violations(name: str, source: str, is_package: bool) -> None:
@@ -366,16 +397,19 @@ def test_checker_finds_layer_violations(name: str, source: str, is_package: bool
 
 
 @pytest.mark.parametrize(("name", "source", "is_package"), [
-    ("fixproxy.config", "from fixproxy.fix.logon import LogonPolicy\nimport fixproxy.kalshi",
-     False),
+    ("fixproxy.config.loader", "from fixproxy.fix.logon import LogonPolicy\n"
+     "import fixproxy.kalshi\nfrom fixproxy.session.machine import S", False),
     ("fixproxy.fix.codec", "from . import tags\nfrom fixproxy.errors import FramingError", False),
-    ("fixproxy.metrics", "from fixproxy import __version__\nfrom fixproxy.kalshi import K", False),
-    ("fixproxy.relay", "from fixproxy.tls import T\nfrom fixproxy.session import S", False),
-    ("fixproxy.cli", "from fixproxy.server import s\nfrom fixproxy.sim.demo import d", False),
-    ("fixproxy.sim.demo", "from fixproxy.server import s\nfrom .gateway import G", False),
+    ("fixproxy.ops.metrics", "from fixproxy import __version__\nfrom fixproxy.kalshi import K",
+     False),
+    ("fixproxy.proxy.relay", "from fixproxy.net.tls import T\n"
+     "from fixproxy.session.machine import S\nfrom .manager import M", False),
+    ("fixproxy.cli.main", "from fixproxy.proxy.server import s\nfrom fixproxy.sim import d",
+     False),
+    ("fixproxy.sim.gateway", "from fixproxy.fix.codec import c\nfrom .certs import C", False),
     ("fixproxy.sim", "from fixproxy.sim.gateway import SimGateway", True),
     ("fixproxy.fix.newcodec", "import os\nimport fixproxy.fix.tags", False),
-    ("fixproxy.sim.newpart", "from fixproxy.relay import r", False),
+    ("fixproxy.net.streams", "from fixproxy.config.loader import TLSPolicy", False),
 ])
 def test_checker_allows_downward_imports(name: str, source: str, is_package: bool) -> None:
     module = parse(name, source, is_package=is_package)
@@ -389,9 +423,9 @@ def test_checker_allows_downward_imports(name: str, source: str, is_package: boo
     "def f():\n    '''doc'''\n    return '0.0.0.0'\n",
 ])
 def test_checker_finds_wildcard_address(source: str) -> None:
-    assert wildcard_addresses(parse("fixproxy.server", source))
+    assert wildcard_addresses(parse("fixproxy.proxy.server", source))
 
 
 def test_checker_allows_wildcard_address_in_docstrings() -> None:
     source = '"""We never bind 0.0.0.0."""\ndef f():\n    """Not 0.0.0.0."""\n    return 1\n'
-    assert wildcard_addresses(parse("fixproxy.server", source)) == []
+    assert wildcard_addresses(parse("fixproxy.proxy.server", source)) == []

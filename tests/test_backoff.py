@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fixproxy.backoff import (
+from fixproxy.session.backoff import (
     DEFAULT_CEILING,
     DEFAULT_FLOOR,
     JITTERS,

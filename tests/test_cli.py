@@ -18,7 +18,7 @@ import pytest
 import trio
 from click.testing import CliRunner
 
-from fixproxy.cli import main
+from fixproxy.cli.main import main
 from fixproxy.fix import tags
 from fixproxy.fix.codec import FixMessage
 from fixproxy.signing import generate_key_pair, load_public_key
@@ -269,10 +269,10 @@ async def test_sim_command_serves_every_endpoint_to_a_proxy(tmp_path: Path,
                                                             nursery: trio.Nursery) -> None:
     from prometheus_client import CollectorRegistry
 
-    from fixproxy.config import Config, GatewayConfig, MetricsConfig, SessionConfig, TLSPolicy
+    from fixproxy.config.loader import Config, GatewayConfig, MetricsConfig, SessionConfig, TLSPolicy
     from fixproxy.kalshi import ENDPOINTS
-    from fixproxy.metrics import Metrics
-    from fixproxy.server import serve_proxy
+    from fixproxy.ops.metrics import Metrics
+    from fixproxy.proxy.server import serve_proxy
 
     key_path, pub_path = generate_key_pair(tmp_path / "keys")
     api_key = str(uuid.uuid4())

@@ -11,8 +11,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from fixproxy.access import ANY_PEER, PeerFilter
-from fixproxy.config import (
+from fixproxy.session.peers import ANY_PEER, PeerFilter
+from fixproxy.config.loader import (
     BACKOFF_KEYS,
     ENV_CONFIG,
     MAINTENANCE_KEYS,
@@ -29,7 +29,7 @@ from fixproxy.config import (
 from fixproxy.errors import ConfigError, FixProxyError
 from fixproxy.fix import tags
 from fixproxy.kalshi import ENDPOINTS
-from fixproxy.schedule import DEFAULT_SCHEDULE
+from fixproxy.session.schedule import DEFAULT_SCHEDULE
 from fixproxy.signing import PassphraseSource
 
 EXAMPLE: Path = Path(__file__).resolve().parent.parent / "conf" / "fixproxy.toml"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from fixproxy.config import (
+from fixproxy.config.loader import (
     DEFAULT_JOURNAL_BACKUPS,
     DEFAULT_JOURNAL_MAX_BYTES,
     MAX_JOURNAL_BACKUPS,

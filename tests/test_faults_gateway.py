@@ -50,13 +50,13 @@ from fault_support import (
 )
 from prometheus_client import generate_latest
 
-from fixproxy.backoff import LogonBackoff
+from fixproxy.session.backoff import LogonBackoff
 from fixproxy.errors import ConfigError
 from fixproxy.fix import tags
 from fixproxy.fix.codec import FixMessage, utc_timestamp
-from fixproxy.manager import SessionManager
-from fixproxy.relay import CLOSE_TIMEOUT, relay_engine_connection
-from fixproxy.schedule import ALL_DAYS, MaintenanceSchedule
+from fixproxy.proxy.manager import SessionManager
+from fixproxy.proxy.relay import CLOSE_TIMEOUT, relay_engine_connection
+from fixproxy.session.schedule import ALL_DAYS, MaintenanceSchedule
 from fixproxy.sim.certs import generate_certificates
 from fixproxy.sim.engine import ScriptedEngine
 from fixproxy.sim.gateway import DropStyle, SimFaults

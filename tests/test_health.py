@@ -34,11 +34,11 @@ from e2e_support import (  # e2e_material_fixture: a pytest fixture, found by it
 )
 from prometheus_client import CollectorRegistry
 
-from fixproxy.cli import main
-from fixproxy.config import Config, GatewayConfig, MetricsConfig, SessionConfig, load_config
+from fixproxy.cli.main import main
+from fixproxy.config.loader import Config, GatewayConfig, MetricsConfig, SessionConfig, load_config
 from fixproxy.errors import ConfigError, ConnectError, FixProxyError, PinMismatchError
 from fixproxy.fix import tags
-from fixproxy.health import (
+from fixproxy.proxy.health import (
     NOT_CHECKED,
     Health,
     Readiness,
@@ -47,14 +47,14 @@ from fixproxy.health import (
     status_url,
 )
 from fixproxy.kalshi import ENDPOINTS
-from fixproxy.manager import SessionManager
-from fixproxy.metrics import Metrics
-from fixproxy.relay import SessionRuntime
-from fixproxy.schedule import ALL_DAYS, MaintenanceSchedule
-from fixproxy.server import BoundAddresses, ProxyServer, build_runtime
+from fixproxy.proxy.manager import SessionManager
+from fixproxy.ops.metrics import Metrics
+from fixproxy.proxy.relay import SessionRuntime
+from fixproxy.session.schedule import ALL_DAYS, MaintenanceSchedule
+from fixproxy.proxy.server import BoundAddresses, ProxyServer, build_runtime
 from fixproxy.sim.engine import ScriptedEngine
 from fixproxy.sim.gateway import SimConfig, SimFaults, SimGateway
-from fixproxy.tls import HandshakeInfo
+from fixproxy.net.tls import HandshakeInfo
 
 ENDPOINT: Final = "KalshiNR"
 INTERVAL: Final = 0.2

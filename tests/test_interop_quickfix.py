@@ -23,12 +23,12 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from prometheus_client import CollectorRegistry
 from quickfix_engine import EngineSettings, QuickFixEngine, iter_log_text
 
-from fixproxy.config import Config, GatewayConfig, MetricsConfig, SessionConfig, TLSPolicy
+from fixproxy.config.loader import Config, GatewayConfig, MetricsConfig, SessionConfig, TLSPolicy
 from fixproxy.fix import tags
 from fixproxy.fix.codec import iter_fields
 from fixproxy.kalshi import ENDPOINTS
-from fixproxy.metrics import Metrics
-from fixproxy.server import BoundAddresses, serve_proxy
+from fixproxy.ops.metrics import Metrics
+from fixproxy.proxy.server import BoundAddresses, serve_proxy
 from fixproxy.signing import generate_key_pair, load_public_key, verify_signature
 from fixproxy.sim.certs import generate_certificates
 from fixproxy.sim.gateway import SimConfig, SimEvent, SimGateway

@@ -37,7 +37,7 @@ from quickfix_engine import (
     session_registered,
 )
 
-from fixproxy.config import (
+from fixproxy.config.loader import (
     Config,
     GatewayConfig,
     MetricsConfig,
@@ -48,10 +48,10 @@ from fixproxy.config import (
 from fixproxy.fix import tags
 from fixproxy.fix.codec import iter_fields
 from fixproxy.kalshi import ENDPOINTS
-from fixproxy.manager import SessionManager
-from fixproxy.metrics import Metrics
-from fixproxy.seqstore import SequenceStore, SessionSequences
-from fixproxy.server import BoundAddresses, serve_proxy
+from fixproxy.proxy.manager import SessionManager
+from fixproxy.ops.metrics import Metrics
+from fixproxy.ops.seqstore import SequenceStore, SessionSequences
+from fixproxy.proxy.server import BoundAddresses, serve_proxy
 from fixproxy.signing import generate_key_pair, load_public_key, verify_signature
 from fixproxy.sim.certs import generate_certificates
 from fixproxy.sim.gateway import SimConfig, SimEvent, SimGateway

@@ -16,10 +16,10 @@ from conftest import MakeFrame
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fixproxy.config import ProxyConfig
+from fixproxy.config.loader import ProxyConfig
 from fixproxy.errors import FixProxyError
 from fixproxy.fix.codec import encode
-from fixproxy.journal import (
+from fixproxy.ops.journal import (
     ENGINE_TO_GATEWAY,
     GATEWAY_TO_ENGINE,
     MAX_BUFFERED_BYTES,

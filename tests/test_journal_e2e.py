@@ -11,7 +11,7 @@ from e2e_support import (  # e2e_material_fixture: a pytest fixture, found by it
     open_proxy_pair,
 )
 
-from fixproxy.config import ProxyConfig
+from fixproxy.config.loader import ProxyConfig
 from fixproxy.fix import tags
 from fixproxy.fix.codec import FixMessage
 

@@ -18,12 +18,12 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fixproxy.cli import main
+from fixproxy.cli.main import main
 from fixproxy.errors import FixProxyError
 from fixproxy.fix import tags
 from fixproxy.fix.codec import render
-from fixproxy.logs import REDACTED, TEXT_FORMAT, redact, setup_logging
-from fixproxy.relay import _ConnectionLog
+from fixproxy.ops.logs import REDACTED, TEXT_FORMAT, redact, setup_logging
+from fixproxy.proxy.relay import _ConnectionLog
 
 SIGNATURE = "c2lnbmF0dXJlLXRoYXQtbXVzdC1uZXZlci1sZWFr"
 PASSWORD = "hunter2-password"

@@ -16,8 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fixproxy import __version__
 from fixproxy.fix import tags
-from fixproxy.metrics import RELAY_LATENCY_BUCKETS, LatencyHistogram, Metrics
-from fixproxy.status import STATES, StatusBoard
+from fixproxy.ops.metrics import RELAY_LATENCY_BUCKETS, LatencyHistogram, Metrics
+from fixproxy.ops.status import STATES, StatusBoard
 
 SESSION = "NR"
 

@@ -51,7 +51,7 @@ from prometheus_support import (
 
 from fixproxy.fix import tags
 from fixproxy.fix.codec import FixMessage, utc_timestamp
-from fixproxy.schedule import ALL_DAYS, MaintenanceSchedule
+from fixproxy.session.schedule import ALL_DAYS, MaintenanceSchedule
 from fixproxy.sim.engine import ScriptedEngine
 from fixproxy.sim.gateway import SimFaults
 

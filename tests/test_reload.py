@@ -29,12 +29,12 @@ from e2e_support import (  # e2e_material_fixture: a pytest fixture, found by it
 )
 from prometheus_client import CollectorRegistry
 
-from fixproxy.cli import main
-from fixproxy.config import load_config
+from fixproxy.cli.main import main
+from fixproxy.config.loader import load_config
 from fixproxy.errors import FixProxyError
 from fixproxy.fix import tags
-from fixproxy.metrics import Metrics
-from fixproxy.reload import (
+from fixproxy.ops.metrics import Metrics
+from fixproxy.proxy.reload import (
     PID_FILE_NAME,
     PidFile,
     compare_sessions,
@@ -42,7 +42,7 @@ from fixproxy.reload import (
     read_reload_record,
     running_pid,
 )
-from fixproxy.server import ProxyServer
+from fixproxy.proxy.server import ProxyServer
 from fixproxy.sim.engine import ScriptedEngine
 from fixproxy.sim.gateway import SimConfig, SimGateway
 

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fixproxy.errors import ConfigError
-from fixproxy.schedule import (
+from fixproxy.session.schedule import (
     ALL_DAYS,
     DEFAULT_SCHEDULE,
     MaintenanceSchedule,

@@ -30,14 +30,14 @@ from e2e_support import (  # e2e_material_fixture: a pytest fixture, found by it
 )
 from prometheus_client import CollectorRegistry
 
-from fixproxy.config import Config, GatewayConfig, MetricsConfig, SessionConfig
+from fixproxy.config.loader import Config, GatewayConfig, MetricsConfig, SessionConfig
 from fixproxy.errors import SigningError
 from fixproxy.fix import tags
 from fixproxy.fix.codec import FixMessage
 from fixproxy.kalshi import ENDPOINTS
-from fixproxy.metrics import Metrics
-from fixproxy.preflight import preflight
-from fixproxy.server import build_runtime
+from fixproxy.ops.metrics import Metrics
+from fixproxy.cli.check import preflight
+from fixproxy.proxy.server import build_runtime
 from fixproxy.signing import PassphraseSource, load_private_key, verify_signature
 
 PASSWORD: Final = "Tr4de-Pa55word-61f0c2"

@@ -14,7 +14,7 @@ from typing import Final
 import pytest
 
 from fixproxy.errors import FixProxyError
-from fixproxy.seqstore import DIRECTORY_MODE, FILE_MODE, SequenceStore, SessionSequences
+from fixproxy.ops.seqstore import DIRECTORY_MODE, FILE_MODE, SequenceStore, SessionSequences
 
 API_KEY: Final = "0b7e6f4c-52a1-4c55-9a43-1a2b3c4d5e6f"
 OTHER_KEY: Final = "5d2c1b0a-9f8e-4d7c-8b6a-0f1e2d3c4b5a"

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fixproxy.errors import FixProxyError, SessionError
-from fixproxy.session import (
+from fixproxy.session.machine import (
     ENGINE_GONE_WITHOUT_LOGOUT,
     LIVE_STATES,
     TRANSITIONS,

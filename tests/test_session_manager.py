@@ -16,11 +16,11 @@ from e2e_support import (  # e2e_material_fixture: a pytest fixture, found by it
 )
 from prometheus_client import generate_latest
 
-from fixproxy.backoff import LogonBackoff
+from fixproxy.session.backoff import LogonBackoff
 from fixproxy.fix import tags
 from fixproxy.fix.codec import FixMessage, utc_timestamp
-from fixproxy.manager import SessionManager
-from fixproxy.schedule import ALL_DAYS, MaintenanceSchedule
+from fixproxy.proxy.manager import SessionManager
+from fixproxy.session.schedule import ALL_DAYS, MaintenanceSchedule
 from fixproxy.sim.gateway import SimFaults
 
 UTC_ZONE = ZoneInfo("UTC")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fixproxy.status import CONNECTING, IDLE, STATES, Clocks, StatusBoard, iso
+from fixproxy.ops.status import CONNECTING, IDLE, STATES, Clocks, StatusBoard, iso
 
 WALL = 1_790_000_000.0
 
@@ -100,6 +100,6 @@ def test_board_keeps_a_redeclared_session_and_forgets_a_removed_one() -> None:
 
 
 def test_states_cover_the_machine() -> None:
-    from fixproxy.session import State
+    from fixproxy.session.machine import State
     assert set(STATES) == {IDLE, CONNECTING} | {state.value for state in State}
     assert iso(0.0) == "1970-01-01T00:00:00.000Z"

@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
 
-from fixproxy.config import TLSPolicy, VerifyMode
+from fixproxy.config.loader import TLSPolicy, VerifyMode
 from fixproxy.errors import (
     ConfigError,
     ConnectError,
@@ -41,7 +41,7 @@ from fixproxy.errors import (
     TLSHandshakeError,
     UpstreamError,
 )
-from fixproxy.tls import (
+from fixproxy.net.tls import (
     MAX_LINKED_CHAIN,
     GatewayTrust,
     HandshakeInfo,

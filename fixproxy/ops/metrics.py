@@ -28,7 +28,7 @@ from prometheus_client.registry import Collector
 
 from fixproxy import __version__
 from fixproxy.kalshi import KNOWN_MSG_TYPES
-from fixproxy.status import SKEW_SOURCES, STATES, Clocks, StatusBoard
+from fixproxy.ops.status import SKEW_SOURCES, STATES, Clocks, StatusBoard
 
 Direction = Literal["engine_to_gateway", "gateway_to_engine"]
 DIRECTIONS: Final[tuple[Direction, ...]] = ("engine_to_gateway", "gateway_to_engine")

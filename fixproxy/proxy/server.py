@@ -31,15 +31,15 @@ from typing import Final
 import trio
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from fixproxy import tls
-from fixproxy.backoff import LogonBackoff
-from fixproxy.config import Config, ProxyConfig, SessionConfig
+from fixproxy.net import tls
+from fixproxy.session.backoff import LogonBackoff
+from fixproxy.config.loader import Config, ProxyConfig, SessionConfig
 from fixproxy.errors import FixProxyError
-from fixproxy.health import Health
-from fixproxy.manager import SessionManager
-from fixproxy.metrics import Metrics
-from fixproxy.relay import SessionRuntime, declare_status, relay_engine_connection
-from fixproxy.reload import (
+from fixproxy.proxy.health import Health
+from fixproxy.proxy.manager import SessionManager
+from fixproxy.ops.metrics import Metrics
+from fixproxy.proxy.relay import SessionRuntime, declare_status, relay_engine_connection
+from fixproxy.proxy.reload import (
     ConfigReloader,
     PidFile,
     ReloadRecord,
@@ -47,7 +47,7 @@ from fixproxy.reload import (
     SessionListeners,
     write_reload_record,
 )
-from fixproxy.seqstore import SequenceStore
+from fixproxy.ops.seqstore import SequenceStore
 from fixproxy.signing import LogonSigner, load_private_key
 
 logger = logging.getLogger("fixproxy.server")

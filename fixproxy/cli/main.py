@@ -12,10 +12,10 @@ import click
 import trio
 
 from fixproxy import __version__
-from fixproxy.config import ENV_CONFIG, Config, config_path_from, load_config
+from fixproxy.config.loader import ENV_CONFIG, Config, config_path_from, load_config
 from fixproxy.errors import FixProxyError
-from fixproxy.logs import LOG_FORMATS, setup_logging
-from fixproxy.metrics import Metrics
+from fixproxy.ops.logs import LOG_FORMATS, setup_logging
+from fixproxy.ops.metrics import Metrics
 
 EXIT_ERROR: Final = 1
 EXIT_USAGE: Final = 2
@@ -78,7 +78,7 @@ def main() -> None:
 @log_format_option
 def run(config_path: Path | None, log_level: str, log_format: str) -> None:
     """Run the sidecar: listen for engines and relay them to Kalshi until SIGTERM/SIGINT."""
-    from fixproxy.server import run_until_signal
+    from fixproxy.proxy.server import run_until_signal
 
     _setup_logging(log_level, log_format)
     config = _load(config_path)
@@ -92,7 +92,7 @@ def run(config_path: Path | None, log_level: str, log_format: str) -> None:
               help="Check the file and keys only; do not connect to the gateways.")
 def check(config_path: Path | None, offline: bool) -> None:
     """Validate the configuration and keys, then test TLS and pins against each gateway."""
-    from fixproxy.preflight import preflight
+    from fixproxy.cli.check import preflight
 
     config = _load(config_path)
     ok = _run(lambda: preflight(config, online=not offline, echo=click.echo))
@@ -112,7 +112,7 @@ def status(config_path: Path | None, as_json: bool) -> None:
     """
     import json
 
-    from fixproxy.health import fetch_status, format_status
+    from fixproxy.proxy.health import fetch_status, format_status
 
     # Only the metrics address is needed: key files may belong to the user fixproxy runs as.
     config = _load(config_path, check_files=False)
@@ -145,8 +145,8 @@ def reload(config_path: Path | None, timeout: float) -> None:
 
     from prometheus_client import CollectorRegistry
 
-    from fixproxy.reload import request_reload
-    from fixproxy.server import build_runtime
+    from fixproxy.proxy.reload import request_reload
+    from fixproxy.proxy.server import build_runtime
 
     config = _load(config_path)
     metrics = Metrics(CollectorRegistry())
@@ -221,7 +221,7 @@ def keygen(out_dir: Path, name: str) -> None:
 def pin(target: str, server_name: str | None, ca_file: Path | None, save_path: Path | None,
         timeout: float) -> None:
     """Show a gateway's certificate chain and the pins to paste into the configuration."""
-    from fixproxy import tls
+    from fixproxy.net import tls
 
     host, sep, port_text = target.rpartition(":")
     if not sep or not port_text.isdigit():
@@ -275,7 +275,7 @@ def demo(serve: bool, orders: int, port: int, log_level: str, log_format: str) -
 
     Needs no Kalshi credentials: certificates and keys are throwaway, made for this run.
     """
-    from fixproxy.sim.demo import run_demo
+    from fixproxy.cli.demo import run_demo
 
     _setup_logging("warning" if log_level == "info" else log_level, log_format)
     _run(lambda: run_demo(serve=serve, orders=orders, serve_port=port, echo=click.echo))

@@ -68,7 +68,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
-from fixproxy.config import TLSPolicy, VerifyMode
+from fixproxy.config.loader import TLSPolicy, VerifyMode
 from fixproxy.errors import (
     ConfigError,
     ConnectError,
@@ -76,7 +76,7 @@ from fixproxy.errors import (
     PinMismatchError,
     TLSHandshakeError,
 )
-from fixproxy.streams import NonBlockingSocketStream
+from fixproxy.net.streams import NonBlockingSocketStream
 
 PIN_PREFIX: Final = "sha256/"
 MIN_TLS_VERSION: Final = ssl.TLSVersion.TLSv1_2

@@ -41,7 +41,7 @@ from typing import Any, Final
 
 import trio
 
-from fixproxy.config import ProxyConfig, SessionConfig
+from fixproxy.config.loader import ProxyConfig, SessionConfig
 from fixproxy.errors import (
     FixError,
     FixProxyError,
@@ -51,7 +51,8 @@ from fixproxy.errors import (
     SessionError,
     UpstreamError,
 )
-from fixproxy.fix import admin, tags
+from fixproxy.fix import tags
+from fixproxy.fix import logout as admin
 from fixproxy.fix.codec import FixMessage, header_value, parse_utc_timestamp, render
 from fixproxy.fix.framer import FixFramer, Frame
 from fixproxy.fix.logon import (
@@ -61,20 +62,20 @@ from fixproxy.fix.logon import (
     rewrite_logon,
     strip_forced_reset,
 )
-from fixproxy.journal import (
+from fixproxy.ops.journal import (
     ENGINE_TO_GATEWAY,
     GATEWAY_TO_ENGINE,
     SessionJournal,
     open_journal,
 )
-from fixproxy.manager import SessionManager
-from fixproxy.metrics import Metrics, TrafficCounters
-from fixproxy.seqstore import SequenceStore, SessionSequences
-from fixproxy.sequence import SequenceTranslator, read_seq_num
-from fixproxy.session import Action, Event, Session, State
-from fixproxy.status import SessionStatus
-from fixproxy.streams import NonBlockingSocketStream, RawSocketStream
-from fixproxy.tls import HandshakeInfo
+from fixproxy.proxy.manager import SessionManager
+from fixproxy.ops.metrics import Metrics, TrafficCounters
+from fixproxy.ops.seqstore import SequenceStore, SessionSequences
+from fixproxy.session.sequence import SequenceTranslator, read_seq_num
+from fixproxy.session.machine import Action, Event, Session, State
+from fixproxy.ops.status import SessionStatus
+from fixproxy.net.streams import NonBlockingSocketStream, RawSocketStream
+from fixproxy.net.tls import HandshakeInfo
 
 logger = logging.getLogger("fixproxy.relay")
 

@@ -62,11 +62,11 @@ from typing import Any, Final, Literal
 
 import trio
 
-from fixproxy.config import Config, ProxyConfig, SessionConfig, load_config
+from fixproxy.config.loader import Config, ProxyConfig, SessionConfig, load_config
 from fixproxy.errors import FixProxyError
-from fixproxy.manager import SessionManager
-from fixproxy.metrics import Metrics
-from fixproxy.relay import SessionRuntime, declare_status
+from fixproxy.proxy.manager import SessionManager
+from fixproxy.ops.metrics import Metrics
+from fixproxy.proxy.relay import SessionRuntime, declare_status
 
 logger = logging.getLogger("fixproxy.reload")
 

@@ -45,12 +45,12 @@ import trio
 from prometheus_client import CollectorRegistry, Counter
 
 from fixproxy import __version__
-from fixproxy.config import DEFAULT_READINESS_INTERVAL
+from fixproxy.config.loader import DEFAULT_READINESS_INTERVAL
 from fixproxy.errors import FixProxyError, PinMismatchError, UpstreamError
-from fixproxy.manager import SessionManager
-from fixproxy.metrics import Metrics
-from fixproxy.relay import SessionRuntime
-from fixproxy.status import Clocks, iso
+from fixproxy.proxy.manager import SessionManager
+from fixproxy.ops.metrics import Metrics
+from fixproxy.proxy.relay import SessionRuntime
+from fixproxy.ops.status import Clocks, iso
 
 logger = logging.getLogger("fixproxy.health")
 

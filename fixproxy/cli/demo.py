@@ -17,13 +17,13 @@ from typing import Final
 import trio
 from prometheus_client import CollectorRegistry
 
-from fixproxy.config import Config, GatewayConfig, MetricsConfig, SessionConfig, TLSPolicy
+from fixproxy.config.loader import Config, GatewayConfig, MetricsConfig, SessionConfig, TLSPolicy
 from fixproxy.errors import FixProxyError
 from fixproxy.fix import tags
 from fixproxy.fix.codec import FixMessage, render
 from fixproxy.kalshi import ENDPOINTS
-from fixproxy.metrics import Metrics
-from fixproxy.server import BoundAddresses, serve_proxy
+from fixproxy.ops.metrics import Metrics
+from fixproxy.proxy.server import BoundAddresses, serve_proxy
 from fixproxy.signing import generate_key_pair, load_public_key
 from fixproxy.sim.certs import generate_certificates
 from fixproxy.sim.engine import ScriptedEngine

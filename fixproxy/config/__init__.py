@@ -1,0 +1,1 @@
+"""Configuration: the frozen model, the strict TOML loader and the reload comparison. No trio."""
