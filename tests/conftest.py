@@ -2,19 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from fixproxy.fix.codec import FieldValue, encode
-
-MakeFrame = Callable[..., bytes]
-"""``make_frame(msg_type, (tag, value), ...)``: a complete message with 9 and 10 computed."""
-
-
-def _make_frame(msg_type: bytes | str, *fields: tuple[int, FieldValue]) -> bytes:
-    return encode([(35, msg_type), *fields])
+from support.frames import MakeFrame
+from support.frames import make_frame as _make_frame
 
 
 @pytest.fixture(scope="session")

@@ -37,9 +37,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import trio
-from e2e_support import E2EMaterial, ProxyPair, make_material, open_proxy_pair
+from support.e2e import E2EMaterial, ProxyPair, make_material, open_proxy_pair
 from prometheus_client.parser import text_string_to_metric_families
-from prometheus_support import (
+from support.prometheus import (
     HTTP_TIMEOUT,
     PrometheusServer,
     ScrapeTarget,
@@ -57,7 +57,7 @@ from fixproxy.sim.gateway import SimFaults
 
 T = TypeVar("T")
 
-REPO: Final = Path(__file__).resolve().parent.parent
+REPO: Final = Path(__file__).resolve().parents[2]
 DASHBOARD: Final = REPO / "grafana" / "fixproxy-dashboard.json"
 ALERTS: Final = REPO / "grafana" / "alerts.yml"
 EXAMPLE_CONFIG: Final = REPO / "grafana" / "prometheus.yml"

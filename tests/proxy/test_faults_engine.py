@@ -18,13 +18,13 @@ from typing import Final
 import pytest
 import trio
 import trio.testing
-from e2e_support import (  # e2e_material_fixture: a pytest fixture, found by its name
+from support.e2e import (  # e2e_material_fixture: a pytest fixture, found by its name
     E2EMaterial,
     check_frame,
     e2e_material_fixture,  # noqa: F401
     open_proxy_pair,
 )
-from fault_support import (
+from support.faults import (
     EndlessEngine,
     StallableStream,
     client_hello,

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import MakeFrame
+from support.frames import MakeFrame
 from hypothesis import given
 from hypothesis import strategies as st
 

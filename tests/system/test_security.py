@@ -22,7 +22,7 @@ from typing import Final
 
 import pytest
 from cryptography.hazmat.primitives import serialization
-from e2e_support import (  # e2e_material_fixture: a pytest fixture, found by its name
+from support.e2e import (  # e2e_material_fixture: a pytest fixture, found by its name
     E2EMaterial,
     ProxyPair,
     e2e_material_fixture,  # noqa: F401

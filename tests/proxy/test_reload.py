@@ -23,7 +23,7 @@ from typing import Final
 import pytest
 import trio
 from click.testing import CliRunner
-from e2e_support import (  # e2e_material_fixture: a pytest fixture, found by its name
+from support.e2e import (  # e2e_material_fixture: a pytest fixture, found by its name
     E2EMaterial,
     e2e_material_fixture,  # noqa: F401
 )

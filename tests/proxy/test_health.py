@@ -26,7 +26,7 @@ import trio
 import trio.testing
 from click.testing import CliRunner
 from cryptography import x509
-from e2e_support import (  # e2e_material_fixture: a pytest fixture, found by its name
+from support.e2e import (  # e2e_material_fixture: a pytest fixture, found by its name
     LOOPBACK,
     SESSION_NAME,
     E2EMaterial,

@@ -24,7 +24,7 @@ from typing import Final
 
 import pytest
 
-ROOT: Final = Path(__file__).resolve().parent.parent
+ROOT: Final = Path(__file__).resolve().parents[2]
 FUZZ_DIR: Final = ROOT / "fuzz"
 TARGET: Final = FUZZ_DIR / "fuzz_framer_logon.py"
 CORPUS: Final = FUZZ_DIR / "corpus"

@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import trio.testing
-from e2e_support import (  # e2e_material_fixture: a pytest fixture, found by its name
+from support.e2e import (  # e2e_material_fixture: a pytest fixture, found by its name
     E2EMaterial,
     e2e_material_fixture,  # noqa: F401
     open_proxy_pair,

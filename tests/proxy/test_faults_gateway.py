@@ -24,14 +24,14 @@ import pytest
 import trio
 import trio.testing
 from cryptography import x509
-from e2e_support import (  # e2e_material_fixture: a pytest fixture, found by its name
+from support.e2e import (  # e2e_material_fixture: a pytest fixture, found by its name
     E2EMaterial,
     ProxyPair,
     check_frame,
     e2e_material_fixture,  # noqa: F401
     open_proxy_pair,
 )
-from fault_support import (
+from support.faults import (
     FakeBehaviour,
     GatewayByHand,
     StallableStream,
@@ -592,12 +592,12 @@ def test_fault_knobs_refuse_nonsense(e2e_material: E2EMaterial) -> None:
 def test_the_matrix_names_every_fault_test() -> None:
     """docs/faults.md and the fault tests stay in step: every test named there exists, and
     every fault test is in the table."""
-    tests_dir = Path(__file__).parent
+    tests_dir = Path(__file__).parent.parent
     doc = (tests_dir.parent / "docs" / "faults.md").read_text()
-    ours = ("test_faults_gateway.py", "test_faults_engine.py")
+    ours = ("proxy/test_faults_gateway.py", "proxy/test_faults_engine.py")
     defined = {name: re.findall(r"^(?:async )?def (test_\w+)\(", (tests_dir / name).read_text(),
                                 re.MULTILINE) for name in ours}
-    for module, test in re.findall(r"tests/(test_\w+\.py)::(test_\w+)", doc):
+    for module, test in re.findall(r"tests/((?:\w+/)*test_\w+\.py)::(test_\w+)", doc):
         assert re.search(rf"^(?:async )?def {test}\(", (tests_dir / module).read_text(),
                          re.MULTILINE), f"{module}::{test}"
     named = set(re.findall(r"`(test_\w+)", doc))

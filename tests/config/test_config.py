@@ -32,7 +32,7 @@ from fixproxy.kalshi import ENDPOINTS
 from fixproxy.session.schedule import DEFAULT_SCHEDULE
 from fixproxy.signing import PassphraseSource
 
-EXAMPLE: Path = Path(__file__).resolve().parent.parent / "conf" / "fixproxy.toml"
+EXAMPLE: Path = Path(__file__).resolve().parents[2] / "conf" / "fixproxy.toml"
 
 API_KEYS = (
     "11111111-1111-4111-8111-111111111111",

@@ -27,7 +27,7 @@ import pytest
 import trio
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from prometheus_client import CollectorRegistry
-from quickfix_engine import (
+from support.quickfix_engine import (
     Captured,
     EngineRecord,
     EngineSettings,

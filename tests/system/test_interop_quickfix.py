@@ -21,7 +21,7 @@ import pytest
 import trio
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from prometheus_client import CollectorRegistry
-from quickfix_engine import EngineSettings, QuickFixEngine, iter_log_text
+from support.quickfix_engine import EngineSettings, QuickFixEngine, iter_log_text
 
 from fixproxy.config.loader import Config, GatewayConfig, MetricsConfig, SessionConfig, TLSPolicy
 from fixproxy.fix import tags

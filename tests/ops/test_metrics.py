@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from e2e_support import (  # e2e_material_fixture: a pytest fixture, found by its name
+from support.e2e import (  # e2e_material_fixture: a pytest fixture, found by its name
     GUARD_SECONDS,
     E2EMaterial,
     e2e_material_fixture,  # noqa: F401

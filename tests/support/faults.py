@@ -29,7 +29,7 @@ from typing import Any, Final, Literal
 
 import trio
 import trio.testing
-from e2e_support import LOOPBACK, E2EMaterial, ProxyPair
+from support.e2e import LOOPBACK, E2EMaterial, ProxyPair
 from prometheus_client import CollectorRegistry
 
 from fixproxy.config.loader import SessionConfig, TLSPolicy

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 from click.testing import CliRunner
-from conftest import MakeFrame
+from support.frames import MakeFrame
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from hypothesis import given
