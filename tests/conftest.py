@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
-
 from support.frames import MakeFrame
 from support.frames import make_frame as _make_frame
 

@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry
 from fixproxy.config.loader import Config
 from fixproxy.errors import FixProxyError, PinMismatchError, UpstreamError
 from fixproxy.ops.metrics import Metrics
-from fixproxy.proxy.server import build_runtime
+from fixproxy.proxy.runtime import build_runtime
 
 
 async def preflight(config: Config, *, online: bool, echo: Callable[[str], object]) -> bool:

@@ -48,14 +48,6 @@ from datetime import date, datetime, time
 from pathlib import Path
 from typing import Final, Literal, cast
 
-from fixproxy.session.peers import (
-    ANY_PEER,
-    PeerFilter,
-    parse_network,
-    remote_listener_warning,
-    remote_metrics_warning,
-)
-from fixproxy.session.backoff import DEFAULT_CEILING, DEFAULT_FLOOR, MAX_CEILING
 from fixproxy.errors import ConfigError
 from fixproxy.fix import tags
 from fixproxy.fix.logon import LogonPolicy
@@ -66,6 +58,14 @@ from fixproxy.kalshi import (
     EndpointProfile,
     ResetPolicy,
     default_host,
+)
+from fixproxy.session.backoff import DEFAULT_CEILING, DEFAULT_FLOOR, MAX_CEILING
+from fixproxy.session.peers import (
+    ANY_PEER,
+    PeerFilter,
+    parse_network,
+    remote_listener_warning,
+    remote_metrics_warning,
 )
 from fixproxy.session.schedule import DEFAULT_SCHEDULE, MaintenanceSchedule, parse_day, parse_time
 from fixproxy.signing import PassphraseSource

@@ -47,10 +47,10 @@ from prometheus_client import CollectorRegistry, Counter
 from fixproxy import __version__
 from fixproxy.config.loader import DEFAULT_READINESS_INTERVAL
 from fixproxy.errors import FixProxyError, PinMismatchError, UpstreamError
-from fixproxy.proxy.manager import SessionManager
 from fixproxy.ops.metrics import Metrics
-from fixproxy.proxy.relay import SessionRuntime
 from fixproxy.ops.status import Clocks, iso
+from fixproxy.proxy.manager import SessionManager
+from fixproxy.proxy.runtime import SessionRuntime
 
 logger = logging.getLogger("fixproxy.health")
 

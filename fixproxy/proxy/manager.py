@@ -23,9 +23,9 @@ from datetime import UTC, datetime
 
 import trio
 
+from fixproxy.ops.status import StatusBoard
 from fixproxy.session.backoff import LogonBackoff
 from fixproxy.session.schedule import MaintenanceSchedule, Window
-from fixproxy.ops.status import StatusBoard
 
 logger = logging.getLogger("fixproxy.manager")
 

@@ -34,14 +34,13 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import dataclass, replace
+from collections.abc import MutableMapping
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 import trio
 
-from fixproxy.config.loader import ProxyConfig, SessionConfig
 from fixproxy.errors import (
     FixError,
     FixProxyError,
@@ -51,31 +50,29 @@ from fixproxy.errors import (
     SessionError,
     UpstreamError,
 )
-from fixproxy.fix import tags
 from fixproxy.fix import logout as admin
+from fixproxy.fix import tags
 from fixproxy.fix.codec import FixMessage, header_value, parse_utc_timestamp, render
 from fixproxy.fix.framer import FixFramer, Frame
 from fixproxy.fix.logon import (
-    LogonPolicy,
     RewrittenLogon,
-    Signer,
     rewrite_logon,
     strip_forced_reset,
 )
+from fixproxy.net.streams import NonBlockingSocketStream, RawSocketStream
+from fixproxy.net.tls import HandshakeInfo
 from fixproxy.ops.journal import (
     ENGINE_TO_GATEWAY,
     GATEWAY_TO_ENGINE,
     SessionJournal,
     open_journal,
 )
-from fixproxy.proxy.manager import SessionManager
-from fixproxy.ops.metrics import Metrics, TrafficCounters
-from fixproxy.ops.seqstore import SequenceStore, SessionSequences
-from fixproxy.session.sequence import SequenceTranslator, read_seq_num
-from fixproxy.session.machine import Action, Event, Session, State
+from fixproxy.ops.metrics import TrafficCounters
+from fixproxy.ops.seqstore import SessionSequences
 from fixproxy.ops.status import SessionStatus
-from fixproxy.net.streams import NonBlockingSocketStream, RawSocketStream
-from fixproxy.net.tls import HandshakeInfo
+from fixproxy.proxy.runtime import SessionRuntime, declare_status
+from fixproxy.session.machine import Action, Event, Session, State
+from fixproxy.session.sequence import SequenceTranslator, read_seq_num
 
 logger = logging.getLogger("fixproxy.relay")
 
@@ -88,7 +85,6 @@ DRAIN_LIMIT: Final = 1 << 20
 CLOSE_TIMEOUT: Final = 2.0
 """Seconds allowed for a TLS close_notify before the gateway socket is closed regardless."""
 
-GatewayConnector = Callable[[], Awaitable[tuple[trio.abc.Stream, HandshakeInfo]]]
 _connection_ids = itertools.count(1)
 
 
@@ -102,30 +98,6 @@ class _ConnectionLog(logging.LoggerAdapter[logging.Logger]):
         # As record attributes too, for the JSON log format's session and conn fields.
         kwargs["extra"] = {**extra, **kwargs.get("extra", {})}
         return f"[{extra.get('session')} #{extra.get('conn')}] {msg}", kwargs
-
-
-@dataclass(frozen=True, slots=True)
-class SessionRuntime:
-    """Everything a relay needs for one configured session, built once at start."""
-
-    config: SessionConfig
-    policy: LogonPolicy
-    sign: Signer
-    connect: GatewayConnector
-    metrics: Metrics
-    manager: SessionManager
-    sequences: SequenceStore | None = None
-    """Where sequence numbers are kept between connections, for translation."""
-    proxy: ProxyConfig | None = None
-    """Process-wide settings: where the message journal goes, if anywhere."""
-
-
-def declare_status(runtime: SessionRuntime) -> SessionStatus:
-    """The session's entry on the manager's status board (created idle on first use)."""
-    cfg = runtime.config
-    return runtime.manager.status.declare(
-        cfg.name, endpoint=cfg.endpoint.target_comp_id, gateway=f"{cfg.host}:{cfg.port}",
-        listen="{}:{}".format(*cfg.listen), wall=time.time())
 
 
 _UPSTREAM_NOT_TRIED: Final = frozenset({"duplicate_key", "maintenance", "backoff"})

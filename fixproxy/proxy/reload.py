@@ -64,9 +64,9 @@ import trio
 
 from fixproxy.config.loader import Config, ProxyConfig, SessionConfig, load_config
 from fixproxy.errors import FixProxyError
-from fixproxy.proxy.manager import SessionManager
 from fixproxy.ops.metrics import Metrics
-from fixproxy.proxy.relay import SessionRuntime, declare_status
+from fixproxy.proxy.manager import SessionManager
+from fixproxy.proxy.runtime import SessionRuntime, declare_status
 
 logger = logging.getLogger("fixproxy.reload")
 

@@ -31,14 +31,13 @@ from typing import Final
 import trio
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from fixproxy.net import tls
-from fixproxy.session.backoff import LogonBackoff
-from fixproxy.config.loader import Config, ProxyConfig, SessionConfig
+from fixproxy.config.loader import Config
 from fixproxy.errors import FixProxyError
+from fixproxy.ops.metrics import Metrics
+from fixproxy.ops.seqstore import SequenceStore
 from fixproxy.proxy.health import Health
 from fixproxy.proxy.manager import SessionManager
-from fixproxy.ops.metrics import Metrics
-from fixproxy.proxy.relay import SessionRuntime, declare_status, relay_engine_connection
+from fixproxy.proxy.relay import relay_engine_connection
 from fixproxy.proxy.reload import (
     ConfigReloader,
     PidFile,
@@ -47,8 +46,8 @@ from fixproxy.proxy.reload import (
     SessionListeners,
     write_reload_record,
 )
-from fixproxy.ops.seqstore import SequenceStore
-from fixproxy.signing import LogonSigner, load_private_key
+from fixproxy.proxy.runtime import SessionRuntime, build_runtime, declare_status
+from fixproxy.session.backoff import LogonBackoff
 
 logger = logging.getLogger("fixproxy.server")
 
@@ -64,26 +63,6 @@ class BoundAddresses:
 
     sessions: dict[str, tuple[str, int]]
     metrics: tuple[str, int] | None
-
-
-def build_runtime(session: SessionConfig, metrics: Metrics,
-                  manager: SessionManager | None = None,
-                  sequences: SequenceStore | None = None,
-                  proxy: ProxyConfig | None = None) -> SessionRuntime:
-    """Load a session's key and TLS settings.
-
-    Raises:
-        FixProxyError: the key or a TLS file cannot be used.
-    """
-    signer = LogonSigner(load_private_key(session.private_key, session.private_key_passphrase))
-    context = tls.make_client_context(session.tls)
-    trust = tls.GatewayTrust.from_policy(session.tls)
-    connect = functools.partial(tls.open_gateway_stream, session.host, session.port, trust,
-                                context, connect_timeout=session.connect_timeout)
-    return SessionRuntime(config=session, policy=session.logon_policy(), sign=signer,
-                          connect=connect, metrics=metrics,
-                          manager=manager if manager is not None else SessionManager(),
-                          sequences=sequences, proxy=proxy)
 
 
 async def serve_proxy(config: Config, metrics: Metrics, *,

@@ -269,7 +269,13 @@ async def test_sim_command_serves_every_endpoint_to_a_proxy(tmp_path: Path,
                                                             nursery: trio.Nursery) -> None:
     from prometheus_client import CollectorRegistry
 
-    from fixproxy.config.loader import Config, GatewayConfig, MetricsConfig, SessionConfig, TLSPolicy
+    from fixproxy.config.loader import (
+        Config,
+        GatewayConfig,
+        MetricsConfig,
+        SessionConfig,
+        TLSPolicy,
+    )
     from fixproxy.kalshi import ENDPOINTS
     from fixproxy.ops.metrics import Metrics
     from fixproxy.proxy.server import serve_proxy

@@ -11,7 +11,6 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from fixproxy.session.peers import ANY_PEER, PeerFilter
 from fixproxy.config.loader import (
     BACKOFF_KEYS,
     ENV_CONFIG,
@@ -29,6 +28,7 @@ from fixproxy.config.loader import (
 from fixproxy.errors import ConfigError, FixProxyError
 from fixproxy.fix import tags
 from fixproxy.kalshi import ENDPOINTS
+from fixproxy.session.peers import ANY_PEER, PeerFilter
 from fixproxy.session.schedule import DEFAULT_SCHEDULE
 from fixproxy.signing import PassphraseSource
 

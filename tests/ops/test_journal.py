@@ -12,9 +12,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from support.frames import MakeFrame
 from hypothesis import given
 from hypothesis import strategies as st
+from support.frames import MakeFrame
 
 from fixproxy.config.loader import ProxyConfig
 from fixproxy.errors import FixProxyError

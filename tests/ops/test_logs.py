@@ -12,11 +12,11 @@ from collections.abc import Iterator
 
 import pytest
 from click.testing import CliRunner
-from support.frames import MakeFrame
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from hypothesis import given
 from hypothesis import strategies as st
+from support.frames import MakeFrame
 
 from fixproxy.cli.main import main
 from fixproxy.errors import FixProxyError

@@ -39,16 +39,16 @@ from support.faults import (
     wait_for_sample,
 )
 
-from fixproxy.session.backoff import LogonBackoff
 from fixproxy.config.loader import DEFAULT_LOGOUT_WAIT, DEFAULT_SHUTDOWN_TIMEOUT
 from fixproxy.fix import tags
 from fixproxy.fix.codec import FixMessage, encode, utc_timestamp
 from fixproxy.fix.framer import MAX_FRAME_SIZE, FixFramer
+from fixproxy.net.tls import HandshakeInfo
 from fixproxy.proxy.manager import SessionManager
 from fixproxy.proxy.relay import CLOSE_TIMEOUT, DRAIN_LIMIT, DRAIN_TIMEOUT, RECEIVE_SIZE
+from fixproxy.session.backoff import LogonBackoff
 from fixproxy.sim.engine import ScriptedEngine
 from fixproxy.sim.gateway import SimFaults
-from fixproxy.net.tls import HandshakeInfo
 
 QUICK: Final = 1.5
 """Wall seconds within which fixproxy must answer input it can judge at once."""

@@ -24,6 +24,7 @@ import pytest
 import trio
 import trio.testing
 from cryptography import x509
+from prometheus_client import generate_latest
 from support.e2e import (  # e2e_material_fixture: a pytest fixture, found by its name
     E2EMaterial,
     ProxyPair,
@@ -48,14 +49,13 @@ from support.faults import (
     text_of,
     wait_for_sample,
 )
-from prometheus_client import generate_latest
 
-from fixproxy.session.backoff import LogonBackoff
 from fixproxy.errors import ConfigError
 from fixproxy.fix import tags
 from fixproxy.fix.codec import FixMessage, utc_timestamp
 from fixproxy.proxy.manager import SessionManager
 from fixproxy.proxy.relay import CLOSE_TIMEOUT, relay_engine_connection
+from fixproxy.session.backoff import LogonBackoff
 from fixproxy.session.schedule import ALL_DAYS, MaintenanceSchedule
 from fixproxy.sim.certs import generate_certificates
 from fixproxy.sim.engine import ScriptedEngine

@@ -26,18 +26,21 @@ import trio
 import trio.testing
 from click.testing import CliRunner
 from cryptography import x509
+from prometheus_client import CollectorRegistry
 from support.e2e import (  # e2e_material_fixture: a pytest fixture, found by its name
     LOOPBACK,
     SESSION_NAME,
     E2EMaterial,
     e2e_material_fixture,  # noqa: F401
 )
-from prometheus_client import CollectorRegistry
 
 from fixproxy.cli.main import main
 from fixproxy.config.loader import Config, GatewayConfig, MetricsConfig, SessionConfig, load_config
 from fixproxy.errors import ConfigError, ConnectError, FixProxyError, PinMismatchError
 from fixproxy.fix import tags
+from fixproxy.kalshi import ENDPOINTS
+from fixproxy.net.tls import HandshakeInfo
+from fixproxy.ops.metrics import Metrics
 from fixproxy.proxy.health import (
     NOT_CHECKED,
     Health,
@@ -46,15 +49,12 @@ from fixproxy.proxy.health import (
     format_status,
     status_url,
 )
-from fixproxy.kalshi import ENDPOINTS
 from fixproxy.proxy.manager import SessionManager
-from fixproxy.ops.metrics import Metrics
-from fixproxy.proxy.relay import SessionRuntime
+from fixproxy.proxy.runtime import SessionRuntime, build_runtime
+from fixproxy.proxy.server import BoundAddresses, ProxyServer
 from fixproxy.session.schedule import ALL_DAYS, MaintenanceSchedule
-from fixproxy.proxy.server import BoundAddresses, ProxyServer, build_runtime
 from fixproxy.sim.engine import ScriptedEngine
 from fixproxy.sim.gateway import SimConfig, SimFaults, SimGateway
-from fixproxy.net.tls import HandshakeInfo
 
 ENDPOINT: Final = "KalshiNR"
 INTERVAL: Final = 0.2

@@ -9,17 +9,17 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import trio.testing
+from prometheus_client import generate_latest
 from support.e2e import (  # e2e_material_fixture: a pytest fixture, found by its name
     E2EMaterial,
     e2e_material_fixture,  # noqa: F401
     open_proxy_pair,
 )
-from prometheus_client import generate_latest
 
-from fixproxy.session.backoff import LogonBackoff
 from fixproxy.fix import tags
 from fixproxy.fix.codec import FixMessage, utc_timestamp
 from fixproxy.proxy.manager import SessionManager
+from fixproxy.session.backoff import LogonBackoff
 from fixproxy.session.schedule import ALL_DAYS, MaintenanceSchedule
 from fixproxy.sim.gateway import SimFaults
 

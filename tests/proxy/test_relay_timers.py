@@ -27,12 +27,13 @@ from fixproxy.fix import tags
 from fixproxy.fix.codec import FieldValue, FixMessage, encode, utc_timestamp
 from fixproxy.fix.framer import FixFramer
 from fixproxy.kalshi import ENDPOINTS
-from fixproxy.proxy.manager import SessionManager
+from fixproxy.net.tls import HandshakeInfo
 from fixproxy.ops.metrics import Metrics
-from fixproxy.proxy.relay import SessionRuntime, relay_engine_connection
+from fixproxy.proxy.manager import SessionManager
+from fixproxy.proxy.relay import relay_engine_connection
+from fixproxy.proxy.runtime import SessionRuntime
 from fixproxy.signing import LogonSigner
 from fixproxy.sim.engine import ScriptedEngine
-from fixproxy.net.tls import HandshakeInfo
 
 API_KEY: Final = "3c9e1f0a-7b2d-4e6f-8a1c-5d0b9e2f4a7c"
 ENDPOINT: Final = "KalshiNR"

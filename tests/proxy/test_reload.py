@@ -23,11 +23,11 @@ from typing import Final
 import pytest
 import trio
 from click.testing import CliRunner
+from prometheus_client import CollectorRegistry
 from support.e2e import (  # e2e_material_fixture: a pytest fixture, found by its name
     E2EMaterial,
     e2e_material_fixture,  # noqa: F401
 )
-from prometheus_client import CollectorRegistry
 
 from fixproxy.cli.main import main
 from fixproxy.config.loader import load_config

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fixproxy.errors import ConfigError
 from fixproxy.session.backoff import (
     DEFAULT_CEILING,
     DEFAULT_FLOOR,
@@ -19,7 +20,6 @@ from fixproxy.session.backoff import (
     Jitter,
     LogonBackoff,
 )
-from fixproxy.errors import ConfigError
 
 KEY = "11111111-1111-4111-8111-111111111111"
 OTHER = "22222222-2222-4222-8222-222222222222"

@@ -12,6 +12,8 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
+from fixproxy.config.loader import load_config, remote_warnings
+from fixproxy.errors import ConfigError, FixProxyError
 from fixproxy.session.peers import (
     ANY_PEER,
     PeerFilter,
@@ -20,8 +22,6 @@ from fixproxy.session.peers import (
     remote_listener_warning,
     remote_metrics_warning,
 )
-from fixproxy.config.loader import load_config, remote_warnings
-from fixproxy.errors import ConfigError, FixProxyError
 
 API_KEY: Final = "11111111-1111-4111-8111-111111111111"
 OFFICE: Final = PeerFilter.parse(["10.1.0.0/16", "fd00:1::/32", "192.168.5.7"])

@@ -31,8 +31,8 @@ from fixproxy.config.loader import Config, GatewayConfig, MetricsConfig, Session
 from fixproxy.fix import tags
 from fixproxy.fix.codec import FixMessage, checksum
 from fixproxy.kalshi import ENDPOINTS
-from fixproxy.proxy.manager import SessionManager
 from fixproxy.ops.metrics import Metrics
+from fixproxy.proxy.manager import SessionManager
 from fixproxy.proxy.server import BoundAddresses, serve_proxy
 from fixproxy.signing import generate_key_pair, load_public_key
 from fixproxy.sim.certs import CertificateFiles, SimCertificates, generate_certificates

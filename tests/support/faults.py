@@ -29,7 +29,6 @@ from typing import Any, Final, Literal
 
 import trio
 import trio.testing
-from support.e2e import LOOPBACK, E2EMaterial, ProxyPair
 from prometheus_client import CollectorRegistry
 
 from fixproxy.config.loader import SessionConfig, TLSPolicy
@@ -37,14 +36,16 @@ from fixproxy.fix import tags
 from fixproxy.fix.codec import FieldValue, FixMessage, encode, utc_timestamp
 from fixproxy.fix.framer import FixFramer
 from fixproxy.kalshi import ENDPOINTS
-from fixproxy.proxy.manager import SessionManager
+from fixproxy.net.tls import HandshakeInfo
 from fixproxy.ops.metrics import Metrics
-from fixproxy.proxy.relay import SessionRuntime, relay_engine_connection
+from fixproxy.proxy.manager import SessionManager
+from fixproxy.proxy.relay import relay_engine_connection
+from fixproxy.proxy.runtime import SessionRuntime
 from fixproxy.signing import LogonSigner, load_private_key
 from fixproxy.sim.certs import SimCertificates
 from fixproxy.sim.engine import ScriptedEngine
 from fixproxy.sim.gateway import SimConfig, SimFaults, SimGateway
-from fixproxy.net.tls import HandshakeInfo
+from support.e2e import LOOPBACK, E2EMaterial, ProxyPair
 
 MEMORY_SESSION: Final = "faults"
 ENDPOINT: Final = "KalshiNR"

@@ -10,8 +10,8 @@ from support.e2e import (  # e2e_material_fixture: a pytest fixture, found by it
     open_proxy_pair,
 )
 
-from fixproxy.session.peers import PeerFilter
 from fixproxy.fix import tags
+from fixproxy.session.peers import PeerFilter
 
 
 async def test_an_engine_outside_allow_peers_gets_a_logout_and_the_gateway_nothing(

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from prometheus_client.parser import text_string_to_metric_families
 from support.e2e import (  # e2e_material_fixture: a pytest fixture, found by its name
     API_KEY,
     E2EMaterial,
@@ -30,7 +31,6 @@ from support.e2e import (  # e2e_material_fixture: a pytest fixture, found by it
     open_proxy_pair,
     sent_of_type,
 )
-from prometheus_client.parser import text_string_to_metric_families
 
 from fixproxy.fix import tags
 from fixproxy.fix.codec import FieldValue, FixMessage, utc_timestamp

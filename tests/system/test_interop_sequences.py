@@ -48,9 +48,9 @@ from fixproxy.config.loader import (
 from fixproxy.fix import tags
 from fixproxy.fix.codec import iter_fields
 from fixproxy.kalshi import ENDPOINTS
-from fixproxy.proxy.manager import SessionManager
 from fixproxy.ops.metrics import Metrics
 from fixproxy.ops.seqstore import SequenceStore, SessionSequences
+from fixproxy.proxy.manager import SessionManager
 from fixproxy.proxy.server import BoundAddresses, serve_proxy
 from fixproxy.signing import generate_key_pair, load_public_key, verify_signature
 from fixproxy.sim.certs import generate_certificates

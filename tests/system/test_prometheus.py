@@ -37,8 +37,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import trio
-from support.e2e import E2EMaterial, ProxyPair, make_material, open_proxy_pair
 from prometheus_client.parser import text_string_to_metric_families
+from support.e2e import E2EMaterial, ProxyPair, make_material, open_proxy_pair
 from support.prometheus import (
     HTTP_TIMEOUT,
     PrometheusServer,

@@ -22,22 +22,22 @@ from typing import Final
 
 import pytest
 from cryptography.hazmat.primitives import serialization
+from prometheus_client import CollectorRegistry
 from support.e2e import (  # e2e_material_fixture: a pytest fixture, found by its name
     E2EMaterial,
     ProxyPair,
     e2e_material_fixture,  # noqa: F401
     open_proxy_pair,
 )
-from prometheus_client import CollectorRegistry
 
+from fixproxy.cli.check import preflight
 from fixproxy.config.loader import Config, GatewayConfig, MetricsConfig, SessionConfig
 from fixproxy.errors import SigningError
 from fixproxy.fix import tags
 from fixproxy.fix.codec import FixMessage
 from fixproxy.kalshi import ENDPOINTS
 from fixproxy.ops.metrics import Metrics
-from fixproxy.cli.check import preflight
-from fixproxy.proxy.server import build_runtime
+from fixproxy.proxy.runtime import build_runtime
 from fixproxy.signing import PassphraseSource, load_private_key, verify_signature
 
 PASSWORD: Final = "Tr4de-Pa55word-61f0c2"
