@@ -52,7 +52,7 @@ LAYERS: Final[dict[str, int]] = {
     "fixproxy.proxy": 6,
     "fixproxy.sim": 6,
     "fixproxy.cli": 7,
-    "fixproxy.__main__": 7,
+    "fixproxy.__main__": 8,  # `python3 -m fixproxy`: runs the command line
 }
 """The layer of each top-level module or folder; a folder's entry covers everything in it."""
 
