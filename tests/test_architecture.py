@@ -369,7 +369,7 @@ def test_checker_finds_socket_imports(source: str) -> None:
 
 
 @pytest.mark.parametrize(("name", "source", "is_package"), [
-    ("fixproxy.session.machine", "from fixproxy.proxy.relay import x", False),
+    ("fixproxy.session.machine", "from fixproxy.proxy.admit import x", False),
     ("fixproxy.session.machine", "from ..proxy import relay", False),
     ("fixproxy.session.machine", "import fixproxy.proxy.server", False),
     ("fixproxy.fix.codec", "from fixproxy.ops import metrics", False),
@@ -383,7 +383,7 @@ def test_checker_finds_socket_imports(source: str) -> None:
     ("fixproxy.net.tls", "from fixproxy.session.machine import State", False),
     ("fixproxy.proxy.relay", "from fixproxy.cli.main import main", False),
     ("fixproxy.proxy.server", "from fixproxy.sim.gateway import SimGateway", False),
-    ("fixproxy.sim.gateway", "from fixproxy.proxy.relay import r", False),
+    ("fixproxy.sim.gateway", "from fixproxy.proxy.admit import r", False),
     ("fixproxy.sim.gateway", "from fixproxy.session.machine import State", False),
     ("fixproxy.sim", "from fixproxy.cli import main", True),
     ("fixproxy.config.loader", "from fixproxy.ops.metrics import M", False),

@@ -37,7 +37,7 @@ from fixproxy.ops.metrics import Metrics
 from fixproxy.ops.seqstore import SequenceStore
 from fixproxy.proxy.health import Health
 from fixproxy.proxy.manager import SessionManager
-from fixproxy.proxy.relay import relay_engine_connection
+from fixproxy.proxy.admit import relay_engine_connection
 from fixproxy.proxy.reload import (
     ConfigReloader,
     PidFile,

@@ -33,7 +33,7 @@ from fixproxy.fix import tags
 from fixproxy.fix.codec import FieldValue, encode, iter_fields
 from fixproxy.fix.framer import MAX_FRAME_SIZE, FixFramer, Frame
 from fixproxy.fix.logon import LogonPolicy, RewrittenLogon, rewrite_logon
-from fixproxy.proxy.relay import RECEIVE_SIZE
+from fixproxy.proxy.admit import RECEIVE_SIZE
 from fixproxy.session.machine import TRANSITIONS, Event, Session, State
 from fixproxy.session.sequence import SequenceTranslator, read_seq_num
 from fixproxy.signing import LogonSigner, verify_signature

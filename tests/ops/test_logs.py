@@ -23,7 +23,7 @@ from fixproxy.errors import FixProxyError
 from fixproxy.fix import tags
 from fixproxy.fix.codec import render
 from fixproxy.ops.logs import REDACTED, TEXT_FORMAT, redact, setup_logging
-from fixproxy.proxy.relay import _ConnectionLog
+from fixproxy.proxy.admit import _ConnectionLog
 
 SIGNATURE = "c2lnbmF0dXJlLXRoYXQtbXVzdC1uZXZlci1sZWFr"
 PASSWORD = "hunter2-password"

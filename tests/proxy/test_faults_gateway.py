@@ -54,7 +54,7 @@ from fixproxy.errors import ConfigError
 from fixproxy.fix import tags
 from fixproxy.fix.codec import FixMessage, utc_timestamp
 from fixproxy.proxy.manager import SessionManager
-from fixproxy.proxy.relay import CLOSE_TIMEOUT, relay_engine_connection
+from fixproxy.proxy.admit import CLOSE_TIMEOUT, relay_engine_connection
 from fixproxy.session.backoff import LogonBackoff
 from fixproxy.session.schedule import ALL_DAYS, MaintenanceSchedule
 from fixproxy.sim.certs import generate_certificates
