@@ -35,9 +35,9 @@ from fixproxy.config.loader import Config
 from fixproxy.errors import FixProxyError
 from fixproxy.ops.metrics import Metrics
 from fixproxy.ops.seqstore import SequenceStore
+from fixproxy.proxy.admit import relay_engine_connection
 from fixproxy.proxy.health import Health
 from fixproxy.proxy.manager import SessionManager
-from fixproxy.proxy.admit import relay_engine_connection
 from fixproxy.proxy.reload import (
     ConfigReloader,
     PidFile,

@@ -44,8 +44,8 @@ from fixproxy.fix import tags
 from fixproxy.fix.codec import FixMessage, encode, utc_timestamp
 from fixproxy.fix.framer import MAX_FRAME_SIZE, FixFramer
 from fixproxy.net.tls import HandshakeInfo
-from fixproxy.proxy.manager import SessionManager
 from fixproxy.proxy.admit import CLOSE_TIMEOUT, DRAIN_LIMIT, DRAIN_TIMEOUT, RECEIVE_SIZE
+from fixproxy.proxy.manager import SessionManager
 from fixproxy.session.backoff import LogonBackoff
 from fixproxy.sim.engine import ScriptedEngine
 from fixproxy.sim.gateway import SimFaults

@@ -53,8 +53,8 @@ from support.faults import (
 from fixproxy.errors import ConfigError
 from fixproxy.fix import tags
 from fixproxy.fix.codec import FixMessage, utc_timestamp
-from fixproxy.proxy.manager import SessionManager
 from fixproxy.proxy.admit import CLOSE_TIMEOUT, relay_engine_connection
+from fixproxy.proxy.manager import SessionManager
 from fixproxy.session.backoff import LogonBackoff
 from fixproxy.session.schedule import ALL_DAYS, MaintenanceSchedule
 from fixproxy.sim.certs import generate_certificates

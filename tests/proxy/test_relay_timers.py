@@ -29,8 +29,8 @@ from fixproxy.fix.framer import FixFramer
 from fixproxy.kalshi import ENDPOINTS
 from fixproxy.net.tls import HandshakeInfo
 from fixproxy.ops.metrics import Metrics
-from fixproxy.proxy.manager import SessionManager
 from fixproxy.proxy.admit import relay_engine_connection
+from fixproxy.proxy.manager import SessionManager
 from fixproxy.proxy.runtime import SessionRuntime
 from fixproxy.signing import LogonSigner
 from fixproxy.sim.engine import ScriptedEngine

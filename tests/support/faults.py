@@ -38,8 +38,8 @@ from fixproxy.fix.framer import FixFramer
 from fixproxy.kalshi import ENDPOINTS
 from fixproxy.net.tls import HandshakeInfo
 from fixproxy.ops.metrics import Metrics
-from fixproxy.proxy.manager import SessionManager
 from fixproxy.proxy.admit import relay_engine_connection
+from fixproxy.proxy.manager import SessionManager
 from fixproxy.proxy.runtime import SessionRuntime
 from fixproxy.signing import LogonSigner, load_private_key
 from fixproxy.sim.certs import SimCertificates
