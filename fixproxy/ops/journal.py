@@ -35,7 +35,7 @@ import os
 import re
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Final
 
@@ -43,6 +43,7 @@ from fixproxy.config.loader import ProxyConfig
 from fixproxy.errors import FixProxyError, FramingError
 from fixproxy.fix import tags
 from fixproxy.fix.codec import iter_fields
+from fixproxy.session.machine import Direction
 
 logger = logging.getLogger("fixproxy.journal")
 
@@ -56,9 +57,6 @@ DIRECTORY_MODE: Final = 0o700
 FILE_MODE: Final = 0o600
 SUFFIX: Final = ".log"
 REDACTED: Final = b"<redacted>"
-ENGINE_TO_GATEWAY: Final = "engine_to_gateway"
-GATEWAY_TO_ENGINE: Final = "gateway_to_engine"
-"""The directions the relay records, spelt as in the metrics' ``direction`` label."""
 
 _SOH_TO_BAR: Final = bytes.maketrans(b"\x01", b"|")
 _SECRET_FIELD_START: Final = re.compile(
@@ -66,8 +64,6 @@ _SECRET_FIELD_START: Final = re.compile(
 _SECRET_FIELD: Final = re.compile(
     b"(?<=\x01)(" + b"|".join(b"%d" % tag for tag in sorted(tags.SECRET_TAGS))
     + b")=[^\x01]*")
-_TRAILER: Final = re.compile(rb"\x0110=[0-9]{3}\x01")
-_TRAILER_LENGTH: Final = len(b"10=000\x01")
 _SESSION_FILE_NAME: Final = re.compile(r"[A-Za-z0-9_.-]+")
 
 
@@ -81,39 +77,6 @@ def open_journal(config: ProxyConfig, session: str) -> SessionJournal | None:
         return None
     return SessionJournal(config.journal_dir, session, max_bytes=config.journal_max_bytes,
                           backups=config.journal_backups)
-
-
-def split_frames(data: bytes | bytearray) -> list[bytes | bytearray]:
-    """The FIX messages of ``data``, which holds one or more complete frames back to back.
-
-    Each frame is cut where its BodyLength (9) says it ends. Bytes that do not follow that
-    layout (never the case for what the framer passed) are cut after the next CheckSum (10)
-    field, or kept whole, so nothing relayed is missing from the journal.
-    """
-    frames: list[bytes | bytearray] = []
-    pos = 0
-    end = len(data)
-    while pos < end:
-        stop = _frame_end(data, pos)
-        if pos == 0 and stop == end:
-            return [data]  # the usual case: one frame, no copy
-        frames.append(data[pos:stop])
-        pos = stop
-    return frames
-
-
-def _frame_end(data: bytes | bytearray, pos: int) -> int:
-    first = data.find(b"\x01", pos)
-    if first >= 0 and data.startswith(b"9=", first + 1):
-        second = data.find(b"\x01", first + 3)
-        digits = data[first + 3 : second]
-        if second > 0 and 0 < len(digits) <= 9 and digits.isdigit():
-            stop = second + 1 + int(digits) + _TRAILER_LENGTH
-            if (stop <= len(data) and data[stop - 1] == 1
-                    and data.startswith(b"10=", stop - _TRAILER_LENGTH)):
-                return stop
-    match = _TRAILER.search(data, pos)
-    return len(data) if match is None else match.end()
 
 
 def render_message(frame: bytes | bytearray) -> bytes:
@@ -219,19 +182,19 @@ class SessionJournal:
         """True while the journal is writing: not closed, and no write has failed."""
         return self._fd is not None
 
-    def record(self, direction: str, data: bytes | bytearray, conn_id: int) -> None:
-        """Journal ``data``, one or more complete FIX frames as relayed; never raises.
+    def record(self, direction: Direction, frames: Iterable[bytes], conn_id: int) -> None:
+        """Journal ``frames``, complete FIX messages as the relay cut them; never raises.
 
         Args:
-            direction: ``engine_to_gateway`` or ``gateway_to_engine`` (any word without
-                spaces is written as given).
-            data: the bytes relayed, whole frames only.
+            direction: which way the frames went (the metrics' ``direction`` values, or
+                ``proxy_to_*`` for fixproxy's own Logouts).
+            frames: the messages, each one whole frame, in relay order.
             conn_id: the connection id the relay's log lines carry.
         """
         if self._fd is None:
             return
-        head = b"%s %d %s " % (self._stamp(self._wall()), conn_id, direction.encode())
-        for frame in split_frames(data):
+        head = b"%s %d %s " % (self._stamp(self._wall()), conn_id, direction.value.encode())
+        for frame in frames:
             line = head + render_message(frame) + b"\n"
             self._buffer.append(line)
             self._buffered += len(line)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import bisect
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Final, Literal
+from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import (
@@ -29,9 +29,8 @@ from prometheus_client.registry import Collector
 from fixproxy import __version__
 from fixproxy.kalshi import KNOWN_MSG_TYPES
 from fixproxy.ops.status import SKEW_SOURCES, STATES, Clocks, StatusBoard
+from fixproxy.session.machine import RELAY_DIRECTIONS, Direction
 
-Direction = Literal["engine_to_gateway", "gateway_to_engine"]
-DIRECTIONS: Final[tuple[Direction, ...]] = ("engine_to_gateway", "gateway_to_engine")
 OTHER_MSG_TYPE: Final = b"other"
 _KNOWN: Final = frozenset(t.encode() for t in KNOWN_MSG_TYPES)
 
@@ -275,5 +274,5 @@ class Metrics:
         self.heartbeat_timeouts.labels(session=session)
         for result in ("accepted", "refused_locally", "refused_by_gateway", "no_answer"):
             self.logons.labels(session=session, result=result)
-        for direction in DIRECTIONS:
+        for direction in RELAY_DIRECTIONS:
             self.traffic(session, direction)

@@ -23,20 +23,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Final, Protocol
 
-IDLE: Final = "idle"
-"""No engine connection holds the session."""
-CONNECTING: Final = "connecting"
-"""An engine's Logon was accepted locally; TLS to the gateway is being opened."""
-STATES: Final[tuple[str, ...]] = (
-    IDLE, CONNECTING, "tls_ready", "logon_sent", "active", "engine_logging_out",
-    "gateway_logging_out", "logging_out", "closed")
-"""Every value of the ``state`` label of fixproxy_session_state (the machine's states plus
-the two before a machine exists)."""
+from fixproxy.session.machine import IDLE, STATE_NAMES, State
+
+STATES: Final = STATE_NAMES
+"""Every value of the ``state`` label of fixproxy_session_state (idle, then the machine's
+states)."""
 SKEW_SOURCES: Final = ("engine", "gateway")
 
 
 class MachineView(Protocol):
-    """What status reads of a connection's session machine (fixproxy.session.Session)."""
+    """What status reads of a connection's session machine
+    (:class:`fixproxy.session.machine.SessionMachine`)."""
 
     @property
     def state(self) -> str: ...
@@ -137,7 +134,7 @@ class SessionStatus:
     def state(self) -> str:
         if self.live and self.machine is not None:
             return str(self.machine.state)
-        return CONNECTING if self.connecting else IDLE
+        return State.CONNECTING.value if self.connecting else IDLE
 
     def state_since(self, clocks: Clocks) -> float:
         if self.live and self.machine is not None:

@@ -5,7 +5,7 @@ Theory of operation
 The relay moves bytes; this machine decides what the proxy itself must do when something
 happens to the session: which Logouts to write and to whom, and when to close. It never
 awaits and never reads a clock: the relay passes ``now`` (monotonic seconds) in, asks
-:meth:`Session.next_deadline` when to wake up, and executes the returned actions.
+:meth:`SessionMachine.next_deadline` when to wake up, and executes the returned actions.
 
 Every (state, event) pair is in :data:`TRANSITIONS` or is a :class:`SessionError`; nothing else
 can happen. Who started a Logout decides what follows, so there is one state per initiator:
@@ -22,7 +22,9 @@ injected, so a session that needs no sequence translation stays byte-for-byte: a
 TestRequest would shift every later sequence number.
 
 Sequence numbers: the relay notes the last MsgSeqNum seen in each direction (one ``find`` per
-read, not per message), so an injected Logout takes the next number each peer expects.
+read, not per message), and the machine alone hands out the numbers of fixproxy's own Logouts
+(:meth:`SessionMachine.next_logout_seq`), so an injected Logout takes the next number each peer
+expects and nothing outside the machine writes its counters.
 
 The rejected alternative was flags spread through the relay's pumps ("logout_sent",
 "engine_gone"...), where the combinations nobody thought of are exactly the bugs.
@@ -35,6 +37,21 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from fixproxy.errors import SessionError
+
+
+class Direction(enum.StrEnum):
+    """Which way a message travels; the ``direction`` label of metrics and journal lines."""
+
+    ENGINE_TO_GATEWAY = "engine_to_gateway"
+    GATEWAY_TO_ENGINE = "gateway_to_engine"
+    PROXY_TO_GATEWAY = "proxy_to_gateway"
+    """fixproxy's own Logout, written upstream (journal only)."""
+    PROXY_TO_ENGINE = "proxy_to_engine"
+    """fixproxy's own Logout, written to the engine (journal only)."""
+
+
+RELAY_DIRECTIONS: Final = (Direction.ENGINE_TO_GATEWAY, Direction.GATEWAY_TO_ENGINE)
+"""The directions relayed traffic is counted in."""
 
 
 class State(enum.StrEnum):
@@ -50,6 +67,13 @@ class State(enum.StrEnum):
     LOGGING_OUT = "logging_out"
     """fixproxy wrote a Logout upstream and waits for the answer."""
     CLOSED = "closed"
+
+
+IDLE: Final = "idle"
+"""A configured session no engine connection holds (before any machine exists)."""
+STATE_NAMES: Final[tuple[str, ...]] = (IDLE, *(state.value for state in State))
+"""Every state a configured session can be in, as /status and fixproxy_session_state name
+them: idle, then the machine's states."""
 
 
 class Event(enum.StrEnum):
@@ -163,7 +187,7 @@ LIVE_STATES: Final = frozenset({_S.ACTIVE, _S.ENGINE_LOGGING_OUT, _S.GATEWAY_LOG
 
 
 @dataclass(slots=True)
-class Session:
+class SessionMachine:
     """One connection's session: state, timers, last sequence numbers, and why it ended."""
 
     now: float
@@ -226,6 +250,16 @@ class Session:
         self.gateway_seen = now
         if last_seq is not None and last_seq > self.gateway_last_seq:
             self.gateway_last_seq = last_seq
+
+    def next_logout_seq(self, *, to_gateway: bool) -> int:
+        """Take the MsgSeqNum of a Logout fixproxy writes itself, in the numbering of the peer
+        it speaks for: after the engine's last message when it goes to the gateway, after the
+        gateway's last message when it goes to the engine."""
+        if to_gateway:
+            self.engine_last_seq += 1
+            return self.engine_last_seq
+        self.gateway_last_seq += 1
+        return self.gateway_last_seq
 
     @property
     def silence_limit(self) -> float:

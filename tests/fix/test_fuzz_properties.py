@@ -34,7 +34,7 @@ from fixproxy.fix.codec import FieldValue, encode, iter_fields
 from fixproxy.fix.framer import MAX_FRAME_SIZE, FixFramer, Frame
 from fixproxy.fix.logon import LogonPolicy, RewrittenLogon, rewrite_logon
 from fixproxy.proxy.admit import RECEIVE_SIZE
-from fixproxy.session.machine import TRANSITIONS, Event, Session, State
+from fixproxy.session.machine import TRANSITIONS, Event, SessionMachine, State
 from fixproxy.session.sequence import SequenceTranslator, read_seq_num
 from fixproxy.signing import LogonSigner, verify_signature
 
@@ -509,9 +509,9 @@ def test_renumbering_keeps_or_refuses_a_stray_frame_tag_in_the_body(
 
 # --------------------------------------------------------------------------- session machine
 
-def reach(events: list[Event], logout_on_engine_disconnect: bool) -> Session:
+def reach(events: list[Event], logout_on_engine_disconnect: bool) -> SessionMachine:
     """A session driven by the legal ones among ``events``, one second apart."""
-    session = Session(now=0.0, logout_on_engine_disconnect=logout_on_engine_disconnect)
+    session = SessionMachine(now=0.0, logout_on_engine_disconnect=logout_on_engine_disconnect)
     for step, event in enumerate(events, start=1):
         if (session.state, event) in TRANSITIONS:
             session.handle(event, float(step))
@@ -545,7 +545,7 @@ def test_property_a_session_left_alone_closes_itself(events: list[Event],
     assert session.next_deadline() is None
 
 
-def state_of(session: Session) -> State:
+def state_of(session: SessionMachine) -> State:
     """``session.state`` read afresh (a type checker keeps it narrowed across ``handle``)."""
     return session.state
 

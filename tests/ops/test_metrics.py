@@ -18,6 +18,7 @@ from fixproxy import __version__
 from fixproxy.fix import tags
 from fixproxy.ops.metrics import RELAY_LATENCY_BUCKETS, LatencyHistogram, Metrics
 from fixproxy.ops.status import STATES, StatusBoard
+from fixproxy.session.machine import Direction
 
 SESSION = "NR"
 
@@ -80,8 +81,8 @@ def test_event_counters_and_histograms() -> None:
 
 def test_traffic_counts_messages_bytes_and_folds_unknown_types() -> None:
     metrics = Metrics(CollectorRegistry())
-    counters = metrics.traffic(SESSION, "engine_to_gateway")
-    assert metrics.traffic(SESSION, "engine_to_gateway") is counters
+    counters = metrics.traffic(SESSION, Direction.ENGINE_TO_GATEWAY)
+    assert metrics.traffic(SESSION, Direction.ENGINE_TO_GATEWAY) is counters
     for msg_type in (b"D", b"D", b"F", b"ZZ"):
         counters.count(msg_type)
     counters.bytes += 600
@@ -105,7 +106,7 @@ def test_traffic_counts_messages_bytes_and_folds_unknown_types() -> None:
 def test_rejects_are_counted_by_their_reason_code(msg_type: bytes, raw: bytes, kind: str,
                                                  reason: str) -> None:
     metrics = Metrics(CollectorRegistry())
-    counters = metrics.traffic(SESSION, "gateway_to_engine")
+    counters = metrics.traffic(SESSION, Direction.GATEWAY_TO_ENGINE)
     counters.count_reject(msg_type, raw)
     counters.count_reject(b"D", raw)  # not a reject: ignored
     samples = exposition(metrics)
@@ -133,7 +134,7 @@ def test_relay_latency_histogram_is_cumulative_with_sub_millisecond_buckets() ->
     assert dict(edge.buckets())["0.0001"] == 1
 
     metrics = Metrics(CollectorRegistry())
-    metrics.traffic(SESSION, "gateway_to_engine").latency.observe(0.00004)
+    metrics.traffic(SESSION, Direction.GATEWAY_TO_ENGINE).latency.observe(0.00004)
     samples = exposition(metrics)
     labels = {"session": SESSION, "direction": "gateway_to_engine"}
     assert value(samples, "fixproxy_relay_latency_seconds_bucket", le="5e-05", **labels) == 1

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fixproxy.ops.status import CONNECTING, IDLE, STATES, Clocks, StatusBoard, iso
+from fixproxy.ops.status import STATES, Clocks, StatusBoard, iso
+from fixproxy.session.machine import IDLE, State
+
+CONNECTING = State.CONNECTING.value
 
 WALL = 1_790_000_000.0
 

@@ -18,7 +18,7 @@ from fixproxy.session.machine import (
     TRANSITIONS,
     Action,
     Event,
-    Session,
+    SessionMachine,
     State,
     Transition,
 )
@@ -36,15 +36,15 @@ Step = tuple[Event, tuple[Action, ...], State]
 
 
 def session_in(state: State, *, now: float = T0, heart_bt_int: float = 30.0,
-               grace: float = 5.0, logout_on_engine_disconnect: bool = True) -> Session:
+               grace: float = 5.0, logout_on_engine_disconnect: bool = True) -> SessionMachine:
     """A session put straight into ``state`` at ``now``, as if it had just entered it."""
-    session = Session(now=now, heart_bt_int=heart_bt_int, grace=grace,
+    session = SessionMachine(now=now, heart_bt_int=heart_bt_int, grace=grace,
                       logout_on_engine_disconnect=logout_on_engine_disconnect)
     session.state = state
     return session
 
 
-def walk(session: Session, steps: list[Step], *, start: float = T0) -> None:
+def walk(session: SessionMachine, steps: list[Step], *, start: float = T0) -> None:
     """Feed each step's event one second apart, checking its actions and the state reached."""
     for offset, (event, actions, state) in enumerate(steps, start=1):
         assert session.handle(event, start + offset) == actions, (event, session.state)
@@ -140,7 +140,7 @@ LIVES: dict[str, tuple[bool, list[Step]]] = {
 @pytest.mark.parametrize("name", list(LIVES))
 def test_lives(name: str) -> None:
     logout_on_engine_disconnect, steps = LIVES[name]
-    session = Session(now=T0, logout_on_engine_disconnect=logout_on_engine_disconnect)
+    session = SessionMachine(now=T0, logout_on_engine_disconnect=logout_on_engine_disconnect)
     assert (session.state, session.history) == (S.CONNECTING, [])
     walk(session, steps)
     # Every life listed ends closed, and a closed session ignores whatever still arrives.
@@ -151,7 +151,7 @@ def test_lives(name: str) -> None:
 
 
 def test_history_since_and_close_reason_are_recorded() -> None:
-    session = Session(now=T0)
+    session = SessionMachine(now=T0)
     assert (session.since, session.history, session.close_reason) == (T0, [], "")
     session.handle(E.TLS_READY, T0 + 1)
     session.handle(E.LOGON_SENT, T0 + 2)
@@ -300,7 +300,7 @@ events_with_delays = st.lists(
 @given(steps=events_with_delays, logout_on_engine_disconnect=st.booleans())
 def test_random_event_sequences(steps: list[tuple[Event, float]],
                                 logout_on_engine_disconnect: bool) -> None:
-    session = Session(now=T0, logout_on_engine_disconnect=logout_on_engine_disconnect)
+    session = SessionMachine(now=T0, logout_on_engine_disconnect=logout_on_engine_disconnect)
     now = T0
     changes: list[tuple[float, State, Event]] = []
     sent: dict[Action, int] = dict.fromkeys(Action, 0)
@@ -342,7 +342,7 @@ def test_no_timer_outside_logon_and_live_states(state: State) -> None:
 
 
 def test_logon_answer_is_awaited_for_logon_wait() -> None:
-    session = Session(now=T0, logon_wait=30.0)
+    session = SessionMachine(now=T0, logon_wait=30.0)
     session.handle(E.TLS_READY, T0 + 1)
     session.handle(E.LOGON_SENT, T0 + 2)
     assert session.next_deadline() == T0 + 32
@@ -391,7 +391,7 @@ def test_activity_pushes_the_deadline_out() -> None:
 
 @pytest.mark.parametrize("state", LOGGING_OUT_STATES)
 def test_logging_out_waits_logout_wait(state: State) -> None:
-    session = Session(now=T0, logout_wait=2.0)
+    session = SessionMachine(now=T0, logout_wait=2.0)
     session.handle(E.TLS_READY, T0)
     session.handle(E.LOGON_SENT, T0)
     session.handle(E.GATEWAY_LOGON, T0)
@@ -448,3 +448,15 @@ def test_activity_keeps_the_highest_seq_num() -> None:
     assert session.engine_last_seq == 6
     # The two directions are counted apart.
     assert session.gateway_last_seq == 9
+
+
+def test_the_machine_numbers_fixproxys_own_logouts() -> None:
+    machine = SessionMachine(now=T0)
+    machine.engine_activity(T0, 7)
+    machine.gateway_activity(T0, 3)
+    assert machine.next_logout_seq(to_gateway=True) == 8
+    assert machine.next_logout_seq(to_gateway=True) == 9
+    assert machine.next_logout_seq(to_gateway=False) == 4
+    # A later message from the peer never goes back below a number already handed out.
+    machine.engine_activity(T0, 8)
+    assert machine.engine_last_seq == 9
