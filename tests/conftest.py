@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from support.frames import MakeFrame
 from support.frames import make_frame as _make_frame
+from support.relay import close_socket_pairs
 
 
 @pytest.fixture(scope="session")
@@ -18,3 +21,10 @@ def rsa_key() -> rsa.RSAPrivateKey:
 def make_frame() -> MakeFrame:
     """Build a framed FIXT.1.1 message from its MsgType and body fields."""
     return _make_frame
+
+
+@pytest.fixture(autouse=True)
+def _close_socket_pairs() -> Iterator[None]:
+    """Socket pairs a test made stand in for peers it may never close: close them after it."""
+    yield
+    close_socket_pairs()

@@ -85,6 +85,12 @@ class NonBlockingSocketStream(trio.abc.Stream):
             except (OSError, ValueError) as exc:
                 raise trio.BrokenResourceError(f"receive failed: {exc}") from exc
 
+    @property
+    def socket(self) -> socket.socket:
+        """The connected socket, for a session relay that takes it over: from then on only
+        that relay's thread uses it, and this stream only closes it afterwards."""
+        return self._sock
+
     def setsockopt(self, level: int, option: int, value: int | bytes) -> None:
         self._sock.setsockopt(level, option, value)
 

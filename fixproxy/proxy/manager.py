@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Final
 
 import trio
 
@@ -28,6 +29,10 @@ from fixproxy.session.backoff import LogonBackoff
 from fixproxy.session.schedule import MaintenanceSchedule, Window
 
 logger = logging.getLogger("fixproxy.manager")
+
+
+DEFAULT_SESSION_THREADS: Final = 8
+"""Relay threads allowed before the configuration says how many sessions there are."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,12 +58,20 @@ class SessionManager:
         self.backoff = backoff if backoff is not None else LogonBackoff()
         self._last_logon: dict[str, datetime] = {}
         self._holders: dict[str, KeyHolder] = {}
-        self._shutdown_hooks: dict[int, Callable[[], Awaitable[None]]] = {}
+        self._shutdown_hooks: dict[int, Callable[[], None]] = {}
         self._idle = trio.Event()
         self._idle.set()
         self.draining = False
         self.status = StatusBoard()
         """What every configured session is doing, for /status and the session metrics."""
+        self.session_threads = trio.CapacityLimiter(DEFAULT_SESSION_THREADS)
+        """Threads for session relays: one per live session, sized by :meth:`size_for`
+        rather than trio's default of 40 shared with every other thread use."""
+
+    def size_for(self, sessions: int) -> None:
+        """Allow a relay thread for each of ``sessions`` configured sessions (one live
+        connection per API key), plus one for a connection still logging out."""
+        self.session_threads.total_tokens = max(sessions + 1, DEFAULT_SESSION_THREADS)
 
     def claim(self, api_key: str, session: str, conn_id: int) -> KeyHolder | None:
         """Take ``api_key`` for a connection; returns the current holder if it is taken."""
@@ -94,8 +107,9 @@ class SessionManager:
     def logon_accepted(self, api_key: str, now: datetime) -> None:
         self._last_logon[api_key] = now
 
-    def register(self, conn_id: int, shutdown: Callable[[], Awaitable[None]]) -> None:
-        """Make a logged-on session reachable by :meth:`drain`."""
+    def register(self, conn_id: int, shutdown: Callable[[], None]) -> None:
+        """Make a logged-on session reachable by :meth:`drain`; ``shutdown`` asks it to log
+        out and returns at once."""
         self._shutdown_hooks[conn_id] = shutdown
         if self._idle.is_set():
             self._idle = trio.Event()
@@ -121,5 +135,5 @@ class SessionManager:
         hooks = list(self._shutdown_hooks.values())
         logger.info("logging out %d live session(s)", len(hooks))
         for hook in hooks:
-            await hook()
+            hook()
         await self._idle.wait()

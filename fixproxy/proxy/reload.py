@@ -522,6 +522,7 @@ class ConfigReloader:
         self._update_status_board(prepared.runtimes)
         if prepared.config.maintenance != current.maintenance:
             self._manager.maintenance = prepared.config.maintenance
+        self._manager.size_for(len(prepared.config.sessions))
         self.config = prepared.config
         self._metrics.config_reload.labels(result="ok").inc()
         for note in changes.restart_needed:

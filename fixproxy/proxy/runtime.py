@@ -23,8 +23,11 @@ from fixproxy.ops.metrics import Metrics
 from fixproxy.ops.seqstore import SequenceStore
 from fixproxy.ops.status import SessionStatus
 from fixproxy.proxy.manager import SessionManager
+from fixproxy.proxy.relay import RelayResult, SessionRelay
 from fixproxy.signing import LogonSigner, load_private_key
 
+RelayRunner = Callable[[SessionRelay], Awaitable[RelayResult]]
+"""Runs a :class:`~fixproxy.proxy.relay.SessionRelay` until it ends and returns its result."""
 GatewayConnector = Callable[[], Awaitable[tuple[trio.abc.Stream, HandshakeInfo]]]
 """Opens TLS to the session's gateway, pins checked; what admission calls after the Logon."""
 
@@ -43,6 +46,9 @@ class SessionRuntime:
     """Where sequence numbers are kept between connections, for translation."""
     proxy: ProxyConfig | None = None
     """Process-wide settings: where the message journal goes, if anywhere."""
+    run_relay: RelayRunner | None = None
+    """Runs a session relay to its end; None: in a thread of its own (production). Tests
+    drive the relay from trio instead, to use the autojump clock."""
 
 
 def declare_status(runtime: SessionRuntime) -> SessionStatus:

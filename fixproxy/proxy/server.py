@@ -87,6 +87,7 @@ class ProxyServer:
         self.metrics = metrics
         self.manager = manager if manager is not None else SessionManager(
             config.maintenance, LogonBackoff(config.backoff.floor, config.backoff.ceiling))
+        self.manager.size_for(len(config.sessions))
         metrics.maintenance_active.set_function(self._maintenance_active)
         metrics.watch_status(self.manager.status, trio.current_time)
         state_dir = config.proxy.state_dir

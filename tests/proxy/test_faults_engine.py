@@ -9,6 +9,7 @@ and the bound on time and memory, tested rather than assumed.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import random
 import tracemalloc
@@ -25,6 +26,7 @@ from support.e2e import (  # e2e_material_fixture: a pytest fixture, found by it
     open_proxy_pair,
 )
 from support.faults import (
+    STALL_BUFFER,
     EndlessEngine,
     StallableStream,
     client_hello,
@@ -38,14 +40,16 @@ from support.faults import (
     text_of,
     wait_for_sample,
 )
+from support.relay import socket_stream_pair
 
 from fixproxy.config.loader import DEFAULT_LOGOUT_WAIT, DEFAULT_SHUTDOWN_TIMEOUT
 from fixproxy.fix import tags
 from fixproxy.fix.codec import FixMessage, encode, utc_timestamp
 from fixproxy.fix.framer import MAX_FRAME_SIZE, FixFramer
 from fixproxy.net.tls import HandshakeInfo
-from fixproxy.proxy.admit import CLOSE_TIMEOUT, DRAIN_LIMIT, DRAIN_TIMEOUT, RECEIVE_SIZE
+from fixproxy.proxy.admit import DRAIN_LIMIT, DRAIN_TIMEOUT, RECEIVE_SIZE
 from fixproxy.proxy.manager import SessionManager
+from fixproxy.proxy.relay import CLOSE_TIMEOUT
 from fixproxy.session.backoff import LogonBackoff
 from fixproxy.sim.engine import ScriptedEngine
 from fixproxy.sim.gateway import SimFaults
@@ -292,28 +296,53 @@ async def test_endless_field_after_the_logon_is_bounded(e2e_material: E2EMateria
             engine_logon = encode([(35, "A"), (49, proxy.api_key), (56, "KalshiNR"), (34, 1),
                                    (52, utc_timestamp()), *logon_fields()])
             endless = b"8=FIXT.1.1\x019=1048000\x0135=D\x0158="
-            engine = EndlessEngine(engine_logon + endless, b"x")
+            # A real connection this time: after the Logon the session relay owns the socket.
+            proxy_end, engine_end = socket_stream_pair(buffer_size=STALL_BUFFER)
+            sent = 0
+            written = bytearray()
+
+            async def feed() -> None:
+                nonlocal sent
+                filler = b"x" * 4096
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    await engine_end.send_all(engine_logon + endless)
+                    sent += len(engine_logon) + len(endless)
+                    while True:
+                        await engine_end.send_all(filler)
+                        sent += len(filler)
+
+            async def drain() -> None:
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    while data := await engine_end.receive_some(65536):
+                        written.extend(data)
+
             tracemalloc.start()
             try:
-                await proxy.start_relay(engine).wait()
+                async with trio.open_nursery() as peer:
+                    peer.start_soon(feed)
+                    peer.start_soon(drain)
+                    await proxy.start_relay(proxy_end).wait()
+                    with trio.move_on_after(1):
+                        await proxy.sim.wait_for_messages(tags.MT_LOGOUT)
+                    peer.cancel_scope.cancel()
                 _, peak = tracemalloc.get_traced_memory()
             finally:
                 tracemalloc.stop()
 
             assert peak <= MEMORY_BOUND, peak
-            assert engine.served <= len(engine_logon) + len(endless) + 1048000 + RECEIVE_SIZE
+            # What the engine got through: the frame limit, one read, and the socket buffers.
+            assert sent <= len(engine_logon) + len(endless) + 1048000 + 4 * RECEIVE_SIZE
             assert len(proxy.sim_in(tags.MT_LOGON)) == 1
             assert proxy.sim_in(b"D") == []
             (upstream,) = [FixMessage.parse(raw) for raw in proxy.sim_in(tags.MT_LOGOUT)]
             assert "BodyLength (9) of 1048000 does not end at the CheckSum (10) field" \
                 in text_of(upstream)
             framer = FixFramer()
-            framer.receive_data(engine.written)
+            framer.receive_data(bytes(written))
             types = []
             while (frame := framer.next_message()) is not None:
                 types.append(frame.msg_type)
             assert types == [tags.MT_LOGON, tags.MT_LOGOUT]
-            assert engine.closed
             assert proxy.sample("fixproxy_logouts_total", initiator="engine",
                                 reason="other") == 1
 
@@ -322,7 +351,7 @@ async def test_slowloris_before_the_logon(autojump_clock: trio.testing.MockClock
                                           e2e_material: E2EMaterial) -> None:
     with trio.fail_after(VIRTUAL_BOUND):
         async with open_memory_proxy(e2e_material) as proxy:
-            proxy_end, engine_end = trio.testing.memory_stream_pair()
+            proxy_end, engine_end = socket_stream_pair()
             started = trio.current_time()
             relay_done = proxy.start_relay(proxy_end)
             logon = encode([(35, "A"), (49, proxy.api_key), (56, "KalshiNR"), (34, 1),
@@ -638,15 +667,15 @@ async def test_engine_stops_reading(autojump_clock: trio.testing.MockClock,
 
     with trio.fail_after(VIRTUAL_BOUND):
         async with open_memory_proxy(e2e_material) as proxy:
-            engine, relay_done = proxy.connect_engine(proxy_end_wrapper=stallable)
+            engine, relay_done = proxy.connect_engine(engine_end_wrapper=stallable)
             assert (await engine.logon(heart_bt_int=HEART_BT_INT)) is not None
             hung = trio.current_time()
-            downstream[0].stalled = True  # nothing fixproxy writes to the engine gets through
+            downstream[0].stalled = True  # the engine reads nothing fixproxy writes to it
             await engine.new_order()  # its ExecutionReport is the write that blocks
             await proxy.sim.wait_for_messages(b"8", direction="out")
             await relay_done.wait()
             assert trio.current_time() - hung <= SILENCE + LOGOUT_WAIT + 2 * CLOSE_TIMEOUT + 1
-            assert downstream[0].stalled_writes >= 1  # the report never reached the engine
+            assert received_raw(engine, b"8") == []  # the report never reached the engine
             (upstream,) = proxy.sim_in(tags.MT_LOGOUT)
             assert FixMessage.parse(upstream).get(tags.MSG_SEQ_NUM) == b"3"
             assert proxy.sample("fixproxy_heartbeat_timeouts_total") == 1
@@ -667,7 +696,7 @@ async def test_shutdown_while_a_logon_is_in_flight(autojump_clock: trio.testing.
                 return await proxy.runtime.connect()
 
             runtime = dataclasses.replace(proxy.runtime, connect=slow_connect)
-            proxy_end, engine_end = trio.testing.memory_stream_pair()
+            proxy_end, engine_end = socket_stream_pair()
             relay_done = proxy.start_relay(proxy_end, runtime)
             engine = ScriptedEngine(engine_end, sender=proxy.api_key, target="KalshiNR")
             await engine.send(tags.MT_LOGON, logon_fields())

@@ -1,6 +1,6 @@
-"""The relay's timers and Logouts, on trio memory streams and the autojump clock.
+"""The relay's timers and Logouts, on local socket pairs and the autojump clock.
 
-The test plays both peers: a :class:`~fixproxy.sim.engine.ScriptedEngine` on one memory stream,
+The test plays both peers: a :class:`~fixproxy.sim.engine.ScriptedEngine` on one socket pair,
 and the gateway, by hand, on another (frames read with the framer, answers built with the codec),
 so every byte fixproxy writes is seen. Heartbeat intervals of 30 s and Logout waits of seconds
 take no real time on the autojump clock; every test is bounded by ``trio.fail_after`` in virtual
@@ -21,6 +21,7 @@ import trio
 import trio.testing
 from cryptography.hazmat.primitives.asymmetric import rsa
 from prometheus_client import CollectorRegistry
+from support.relay import drive_in_trio, socket_stream_pair
 
 from fixproxy.config.loader import SessionConfig, TLSPolicy
 from fixproxy.fix import tags
@@ -116,8 +117,8 @@ def make_config(**overrides: object) -> SessionConfig:
 
 def start_relay(nursery: trio.Nursery, key: rsa.RSAPrivateKey, **overrides: object) -> Harness:
     """Run one relay in ``nursery`` between a scripted engine and a hand-played gateway."""
-    proxy_engine_end, engine_end = trio.testing.memory_stream_pair()
-    proxy_gateway_end, gateway_end = trio.testing.memory_stream_pair()
+    proxy_engine_end, engine_end = socket_stream_pair()
+    proxy_gateway_end, gateway_end = socket_stream_pair()
     connects: list[float] = []
 
     async def connect() -> tuple[trio.abc.Stream, HandshakeInfo]:
@@ -127,7 +128,8 @@ def start_relay(nursery: trio.Nursery, key: rsa.RSAPrivateKey, **overrides: obje
     config = make_config(**overrides)
     runtime = SessionRuntime(config=config, policy=config.logon_policy(),
                              sign=LogonSigner(key), connect=connect,
-                             metrics=Metrics(CollectorRegistry()), manager=SessionManager())
+                             metrics=Metrics(CollectorRegistry()), manager=SessionManager(),
+                             run_relay=drive_in_trio)
     done = trio.Event()
 
     async def run() -> None:

@@ -5,8 +5,9 @@ Two harnesses run fixproxy against a peer that fails:
 * :func:`e2e_support.open_proxy_pair` for everything that needs real sockets and real TLS (a
   gateway that resets, a handshake that fails, a listener flooded with connections);
 * :func:`open_memory_proxy` for everything timed: the relay and the strict simulator
-  (:meth:`~fixproxy.sim.gateway.SimGateway.handle_stream`) joined by trio memory streams, so a
-  test runs on the autojump clock and sixty seconds of silence take no real time.
+  (:meth:`~fixproxy.sim.gateway.SimGateway.handle_stream`) in one process, joined by local
+  socket pairs with no TLS, the relay driven from trio, so a test runs on the autojump clock
+  and sixty seconds of silence take no real time.
 
 Gateways that are not gateways (:func:`open_fake_gateway`, :func:`full_backlog_listener`) stand
 for a port that closes, speaks something else, or never finishes the handshake. An
@@ -46,6 +47,7 @@ from fixproxy.sim.certs import SimCertificates
 from fixproxy.sim.engine import ScriptedEngine
 from fixproxy.sim.gateway import SimConfig, SimFaults, SimGateway
 from support.e2e import LOOPBACK, E2EMaterial, ProxyPair
+from support.relay import drive_in_trio, socket_stream_pair
 
 MEMORY_SESSION: Final = "faults"
 ENDPOINT: Final = "KalshiNR"
@@ -124,7 +126,7 @@ def client_hello() -> bytes:
 
 @dataclass(slots=True)
 class MemoryProxy:
-    """fixproxy's relay and the simulator over memory streams; see :func:`open_memory_proxy`."""
+    """fixproxy's relay and the simulator in one process; see :func:`open_memory_proxy`."""
 
     sim: SimGateway
     runtime: SessionRuntime
@@ -157,16 +159,18 @@ class MemoryProxy:
         self.nursery.start_soon(run)
         return done
 
-    def connect_engine(self, *, first_seq: int = 1, proxy_end_wrapper: StreamWrapper | None
+    def connect_engine(self, *, first_seq: int = 1, engine_end_wrapper: StreamWrapper | None
                        = None) -> tuple[ScriptedEngine, trio.Event]:
         """A scripted engine on a new connection, and the event set when its relay returns.
 
-        ``proxy_end_wrapper`` wraps fixproxy's end of the connection (to stall its writes).
+        ``engine_end_wrapper`` wraps the engine's end of the connection (to stop its reads);
+        the connection's buffers are then small, so a stopped engine fills its window soon.
         """
-        proxy_end: trio.abc.Stream
-        proxy_end, engine_end = trio.testing.memory_stream_pair()
-        if proxy_end_wrapper is not None:
-            proxy_end = proxy_end_wrapper(proxy_end)
+        engine_end: trio.abc.Stream
+        proxy_end, engine_end = socket_stream_pair(
+            buffer_size=None if engine_end_wrapper is None else STALL_BUFFER)
+        if engine_end_wrapper is not None:
+            engine_end = engine_end_wrapper(engine_end)
         done = self.start_relay(proxy_end)
         engine = ScriptedEngine(engine_end, sender=self.api_key, target=ENDPOINT,
                                 first_seq=first_seq)
@@ -191,9 +195,11 @@ async def open_memory_proxy(material: E2EMaterial, *, faults: SimFaults | None =
                             session_overrides: Mapping[str, Any] | None = None,
                             gateway_wrapper: StreamWrapper | None = None,
                             ) -> AsyncIterator[MemoryProxy]:
-    """The relay of one KalshiNR session and a strict simulator, joined by memory streams.
+    """The relay of one KalshiNR session and a strict simulator, joined by local socket pairs,
+    the relay driven from trio (:func:`support.relay.drive_in_trio`).
 
-    ``gateway_wrapper`` wraps fixproxy's end of each gateway connection. The caller bounds the
+    ``gateway_wrapper`` wraps the simulator's end of each gateway connection (to stop its
+    reads; the buffers are then small). The caller bounds the
     block with ``trio.fail_after`` (in virtual time under the autojump clock); leaving it
     cancels every relay and simulator connection still running.
     """
@@ -209,18 +215,20 @@ async def open_memory_proxy(material: E2EMaterial, *, faults: SimFaults | None =
 
         async def connect() -> tuple[trio.abc.Stream, HandshakeInfo]:
             connects.append(trio.current_time())
-            proxy_end: trio.abc.Stream
-            proxy_end, sim_end = trio.testing.memory_stream_pair()
-            nursery.start_soon(sim.handle_stream, sim_end, ENDPOINT)
+            sim_end: trio.abc.Stream
+            proxy_end, sim_end = socket_stream_pair(
+                buffer_size=None if gateway_wrapper is None else STALL_BUFFER)
             if gateway_wrapper is not None:
-                proxy_end = gateway_wrapper(proxy_end)
+                sim_end = gateway_wrapper(sim_end)
+            nursery.start_soon(sim.handle_stream, sim_end, ENDPOINT)
             return proxy_end, HANDSHAKE
 
         runtime = SessionRuntime(
             config=config, policy=config.logon_policy(),
             sign=LogonSigner(load_private_key(material.private_key)), connect=connect,
             metrics=Metrics(CollectorRegistry()),
-            manager=manager if manager is not None else SessionManager())
+            manager=manager if manager is not None else SessionManager(),
+            run_relay=drive_in_trio)
         runtime.metrics.declare_session(MEMORY_SESSION)
         proxy = MemoryProxy(sim=sim, runtime=runtime, nursery=nursery, gateway_connects=connects)
         try:
@@ -229,25 +237,30 @@ async def open_memory_proxy(material: E2EMaterial, *, faults: SimFaults | None =
             nursery.cancel_scope.cancel()
 
 
+STALL_BUFFER: Final = 4096
+"""Kernel buffer size of a connection whose peer may stop reading: a few orders fill it."""
+
+
 class StallableStream(trio.abc.HalfCloseableStream):
-    """A stream whose writes can be made to hang: a peer that stopped reading, with the TCP
-    window full. Reads pass through; a stalled write waits until cancelled."""
+    """A peer's end of a connection whose reads can be made to stop: a peer that hangs, so
+    what fixproxy writes to it piles up in a window that fills. Writes pass through; a
+    stalled read waits until cancelled."""
 
     def __init__(self, inner: trio.abc.Stream) -> None:
         self.inner = inner
         self.stalled = False
-        self.stalled_writes = 0
+        self.stalled_reads = 0
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        if self.stalled:
-            self.stalled_writes += 1
-            await trio.sleep_forever()
         await self.inner.send_all(data)
 
     async def wait_send_all_might_not_block(self) -> None:
         await self.inner.wait_send_all_might_not_block()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        if self.stalled:
+            self.stalled_reads += 1
+            await trio.sleep_forever()
         return await self.inner.receive_some(max_bytes)
 
     async def send_eof(self) -> None:
@@ -274,7 +287,7 @@ class GatewayByHand:
 
     async def connect(self) -> tuple[trio.abc.Stream, HandshakeInfo]:
         self.connects += 1
-        proxy_end, peer = trio.testing.memory_stream_pair()
+        proxy_end, peer = socket_stream_pair()
         self._stream = peer
         self._connected.set()
         return proxy_end, HANDSHAKE

@@ -1,0 +1,682 @@
+"""The session data plane: one OS thread relays one FIX session, from its signed Logon on.
+
+Theory of operation
+-------------------
+Admission (trio, :mod:`fixproxy.proxy.admit`) reads and signs the engine's Logon and opens TLS
+with pins checked. From the signed Logon on, a :class:`SessionRelay` owns everything
+of the session: the engine's plain socket, the gateway's non-blocking ``ssl.SSLSocket``, both
+framers, the :class:`~fixproxy.session.machine.SessionMachine`, the sequence translator, the
+journal and the traffic counters. :meth:`SessionRelay.run` is a synchronous loop for a thread of
+its own: ``poll`` over the two sockets and a wake-up pipe, with the machine's next deadline as
+the timeout. Measured, trio's scheduler pass per wake-up cost more than everything stunnel does
+per message; a plain loop in a thread does not.
+
+Per chunk read: frame it, count each message by MsgType, look into the few MsgTypes that matter
+(Logout, Reject, Heartbeat), and write the chunk itself when it is whole frames and nothing needs
+renumbering (design rule 6: the bytes that arrived leave). Writes are non-blocking; what a peer
+does not take waits in that direction's pending output, and while that holds more than
+:data:`MAX_PENDING_BYTES` the other side is not read: the backpressure reaches the sender
+through TCP instead of growing a buffer. The gateway's ``SSLSocket`` may hold a decrypted record
+that ``poll`` cannot see; ``pending()`` is asked after every read.
+
+The planes meet at a named rule each. trio -> thread: :meth:`SessionRelay.shutdown` and
+:meth:`SessionRelay.abort` put a command on a deque and write one byte to the wake-up pipe.
+thread -> trio: rare events (the Logon's answer, an error for /status, clock skew) go through
+the :class:`ControlPlane` the caller passes in, which hands them to trio's thread
+(``TrioToken.run_sync_soon``) without waiting; the end of the session is :meth:`run`'s return
+value. Traffic counters are plain integers written only by this thread and read at scrape
+time. The ``SSLSocket`` is used by this thread alone from the hand-over until :meth:`run`
+returns; closing the sockets is the caller's, afterwards. This module never calls trio: tests
+drive the same handlers from a trio loop (:meth:`wanted` and :meth:`handle`) with the autojump
+clock, through real sockets.
+
+The alternatives rejected: keeping the relay on trio (its per-wake-up pass is the cost this
+module removes), and a reader and a writer thread per direction (four threads and locks per
+session to do what one ``poll`` does).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import enum
+import logging
+import math
+import os
+import select
+import socket
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final, Protocol
+
+from fixproxy.errors import FixError, FramingError, SessionError
+from fixproxy.fix import tags
+from fixproxy.fix.codec import header_value, parse_utc_timestamp, render
+from fixproxy.fix.framer import FixFramer
+from fixproxy.fix.logon import strip_forced_reset
+from fixproxy.fix.logout import logout
+from fixproxy.ops.journal import SessionJournal
+from fixproxy.ops.metrics import TrafficCounters
+from fixproxy.session.explain import END_CAUSES, classify_gateway_answer, event_text
+from fixproxy.session.machine import Action, Direction, Event, SessionMachine, State
+from fixproxy.session.sequence import SequenceTranslator, read_seq_num
+
+RECEIVE_SIZE: Final = 65536
+"""Bytes asked of a socket per read: large enough that a burst is one read and one write."""
+MAX_PENDING_BYTES: Final = 256 * 1024
+"""Output waiting for a slow peer above which the other side is not read. A read adds at most
+RECEIVE_SIZE plus a Logout past it, so memory per direction stays under about 330 KiB."""
+CLOSE_TIMEOUT: Final = 2.0
+"""Seconds a closing session keeps writing what it accepted before the sockets are closed."""
+
+_IN: Final = select.POLLIN
+_OUT: Final = select.POLLOUT
+_GONE: Final = select.POLLERR | select.POLLHUP | select.POLLNVAL
+_NOTED_TYPES: Final = frozenset({tags.MT_LOGOUT, tags.MT_REJECT, tags.MT_BUSINESS_REJECT,
+                                 tags.MT_HEARTBEAT})
+"""MsgTypes the relay looks into; every other message passes without a second look."""
+_WOULD_BLOCK: Final = (BlockingIOError, ssl.SSLWantWriteError, InterruptedError)
+
+
+class ControlPlane(Protocol):
+    """What the relay tells the control plane, at rare events only. Implementations must not
+    block: they hand the work to trio's thread."""
+
+    def logon_answered(self, accepted: bool, text: str, seconds: float) -> None:
+        """The gateway answered the signed Logon; ``seconds`` since the engine's Logon."""
+
+    def logon_failed(self, result: str | None) -> None:
+        """The Logon got no usable answer (counted under ``result`` if not None)."""
+
+    def error(self, text: str) -> None:
+        """Something went wrong that /status should show."""
+
+    def skew(self, source: str, seconds: float) -> None:
+        """A peer's SendingTime (52) is ``seconds`` ahead of local time."""
+
+
+class Command(enum.Enum):
+    SHUTDOWN = "shutdown"
+    """Log the session out because fixproxy is stopping."""
+    ABORT = "abort"
+    """Stop now: the control plane gave up waiting (a second signal, a cancelled drain)."""
+    CHECK = "check"
+    """Look at the clock again (it is not the wall clock: tests move it)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RelayResult:
+    """How the session ended, for the control plane's bookkeeping once the thread is done."""
+
+    logged_on: bool
+    """The gateway accepted the Logon (the session was up)."""
+    end_cause: tuple[str, str] | None
+    """(initiator, reason) of the first event that ended it, for fixproxy_logouts_total."""
+    crashed: BaseException | None = None
+    """An internal fault of fixproxy that ended the session (logged by the relay)."""
+
+
+@dataclass(slots=True)
+class Leg:
+    """One side of the session: its socket, its framer and its output waiting to be written."""
+
+    sock: socket.socket
+    framer: FixFramer
+    name: str
+    """``engine`` or ``gateway``, for texts."""
+    tls: ssl.SSLSocket | None = None
+    pending: bytes = b""
+    """Bytes accepted for this peer and not yet written, oldest first."""
+    pending_read_at: float = 0.0
+    """When the oldest pending bytes were read, for the relay latency."""
+    readable: bool = True
+    """Still read from: false after end of stream, an error, or fixproxy's own Logout."""
+    writable: bool = True
+    """Still written to: false once a write failed."""
+    wants_read_for_write: bool = False
+    """TLS: a write is waiting for the peer's bytes (a renegotiation or key update)."""
+    wants_write_for_read: bool = False
+    """TLS: a read is waiting to write (the mirror case)."""
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+
+class SessionRelay:
+    """One session's data plane; :meth:`run` in a thread of its own, or :meth:`wanted` and
+    :meth:`handle` from a loop that waits for the sockets itself (tests)."""
+
+    def __init__(self, *, engine: socket.socket, gateway: socket.socket, logon: bytes,
+                 engine_framer: FixFramer,
+                 machine: SessionMachine, translator: SequenceTranslator | None,
+                 reset_forced: bool, journal: SessionJournal | None,
+                 to_gateway: TrafficCounters, to_engine: TrafficCounters,
+                 control: ControlPlane, log: logging.LoggerAdapter[logging.Logger],
+                 conn_id: int, gateway_ids: tuple[bytes, bytes],
+                 engine_ids: tuple[bytes, bytes], logon_received: float,
+                 clock: Callable[[], float], wall: Callable[[], float] = time.time) -> None:
+        """Take over a session whose signed Logon was just written to the gateway.
+
+        Args:
+            engine: the engine's connected socket (plain TCP), non-blocking.
+            logon: the signed Logon, written first.
+            gateway: the gateway's socket, an ``ssl.SSLSocket`` after its handshake (a plain
+                socket in tests), non-blocking.
+            engine_framer: the framer admission read the Logon with; bytes the engine sent
+                after its Logon may wait in it.
+            machine: the session machine, in ``tls_ready``.
+            translator: the renumbering, when the engine kept its numbers.
+            reset_forced: fixproxy forced 141=Y, so it is removed from the Logon answer.
+            gateway_ids, engine_ids: (sender, target) of fixproxy's own Logouts to each peer.
+            logon_received: ``time.monotonic()`` when the engine's Logon arrived.
+            clock: the machine's monotonic clock (trio's, so deadlines agree).
+        """
+        self.engine = Leg(engine, engine_framer, "engine")
+        self.gateway = Leg(gateway, FixFramer(), "gateway",
+                           tls=gateway if isinstance(gateway, ssl.SSLSocket) else None)
+        self.logon = logon
+        self.machine = machine
+        self.translator = translator
+        self.reset_forced = reset_forced
+        self.journal = journal
+        self.to_gateway = to_gateway
+        self.to_engine = to_engine
+        self.control = control
+        self.log = log
+        self.conn_id = conn_id
+        self.gateway_ids = gateway_ids
+        self.engine_ids = engine_ids
+        self.logon_received = logon_received
+        self.clock = clock
+        self.wall = wall
+        self.logged_on = False
+        self.end_cause: tuple[str, str] | None = None
+        self.logout_cause = ""
+        self.closing_since: float | None = None
+        self.done = False
+        self._commands: collections.deque[Command] = collections.deque()
+        self._wake_read, self._wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._finished = False
+
+    # --- the control plane's side ---------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """Ask for a Logout because fixproxy stops (thread-safe, returns at once)."""
+        self._command(Command.SHUTDOWN)
+
+    def abort(self) -> None:
+        """Ask the relay to stop now, dropping what is unwritten (thread-safe)."""
+        self._command(Command.ABORT)
+
+    def check_timers(self) -> None:
+        """Ask the relay to read its clock again now (thread-safe)."""
+        self._command(Command.CHECK)
+
+    def _command(self, command: Command) -> None:
+        if self._finished:
+            return
+        self._commands.append(command)
+        with contextlib.suppress(BlockingIOError):  # full of wake-ups: the relay will look
+            os.write(self._wake_write, b"!")
+
+    def close(self) -> None:
+        """Release the wake-up pipe; the caller's, after :meth:`run` returned."""
+        if not self._finished:
+            self._finished = True
+            os.close(self._wake_read)
+            os.close(self._wake_write)
+
+    # --- the loop ---------------------------------------------------------------------------
+
+    def run(self) -> RelayResult:
+        """Relay until the session ends; the body of the session's thread. Never raises."""
+        poller = select.poll()
+        registered: dict[int, int] = {}
+        try:
+            self._start()
+            while not self.done:
+                for fd, mask in self.wanted():
+                    if registered.get(fd, 0) != mask:
+                        # A descriptor waited on for nothing is taken out: poll reports
+                        # POLLHUP whether asked or not, and would spin the loop.
+                        if mask:
+                            poller.register(fd, mask)
+                        else:
+                            poller.unregister(fd)
+                        registered[fd] = mask
+                timeout = self.timeout()
+                self.handle(poller.poll(None if timeout is None
+                                        else math.ceil(timeout * 1000)))
+        except Exception as exc:
+            return self._crashed(exc)
+        return self.result()
+
+    def _start(self) -> None:
+        """Write the signed Logon, then relay what the engine sent meanwhile."""
+        logon = self.logon
+        self.to_gateway.count(tags.MT_LOGON)
+        self.to_gateway.bytes += len(logon)
+        if not self._send(self.gateway, logon, time.perf_counter()):
+            return
+        self._event(Event.LOGON_SENT)
+        if self.journal is not None:
+            self.journal.record(Direction.ENGINE_TO_GATEWAY, [logon], self.conn_id)
+        self.log.info("sent Logon: %s", render(logon))
+        if self.engine.framer.buffered:
+            self._relay_chunk(self.engine, self.gateway, None, self.clock(), time.perf_counter())
+
+    def start(self) -> None:
+        """:meth:`run`'s first step, for loops that drive :meth:`handle` themselves."""
+        self._start()
+
+    def wanted(self) -> list[tuple[int, int]]:
+        """(fd, poll mask) for each descriptor the relay waits on now."""
+        engine, gateway = self.engine, self.gateway
+        closing = self.closing_since is not None
+        engine_mask = _OUT if engine.pending and engine.writable else 0
+        gateway_mask = _OUT if (gateway.pending and gateway.writable) \
+            or gateway.wants_write_for_read else 0
+        if not closing:
+            if engine.readable and len(gateway.pending) < MAX_PENDING_BYTES:
+                engine_mask |= _IN
+            if (gateway.readable and len(engine.pending) < MAX_PENDING_BYTES) \
+                    or gateway.wants_read_for_write:
+                gateway_mask |= _IN
+        return [(self._wake_read, _IN), (engine.fileno(), engine_mask),
+                (gateway.fileno(), gateway_mask)]
+
+    def timeout(self) -> float | None:
+        """Seconds until something is due without any I/O; None: nothing is."""
+        gateway = self.gateway
+        if gateway.tls is not None and gateway.readable and self.closing_since is None \
+                and gateway.tls.pending() and len(self.engine.pending) < MAX_PENDING_BYTES:
+            return 0.0  # a decrypted record waits inside OpenSSL, invisible to poll
+        deadline = self.deadline()
+        return None if deadline is None else max(0.0, deadline - self.clock())
+
+    def deadline(self) -> float | None:
+        """When the relay must look again even if nothing arrives (the machine's clock)."""
+        if self.closing_since is not None:
+            return self.closing_since + CLOSE_TIMEOUT
+        return self.machine.next_deadline()
+
+    def handle(self, events: list[tuple[int, int]]) -> None:
+        """Act on ready descriptors (as ``poll`` reports them), then on due timers."""
+        engine, gateway = self.engine, self.gateway
+        engine_fd, gateway_fd = engine.fileno(), gateway.fileno()
+        for fd, mask in events:
+            if fd == self._wake_read:
+                self._take_commands()
+            elif fd == engine_fd:
+                if mask & _OUT or (mask & _GONE and engine.pending):
+                    self._flush(engine)
+                if mask & (_IN | _GONE) and engine.readable and self.closing_since is None:
+                    self._read(engine, gateway)
+            elif fd == gateway_fd:
+                if mask & _OUT or (mask & _GONE and gateway.pending):
+                    self._flush(gateway)
+                    if gateway.wants_write_for_read and gateway.readable:
+                        self._read(gateway, engine)
+                if mask & (_IN | _GONE) and self.closing_since is None:
+                    if gateway.wants_read_for_write:
+                        gateway.wants_read_for_write = False
+                        self._flush(gateway)
+                    if gateway.readable:
+                        self._read(gateway, engine)
+        if gateway.tls is not None and gateway.readable and self.closing_since is None \
+                and gateway.tls.pending() and len(engine.pending) < MAX_PENDING_BYTES:
+            self._read(gateway, engine)
+        now = self.clock()
+        if self.closing_since is None:
+            due = self.machine.check_timers(now)
+            if due is not None:
+                self._event(due)
+        self._check_closed(now)
+
+    def result(self) -> RelayResult:
+        """How the session ended; closes the journal (the relay's last act)."""
+        if self.journal is not None:
+            self.journal.close()
+        return RelayResult(logged_on=self.logged_on, end_cause=self.end_cause)
+
+    # --- reading and relaying ----------------------------------------------------------------
+
+    def _read(self, src: Leg, dst: Leg) -> None:
+        try:
+            data = src.sock.recv(RECEIVE_SIZE)
+        except (BlockingIOError, ssl.SSLWantReadError, InterruptedError):
+            return
+        except ssl.SSLWantWriteError:
+            src.wants_write_for_read = True
+            return
+        except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+            data = b""
+        except OSError:
+            data = b""  # reset: for FIX, an end without Logout like any other
+        src.wants_write_for_read = False
+        self._relay_chunk(src, dst, data, self.clock(), time.perf_counter())
+
+    def _relay_chunk(self, src: Leg, dst: Leg, data: bytes | None, now: float,
+                     read_at: float) -> None:
+        """Frame ``data`` (b"" at end of stream; None: only what the framer holds) and pass
+        its messages on; Logouts and the Logon's answer go through the machine."""
+        framer = src.framer
+        from_engine = src is self.engine
+        whole_chunk = framer.buffered == 0 and bool(data)
+        if data is not None:
+            try:
+                framer.receive_data(data)
+            except FramingError as exc:
+                self._invalid(src, exc)
+                return
+        translate: Callable[[bytes], bytes] | None = None
+        if self.translator is not None:
+            translate = self.translator.to_gateway if from_engine \
+                else self.translator.to_engine
+        counters = self.to_gateway if from_engine else self.to_engine
+        messages = counters.messages
+        parts: list[bytes] = []
+        last = b""
+        while True:
+            try:
+                found = framer.next_raw()
+            except FramingError as exc:
+                self._forward(src, dst, parts, last, now, read_at, counters, whole=False)
+                self._invalid(src, exc)
+                return
+            if found is None:
+                break
+            raw, msg_type = found
+            try:  # a MsgType seen before: one dict update, no call
+                messages[msg_type] += 1
+            except KeyError:
+                counters.count(msg_type)
+            if msg_type in _NOTED_TYPES or self.machine.state is State.LOGON_SENT:
+                self._forward(src, dst, parts, last, now, read_at, counters, whole=False)
+                parts, last, whole_chunk = [], b"", False
+                if not self._noted(src, dst, raw, msg_type, now, counters):
+                    return
+                if not src.readable or self.closing_since is not None:
+                    return  # fixproxy logged out for this side, or the session is closing
+                continue
+            last = raw
+            if translate is not None:
+                try:
+                    raw = translate(raw)
+                except SessionError as exc:
+                    self._forward(src, dst, parts, last, now, read_at, counters, whole=False)
+                    self._invalid(src, exc)
+                    return
+            parts.append(raw)
+        whole = whole_chunk and framer.buffered == 0 and self.translator is None
+        self._forward(src, dst, parts, last, now, read_at, counters, whole=whole,
+                      chunk=data or b"")
+        if framer.at_eof and src.readable:
+            src.readable = False
+            if from_engine:
+                self._event(Event.ENGINE_CLOSED, "the engine closed the connection")
+            elif self.machine.state is State.LOGON_SENT:
+                self.control.logon_failed("no_answer")
+                self._event(Event.GATEWAY_CLOSED, "the Kalshi gateway closed the connection "
+                            "without answering the Logon; check that the API key is enabled "
+                            "for this endpoint")
+            else:
+                self._event(Event.GATEWAY_CLOSED,
+                            "the Kalshi gateway closed the connection without a Logout")
+
+    def _forward(self, src: Leg, dst: Leg, parts: list[bytes], last: bytes, now: float,
+                 read_at: float, counters: TrafficCounters, *, whole: bool,
+                 chunk: bytes = b"") -> None:
+        """Queue relayed frames for ``dst`` and note the sender's activity."""
+        if not parts:
+            return
+        out = chunk if whole else b"".join(parts)
+        counters.bytes += len(out)
+        seq = read_seq_num(last) if last else None
+        if src is self.engine:
+            self.machine.engine_activity(now, seq)
+            direction = Direction.ENGINE_TO_GATEWAY
+        else:
+            self.machine.gateway_activity(now, seq)
+            direction = Direction.GATEWAY_TO_ENGINE
+        if self._send(dst, out, read_at) and self.journal is not None:
+            self.journal.record(direction, parts, self.conn_id)
+
+    def _noted(self, src: Leg, dst: Leg, raw: bytes, msg_type: bytes, now: float,
+               counters: TrafficCounters) -> bool:
+        """Handle a message the relay looks into; False: stop relaying this chunk."""
+        from_engine = src is self.engine
+        if not from_engine and self.machine.state is State.LOGON_SENT:
+            return self._logon_answer(raw, msg_type, now, counters)
+        if msg_type == tags.MT_LOGOUT:
+            return self._logout(src, dst, raw, now, counters)
+        if msg_type == tags.MT_HEARTBEAT:
+            self._note_skew("engine" if from_engine else "gateway", raw)
+        elif not from_engine:
+            counters.count_reject(msg_type, raw)
+            self._explain(raw)
+        self._forward(src, dst, [self._translated(raw, from_engine)], raw, now,
+                      time.perf_counter(), counters, whole=False)
+        return True
+
+    def _logout(self, src: Leg, dst: Leg, raw: bytes, now: float,
+                counters: TrafficCounters) -> bool:
+        from_engine = src is self.engine
+        seq = read_seq_num(raw)
+        if from_engine:
+            self.machine.engine_activity(now, seq)
+        else:
+            self.machine.gateway_activity(now, seq)
+        self.log.info("%s sent Logout: %s", src.name, render(raw))
+        if not from_engine:
+            answer = self._explain(raw)
+            if self.end_cause is None:
+                self.end_cause = ("gateway", answer)
+                self.control.error(f"connection #{self.conn_id}: the gateway logged out: "
+                                   f"{render(raw)}")
+        event = Event.ENGINE_LOGOUT if from_engine else Event.GATEWAY_LOGOUT
+        # An answer to fixproxy's own Logout closes for the cause that started it.
+        if not self._event(event, self.logout_cause):
+            data = self._translated(raw, from_engine)
+            counters.bytes += len(data)
+            if self._send(dst, data, time.perf_counter()) and self.journal is not None:
+                self.journal.record(Direction.ENGINE_TO_GATEWAY if from_engine
+                                    else Direction.GATEWAY_TO_ENGINE, [data], self.conn_id)
+        return True
+
+    def _logon_answer(self, raw: bytes, msg_type: bytes, now: float,
+                      counters: TrafficCounters) -> bool:
+        """Pass the gateway's first message to the engine; True if it was a Logon."""
+        self.machine.gateway_activity(now, read_seq_num(raw))
+        self._note_skew("gateway", raw)
+        accepted = msg_type == tags.MT_LOGON
+        data = raw
+        if accepted:
+            self.logged_on = True
+            if self.reset_forced:
+                data = strip_forced_reset(data)
+            if self.translator is not None:
+                data = self.translator.to_engine(data)
+            self.log.info("gateway accepted the Logon: %s", render(raw))
+        else:
+            self.log.warning("gateway answered the Logon with: %s", render(raw))
+            self._explain(raw)
+        self.control.logon_answered(accepted, render(raw),
+                                    time.monotonic() - self.logon_received)
+        # The machine learns of the answer before the engine can react to it (an engine may
+        # log out the instant it is logged on).
+        if accepted:
+            self._event(Event.GATEWAY_LOGON)
+        elif msg_type == tags.MT_LOGOUT:
+            self._event(Event.GATEWAY_LOGOUT, "the gateway refused the Logon")
+        counters.bytes += len(data)
+        if self._send(self.engine, data, time.perf_counter()) and self.journal is not None:
+            self.journal.record(Direction.GATEWAY_TO_ENGINE, [data], self.conn_id)
+        if not accepted and msg_type != tags.MT_LOGOUT:
+            # Only now: fixproxy's Logout to the engine must follow the answer it explains.
+            self._event(Event.GATEWAY_ERROR, "the gateway answered the Logon with "
+                        f"35={msg_type.decode('ascii', 'replace')}")
+        return accepted
+
+    def _translated(self, raw: bytes, from_engine: bool) -> bytes:
+        if self.translator is None:
+            return raw
+        return self.translator.to_gateway(raw) if from_engine else self.translator.to_engine(raw)
+
+    def _invalid(self, src: Leg, exc: FixError) -> None:
+        """``src`` broke FIX (or sent a number that cannot be renumbered): end the session."""
+        from_engine = src is self.engine
+        exc.side = "engine" if from_engine else "gateway"
+        src.readable = False
+        if not from_engine and self.machine.state is State.LOGON_SENT:
+            self.control.logon_failed(None)
+        self._event(Event.ENGINE_ERROR if from_engine else Event.GATEWAY_ERROR,
+                    f"{'the engine' if from_engine else 'the Kalshi gateway'} sent invalid "
+                    f"FIX: {exc}")
+
+    def _note_skew(self, source: str, raw: bytes) -> None:
+        stamped = parse_utc_timestamp(header_value(raw, tags.SENDING_TIME))
+        if stamped is not None:
+            self.control.skew(source, stamped - self.wall())
+
+    def _explain(self, raw: bytes) -> str:
+        answer = classify_gateway_answer(raw)
+        if answer.hint is not None:
+            self.log.warning("gateway said %r: %s", answer.text, answer.hint)
+        return answer.reason
+
+    # --- writing ----------------------------------------------------------------------------
+
+    def _send(self, dst: Leg, data: bytes, read_at: float) -> bool:
+        """Write ``data`` to ``dst`` after what is pending; False if ``dst`` is gone."""
+        if not dst.writable:
+            return False
+        if dst.pending:
+            dst.pending += data
+            return True
+        dst.pending = data
+        dst.pending_read_at = read_at
+        self._flush(dst)
+        return dst.writable
+
+    def _flush(self, dst: Leg) -> None:
+        data = dst.pending
+        if not data or not dst.writable:
+            return
+        try:
+            sent = dst.sock.send(data)
+        except _WOULD_BLOCK:
+            return
+        except ssl.SSLWantReadError:
+            dst.wants_read_for_write = True
+            return
+        except OSError:
+            self._write_failed(dst)
+            return
+        dst.pending = data[sent:]
+        if not dst.pending:
+            counters = self.to_gateway if dst is self.gateway else self.to_engine
+            counters.latency.observe(time.perf_counter() - dst.pending_read_at)
+
+    def _write_failed(self, dst: Leg) -> None:
+        dst.writable = False
+        dst.readable = False
+        dst.pending = b""
+        if dst is self.engine:
+            self._event(Event.ENGINE_CLOSED, "the engine closed the connection")
+        elif self.machine.state is State.TLS_READY:
+            self.control.logon_failed("no_answer")
+            self._event(Event.GATEWAY_CLOSED, "the gateway closed the connection before the "
+                        "Logon could be sent")
+        else:
+            self._event(Event.GATEWAY_CLOSED)
+
+    # --- events and actions -----------------------------------------------------------------
+
+    def _event(self, event: Event, reason: str = "") -> bool:
+        """Feed ``event`` to the machine and carry out its actions; True: swallow the message
+        that caused it."""
+        machine = self.machine
+        before = machine.state
+        if before is State.LOGON_SENT and event is Event.GATEWAY_SILENT:
+            self.control.logon_failed(None)
+        if self.end_cause is None and event in END_CAUSES:
+            self.end_cause = END_CAUSES[event]
+            if event is not Event.ENGINE_LOGOUT:
+                self.control.error(f"connection #{self.conn_id} ended: "
+                                   f"{event_text(event, reason)}")
+        actions = machine.handle(event, self.clock(), reason)
+        if machine.state is not before:
+            self.log.info("%s -> %s on %s%s", before, machine.state, event,
+                          f" ({reason})" if reason else "")
+        text = event_text(event, reason)
+        for action in actions:
+            if action is Action.LOGOUT_TO_GATEWAY:
+                # The engine is later told the cause, not the gateway's answer to it.
+                self.logout_cause = text
+                self._own_logout(self.gateway, text)
+            elif action is Action.LOGOUT_TO_ENGINE:
+                self._own_logout(self.engine, self.logout_cause or text)
+            elif action is Action.STOP_ENGINE_INPUT:
+                self.engine.readable = False
+            elif action is Action.CLOSE and self.closing_since is None:
+                self.closing_since = self.clock()
+        return Action.SWALLOW in actions
+
+    def _own_logout(self, dst: Leg, text: str) -> None:
+        to_gateway = dst is self.gateway
+        seq = self.machine.next_logout_seq(to_gateway=to_gateway)
+        if self.translator is not None:
+            seq = self.translator.gateway_seq_for_engine(seq) if to_gateway \
+                else self.translator.engine_seq_for_gateway(seq)
+        sender, target = self.gateway_ids if to_gateway else self.engine_ids
+        message = logout(text if to_gateway else f"fixproxy: {text}", sender=sender,
+                         target=target, seq=seq, now=self.wall())
+        self.log.info("sending Logout to the %s: %s", dst.name, text)
+        if self._send(dst, message, time.perf_counter()) and self.journal is not None:
+            self.journal.record(Direction.PROXY_TO_GATEWAY if to_gateway
+                                else Direction.PROXY_TO_ENGINE, [message], self.conn_id)
+
+    def _take_commands(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self._wake_read, 512):
+                pass
+        while self._commands:
+            command = self._commands.popleft()
+            if command is Command.ABORT:
+                self.done = True
+                return
+            if command is Command.SHUTDOWN and self.closing_since is None:
+                self._event(Event.SHUTDOWN)
+
+    def _check_closed(self, now: float) -> None:
+        """A closing session is done once its output is written or the close time is up."""
+        since = self.closing_since
+        if since is None or self.done:
+            return
+        unwritten = any(leg.pending and leg.writable for leg in (self.engine, self.gateway))
+        if not unwritten or now >= since + CLOSE_TIMEOUT:
+            self.done = True
+
+    def _crashed(self, exc: Exception) -> RelayResult:
+        """An internal fault: tell the engine in a Logout (best effort) and end the session."""
+        self.log.exception("internal error in the session relay; this connection is closed, "
+                           "others carry on")
+        self.done = True
+        if self.end_cause is None:
+            self.end_cause = ("proxy", "internal_error")
+        engine = self.engine
+        if engine.writable:
+            seq = self.machine.next_logout_seq(to_gateway=False)
+            if self.translator is not None:
+                seq = self.translator.engine_seq_for_gateway(seq)
+            message = logout("fixproxy: internal error in fixproxy; the connection is closed, "
+                             "log on again", sender=self.engine_ids[0],
+                             target=self.engine_ids[1], seq=seq, now=self.wall())
+            with contextlib.suppress(OSError):  # the close tells the engine
+                engine.sock.send(engine.pending + message)
+        if self.journal is not None:
+            self.journal.close()
+        return RelayResult(logged_on=self.logged_on, end_cause=self.end_cause, crashed=exc)
