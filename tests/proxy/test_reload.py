@@ -30,6 +30,7 @@ from support.e2e import (  # e2e_material_fixture: a pytest fixture, found by it
 )
 
 from fixproxy.cli.main import main
+from fixproxy.config.diff import compare_sessions, keep_restart_only_settings
 from fixproxy.config.loader import load_config
 from fixproxy.errors import FixProxyError
 from fixproxy.fix import tags
@@ -37,8 +38,6 @@ from fixproxy.ops.metrics import Metrics
 from fixproxy.proxy.reload import (
     PID_FILE_NAME,
     PidFile,
-    compare_sessions,
-    keep_restart_only_settings,
     read_reload_record,
     running_pid,
 )
