@@ -36,6 +36,7 @@ from fixproxy.errors import FixProxyError
 from fixproxy.ops.metrics import Metrics
 from fixproxy.ops.seqstore import SequenceStore
 from fixproxy.proxy.health import Health
+from fixproxy.proxy.listeners import SessionListeners
 from fixproxy.proxy.manager import SessionManager
 from fixproxy.proxy.relay import relay_engine_connection
 from fixproxy.proxy.reload import (
@@ -43,7 +44,6 @@ from fixproxy.proxy.reload import (
     PidFile,
     ReloadRecord,
     ReloadResult,
-    SessionListeners,
     write_reload_record,
 )
 from fixproxy.proxy.runtime import SessionRuntime, build_runtime, declare_status
