@@ -145,7 +145,7 @@ def reload(config_path: Path | None, timeout: float) -> None:
 
     from prometheus_client import CollectorRegistry
 
-    from fixproxy.proxy.reload import request_reload
+    from fixproxy.ops.control import request_reload
     from fixproxy.proxy.runtime import build_runtime
 
     config = _load(config_path)

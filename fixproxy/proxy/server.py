@@ -33,19 +33,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from fixproxy.config.loader import Config
 from fixproxy.errors import FixProxyError
+from fixproxy.ops.control import PidFile, ReloadRecord, write_reload_record
 from fixproxy.ops.metrics import Metrics
 from fixproxy.ops.seqstore import SequenceStore
 from fixproxy.proxy.health import Health
 from fixproxy.proxy.listeners import SessionListeners
 from fixproxy.proxy.manager import SessionManager
 from fixproxy.proxy.relay import relay_engine_connection
-from fixproxy.proxy.reload import (
-    ConfigReloader,
-    PidFile,
-    ReloadRecord,
-    ReloadResult,
-    write_reload_record,
-)
+from fixproxy.proxy.reload import ConfigReloader, ReloadResult
 from fixproxy.proxy.runtime import SessionRuntime, build_runtime, declare_status
 from fixproxy.session.backoff import LogonBackoff
 

@@ -34,13 +34,8 @@ from fixproxy.config.diff import compare_sessions, keep_restart_only_settings
 from fixproxy.config.loader import load_config
 from fixproxy.errors import FixProxyError
 from fixproxy.fix import tags
+from fixproxy.ops.control import PID_FILE_NAME, PidFile, read_reload_record, running_pid
 from fixproxy.ops.metrics import Metrics
-from fixproxy.proxy.reload import (
-    PID_FILE_NAME,
-    PidFile,
-    read_reload_record,
-    running_pid,
-)
 from fixproxy.proxy.server import ProxyServer
 from fixproxy.sim.engine import ScriptedEngine
 from fixproxy.sim.gateway import SimConfig, SimGateway
