@@ -1,24 +1,28 @@
-"""The running fixproxy's control files, and how the command line finds and signals it.
+"""The running fixproxy's control files, and how the command line finds, signals and asks it.
 
 ``fixproxy run`` keeps its process id in ``fixproxy.pid`` under ``[proxy] state_dir`` (which
 also guards against two proxies sharing one sequence state) and writes the outcome of each
 reload to ``reload.json`` there, so ``fixproxy reload`` can find the process, signal it and
-report what happened.
+report what happened. ``fixproxy status`` asks the metrics endpoint for ``/status``.
 
-Everything here is synchronous, plain files and signals: the server claims and releases the
-pid file and writes each record from its trio thread (small local files, once per start or
-reload), and ``fixproxy reload`` waits for the record by polling, with ``time.sleep``,
-bounded by its timeout.
+Everything here is synchronous and blocking: plain files, a signal, one HTTP request. The
+server claims and releases the pid file and writes each record from its trio thread (small
+local files, once per start or reload); ``fixproxy reload`` waits for the record by polling,
+with ``time.sleep``, bounded by its timeout, and ``fixproxy status`` reads the answer with
+urllib under a timeout of its own.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import logging
 import os
 import signal
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -210,3 +214,62 @@ def request_reload(state_dir: Path, *, timeout: float,
         if clock() >= deadline:
             return pid, None
         sleep(RESULT_POLL_INTERVAL)
+
+
+# --- the client side: `fixproxy status` -------------------------------------------------
+
+STATUS_TIMEOUT: Final = 5.0
+"""Seconds ``fixproxy status`` waits for the endpoint: it answers from memory at once."""
+STATUS_LIMIT: Final = 16 * 1024 * 1024
+"""Largest /status answer read: a few kilobytes per session."""
+
+
+def status_url(listen: tuple[str, int]) -> str:
+    """The /status URL of a metrics endpoint listening on ``listen``."""
+    host, port = listen
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        pass  # a name, such as localhost
+    else:
+        if address.is_unspecified:  # listening on every interface: ask through loopback
+            host = "::1" if address.version == 6 else "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}/status"
+
+
+def fetch_status(listen: tuple[str, int], *, timeout: float = STATUS_TIMEOUT
+                 ) -> dict[str, object]:
+    """GET /status from the metrics endpoint of a running fixproxy.
+
+    Blocking (urllib): for the command line, never for the server.
+
+    Raises:
+        FixProxyError: nothing answers, the answer is not fixproxy's, or it times out.
+    """
+    url = status_url(listen)
+    # No proxies: the endpoint is local, and an http_proxy variable must not reroute it.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url, timeout=timeout) as response:
+            body = response.read(STATUS_LIMIT + 1)
+    except urllib.error.HTTPError as exc:
+        raise FixProxyError(f"{url} answered {exc.code} {exc.reason}: is that fixproxy, and "
+                            f"a version that serves /status?") from exc
+    except urllib.error.URLError as exc:
+        reason = exc.reason
+        text = reason.strerror if isinstance(reason, OSError) and reason.strerror else reason
+        raise FixProxyError(f"cannot reach fixproxy at {url} ({text}): is fixproxy running "
+                            f"with this configuration?") from exc
+    except (TimeoutError, OSError) as exc:
+        raise FixProxyError(f"no answer from {url} within {timeout:g} s ({exc})") from exc
+    if len(body) > STATUS_LIMIT:
+        raise FixProxyError(f"the answer from {url} is larger than {STATUS_LIMIT} bytes")
+    try:
+        answer = json.loads(body)
+    except ValueError as exc:
+        raise FixProxyError(f"{url} did not answer with JSON: is that fixproxy?") from exc
+    if not isinstance(answer, dict) or not isinstance(answer.get("sessions"), list):
+        raise FixProxyError(f"{url} answered JSON without a session list: is that fixproxy?")
+    return answer

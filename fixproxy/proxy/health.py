@@ -29,12 +29,9 @@ results without locks.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import time
-import urllib.error
-import urllib.request
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -350,65 +347,8 @@ def _encode(body: dict[str, object]) -> bytes:
     return (json.dumps(body, indent=2) + "\n").encode()
 
 
-# --- the client side: `fixproxy status` -------------------------------------------------
-
-STATUS_TIMEOUT: Final = 5.0
-"""Seconds ``fixproxy status`` waits for the endpoint: it answers from memory at once."""
 ERROR_WIDTH: Final = 60
 """Characters of a session's last error shown in the table; ``--json`` has all of it."""
-STATUS_LIMIT: Final = 16 * 1024 * 1024
-"""Largest /status answer read: a few kilobytes per session."""
-
-
-def status_url(listen: tuple[str, int]) -> str:
-    """The /status URL of a metrics endpoint listening on ``listen``."""
-    host, port = listen
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        pass  # a name, such as localhost
-    else:
-        if address.is_unspecified:  # listening on every interface: ask through loopback
-            host = "::1" if address.version == 6 else "127.0.0.1"
-    if ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{port}/status"
-
-
-def fetch_status(listen: tuple[str, int], *, timeout: float = STATUS_TIMEOUT
-                 ) -> dict[str, object]:
-    """GET /status from the metrics endpoint of a running fixproxy.
-
-    Blocking (urllib): for the command line, never for the server.
-
-    Raises:
-        FixProxyError: nothing answers, the answer is not fixproxy's, or it times out.
-    """
-    url = status_url(listen)
-    # No proxies: the endpoint is local, and an http_proxy variable must not reroute it.
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    try:
-        with opener.open(url, timeout=timeout) as response:
-            body = response.read(STATUS_LIMIT + 1)
-    except urllib.error.HTTPError as exc:
-        raise FixProxyError(f"{url} answered {exc.code} {exc.reason}: is that fixproxy, and "
-                            f"a version that serves /status?") from exc
-    except urllib.error.URLError as exc:
-        reason = exc.reason
-        text = reason.strerror if isinstance(reason, OSError) and reason.strerror else reason
-        raise FixProxyError(f"cannot reach fixproxy at {url} ({text}): is fixproxy running "
-                            f"with this configuration?") from exc
-    except (TimeoutError, OSError) as exc:
-        raise FixProxyError(f"no answer from {url} within {timeout:g} s ({exc})") from exc
-    if len(body) > STATUS_LIMIT:
-        raise FixProxyError(f"the answer from {url} is larger than {STATUS_LIMIT} bytes")
-    try:
-        answer = json.loads(body)
-    except ValueError as exc:
-        raise FixProxyError(f"{url} did not answer with JSON: is that fixproxy?") from exc
-    if not isinstance(answer, dict) or not isinstance(answer.get("sessions"), list):
-        raise FixProxyError(f"{url} answered JSON without a session list: is that fixproxy?")
-    return answer
 
 
 _COLUMNS: Final = ("SESSION", "STATE", "SINCE", "ENDPOINT", "SEQ OUT/IN", "LAST OUT/IN",

@@ -40,15 +40,9 @@ from fixproxy.errors import ConfigError, ConnectError, FixProxyError, PinMismatc
 from fixproxy.fix import tags
 from fixproxy.kalshi import ENDPOINTS
 from fixproxy.net.tls import HandshakeInfo
+from fixproxy.ops.control import fetch_status, status_url
 from fixproxy.ops.metrics import Metrics
-from fixproxy.proxy.health import (
-    NOT_CHECKED,
-    Health,
-    Readiness,
-    fetch_status,
-    format_status,
-    status_url,
-)
+from fixproxy.proxy.health import NOT_CHECKED, Health, Readiness, format_status
 from fixproxy.proxy.manager import SessionManager
 from fixproxy.proxy.runtime import SessionRuntime, build_runtime
 from fixproxy.proxy.server import BoundAddresses, ProxyServer
