@@ -112,8 +112,8 @@ def status(config_path: Path | None, as_json: bool) -> None:
     """
     import json
 
+    from fixproxy.cli.report import format_status
     from fixproxy.ops.control import fetch_status
-    from fixproxy.proxy.health import format_status
 
     # Only the metrics address is needed: key files may belong to the user fixproxy runs as.
     config = _load(config_path, check_files=False)

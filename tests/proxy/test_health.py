@@ -35,6 +35,7 @@ from support.e2e import (  # e2e_material_fixture: a pytest fixture, found by it
 )
 
 from fixproxy.cli.main import main
+from fixproxy.cli.report import format_status
 from fixproxy.config.loader import Config, GatewayConfig, MetricsConfig, SessionConfig, load_config
 from fixproxy.errors import ConfigError, ConnectError, FixProxyError, PinMismatchError
 from fixproxy.fix import tags
@@ -42,7 +43,7 @@ from fixproxy.kalshi import ENDPOINTS
 from fixproxy.net.tls import HandshakeInfo
 from fixproxy.ops.control import fetch_status, status_url
 from fixproxy.ops.metrics import Metrics
-from fixproxy.proxy.health import NOT_CHECKED, Health, Readiness, format_status
+from fixproxy.proxy.health import NOT_CHECKED, Health, Readiness
 from fixproxy.proxy.manager import SessionManager
 from fixproxy.proxy.runtime import SessionRuntime, build_runtime
 from fixproxy.proxy.server import BoundAddresses, ProxyServer
