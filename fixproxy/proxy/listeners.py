@@ -61,7 +61,7 @@ class _Listener:
         over to a session that asks for the same address."""
         self.configured = configured
         self.sockets = sockets
-        self.bound = _address_of(sockets[0])
+        self.bound = address_of(sockets[0])
         self.scope = trio.CancelScope()
 
     def close(self) -> None:
@@ -173,7 +173,7 @@ class SessionListeners:
                          if listener not in staged.listeners.values()]
         try:
             for name, (host, port) in needed:
-                staged.fresh[name] = ((host, port), await _open_listeners(
+                staged.fresh[name] = ((host, port), await open_listeners(
                     host, port, f"session {name!r}"))
         except BaseException:
             staged.discard()
@@ -251,7 +251,12 @@ class SessionListeners:
             await trio.aclose_forcefully(stream)
 
 
-async def _open_listeners(host: str, port: int, what: str) -> list[trio.SocketListener]:
+async def open_listeners(host: str, port: int, what: str) -> list[trio.SocketListener]:
+    """Listen on ``host:port`` (every address the name resolves to); the caller closes them.
+
+    Raises:
+        FixProxyError: the address cannot be bound; ``what`` names the listener in the text.
+    """
     try:
         return await trio.open_tcp_listeners(port, host=host)
     except OSError as exc:
@@ -259,6 +264,7 @@ async def _open_listeners(host: str, port: int, what: str) -> list[trio.SocketLi
                             f"{exc.strerror or exc}") from exc
 
 
-def _address_of(listener: trio.SocketListener) -> Address:
+def address_of(listener: trio.SocketListener) -> Address:
+    """The (host, port) a listener is bound to: the port chosen when port 0 was asked for."""
     sockname = listener.socket.getsockname()
     return str(sockname[0]), int(sockname[1])

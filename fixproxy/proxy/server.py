@@ -32,12 +32,11 @@ import trio
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from fixproxy.config.loader import Config
-from fixproxy.errors import FixProxyError
 from fixproxy.ops.control import PidFile, ReloadRecord, write_reload_record
 from fixproxy.ops.metrics import Metrics
 from fixproxy.ops.seqstore import SequenceStore
 from fixproxy.proxy.health import Health
-from fixproxy.proxy.listeners import SessionListeners
+from fixproxy.proxy.listeners import SessionListeners, address_of, open_listeners
 from fixproxy.proxy.manager import SessionManager
 from fixproxy.proxy.relay import relay_engine_connection
 from fixproxy.proxy.reload import ConfigReloader, ReloadResult
@@ -144,18 +143,6 @@ class ProxyServer:
         self.listeners.stop()
 
 
-async def _open_listeners(host: str, port: int, what: str) -> list[trio.SocketListener]:
-    try:
-        return await trio.open_tcp_listeners(port, host=host)
-    except OSError as exc:
-        raise FixProxyError(f"{what}: cannot listen on {host}:{port}: {exc.strerror}") from exc
-
-
-def _address_of(listener: trio.SocketListener) -> tuple[str, int]:
-    sockname = listener.socket.getsockname()
-    return str(sockname[0]), int(sockname[1])
-
-
 Route = Callable[[], tuple[int, str, bytes]]
 
 
@@ -173,9 +160,9 @@ async def serve_metrics(host: str, port: int, metrics: Metrics, *,
         "/healthz": lambda: (200, "text/plain; charset=utf-8", b"ok\n"),
     }
     all_routes.update(routes or {})
-    listeners = await _open_listeners(host, port, "metrics")
-    logger.info("metrics on http://%s:%d/metrics", *_address_of(listeners[0]))
-    task_status.started(_address_of(listeners[0]))
+    listeners = await open_listeners(host, port, "metrics")
+    logger.info("metrics on http://%s:%d/metrics", *address_of(listeners[0]))
+    task_status.started(address_of(listeners[0]))
     await trio.serve_listeners(functools.partial(_http_connection, routes=all_routes),
                                listeners)
 
