@@ -48,6 +48,7 @@ from fixproxy.ops.metrics import Metrics
 from fixproxy.ops.status import Clocks, iso
 from fixproxy.proxy.manager import SessionManager
 from fixproxy.proxy.runtime import SessionRuntime
+from fixproxy.session.machine import LIVE_STATES
 
 logger = logging.getLogger("fixproxy.health")
 
@@ -57,9 +58,6 @@ configured interval): short enough that readiness returns within seconds of the 
 PROBE_SLACK: Final = 5.0
 """Seconds a probe may run beyond the session's ``connect_timeout`` (which the connector
 enforces itself) before it is abandoned: a guard against a connector that hangs."""
-LIVE_STATES: Final = frozenset({"active", "engine_logging_out", "gateway_logging_out",
-                                "logging_out"})
-"""Session states in which the gateway has accepted a Logon on the current connection."""
 JSON_TYPE: Final = "application/json"
 
 Route = Callable[[], tuple[int, str, bytes]]
