@@ -8,10 +8,11 @@ gateway certificate and its pins, a new key, one more session) must not cost a r
 the sessions that are trading. The rule is therefore *new connections see the new
 configuration, live connections keep the one they started with*:
 
-* Every engine connection is handed a :class:`~fixproxy.relay.SessionRuntime` (key, TLS
-  context, pins, Logon policy) when it is accepted, looked up by session name in
-  :attr:`SessionListeners.runtimes`. A reload replaces that mapping as a whole, in one
-  assignment; a relay already running holds its own runtime object and never looks again.
+* Every engine connection is handed a :class:`~fixproxy.proxy.runtime.SessionRuntime` (key,
+  TLS context, pins, Logon policy) when it is accepted, looked up by session name in
+  :attr:`~fixproxy.proxy.listeners.SessionListeners.runtimes`. A reload replaces that
+  mapping as a whole, in one assignment; a relay already running holds its own runtime
+  object and never looks again.
 * A reload is all or nothing. The file is loaded and validated, every session's key is loaded
   and every TLS context and trust set is built (in a worker thread, so relaying is not held up
   by file and key I/O), and every new listen socket is bound, *before* anything is swapped.
@@ -22,23 +23,21 @@ configuration, live connections keep the one they started with*:
   its listener closed (its live connection carries on until it logs out), and a session whose
   ``listen`` changed gets a new listener. A retiring listener whose exact address a new or
   moved session asks for is handed over rather than closed and re-bound, so a rename, or two
-  sessions trading addresses, never meets "address in use".
-* Settings of the process as a whole that are set up once at start cannot follow a reload:
-  ``[metrics]`` (the endpoint's socket and probes), ``[proxy] state_dir`` (live sessions save
-  their sequence numbers where they started; moving it would split one session's state across
-  two directories), the ``[proxy] journal_*`` keys (files opened at start) and ``[backoff]``
-  (a fresh backoff would forget the keys it is holding back, letting a reconnect loop hit
-  Kalshi's Logon rate limit). A change there is logged as a warning that a restart is
-  needed, and the running value is kept. Everything else applies: every ``[[session]]`` and
-  ``[gateway]`` key, ``[maintenance]``, ``[proxy] shutdown_timeout`` and ``allow_peers``.
-  The rule is written as the list of what applies (:data:`LIVE_SETTINGS`), so a table added
-  later is treated as needing a restart until someone decides otherwise.
+  sessions trading addresses, never meets "address in use" (:mod:`fixproxy.proxy.listeners`).
+* Settings of the process as a whole that are set up once at start (``[metrics]``,
+  ``[backoff]``, ``[proxy] state_dir`` and the ``[proxy] journal_*`` keys) cannot follow a
+  reload: a change there is logged as a warning that a restart is needed, and the running
+  value is kept. Everything else applies. :mod:`fixproxy.config.diff` says why for each, and
+  compares the two configurations.
 
 Reloads are serialized by a lock. A reload that finds the server stopping is ignored.
 
 The alternative rejected was restarting the process on a configuration change (with or
 without socket hand-off): every live session would log out, which is what an operator
 rotating a certificate least wants.
+
+The pid file through which ``fixproxy reload`` finds the process, and the ``reload.json``
+from which it reads the answer, are :mod:`fixproxy.ops.control`'s.
 """
 
 from __future__ import annotations

@@ -2,13 +2,13 @@
 
 Theory of operation
 -------------------
-:func:`serve_proxy` builds one :class:`~fixproxy.relay.SessionRuntime` per configured session
-(loading its key, building its TLS context, so a bad key or CA file fails at start, not at the
-first Logon), opens every listener, and reports the bound addresses through
+:func:`serve_proxy` builds one :class:`~fixproxy.proxy.runtime.SessionRuntime` per configured
+session (loading its key, building its TLS context, so a bad key or CA file fails at start,
+not at the first Logon), opens every listener, and reports the bound addresses through
 ``task_status.started`` (tests bind port 0). Each accepted connection runs
-:func:`~fixproxy.relay.relay_engine_connection` in its own task under the listener's nursery,
-with the runtime in force when it was accepted: SIGHUP swaps in the runtimes of a re-read
-configuration for later connections only (:mod:`fixproxy.reload`).
+:func:`~fixproxy.proxy.relay.relay_engine_connection` in its own task under the listener's
+nursery, with the runtime in force when it was accepted: SIGHUP swaps in the runtimes of a
+re-read configuration for later connections only (:mod:`fixproxy.proxy.reload`).
 
 The metrics endpoint is a deliberately small HTTP/1.0 responder on trio rather than
 prometheus-client's threaded server: running in the trio thread, a scrape reads the relay's
@@ -73,7 +73,7 @@ class ProxyServer:
     caller's, so that listening can stop while the sessions log out.
 
     :meth:`reload` re-reads the configuration file: new connections get the new
-    configuration, live ones keep theirs (see :mod:`fixproxy.reload`).
+    configuration, live ones keep theirs (see :mod:`fixproxy.proxy.reload`).
     """
 
     def __init__(self, config: Config, metrics: Metrics,
@@ -220,7 +220,7 @@ async def run_until_signal(config: Config, metrics: Metrics) -> None:
     to ``shutdown_timeout`` for the gateway's answers) and return. A second signal ends at
     once.
 
-    SIGHUP re-reads the configuration file for new connections (:mod:`fixproxy.reload`);
+    SIGHUP re-reads the configuration file for new connections (:mod:`fixproxy.proxy.reload`);
     one received while stopping is ignored. While serving, the process id is kept in
     ``fixproxy.pid`` under ``[proxy] state_dir`` for ``fixproxy reload``, and the outcome of
     each reload in ``reload.json`` beside it.
