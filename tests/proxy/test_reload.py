@@ -8,10 +8,8 @@ loopback sockets; subprocess runs send a real SIGHUP to ``fixproxy run`` and use
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import socket
-import stat
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Sequence
@@ -39,11 +37,9 @@ from support.reload_harness import (
 )
 
 from fixproxy.cli.main import main
-from fixproxy.config.diff import compare_sessions, keep_restart_only_settings
-from fixproxy.config.loader import load_config
 from fixproxy.errors import FixProxyError
 from fixproxy.fix import tags
-from fixproxy.ops.control import PID_FILE_NAME, PidFile, read_reload_record, running_pid
+from fixproxy.ops.control import PID_FILE_NAME, PidFile, read_reload_record
 from fixproxy.sim.engine import ScriptedEngine
 from fixproxy.sim.gateway import SimGateway
 
@@ -83,75 +79,6 @@ async def test_new_pins_apply_to_new_connections_while_a_live_session_trades(
         answer = await live.logout()
         assert answer is not None and answer.msg_type == tags.MT_LOGOUT
         assert (harness.reloads("ok"), harness.reloads("rejected")) == (1, 0)
-
-
-async def test_an_added_session_gets_a_listener_and_logs_on(
-        e2e_material: E2EMaterial, tmp_path: Path) -> None:
-    a = Session("a", free_port())
-    async with running(e2e_material, tmp_path, [a]) as harness:
-        live = await harness.logged_on("a")
-        assert "b" not in harness.server.addresses
-
-        harness.write([a, Session("b", free_port())])
-        result = await harness.server.reload()
-        assert result.ok, result
-        assert result.changes is not None and result.changes.added == ("b",)
-        assert "added: b" in result.detail
-
-        added = await harness.logged_on("b")
-        assert harness.sim.live_sessions == {KEYS["a"]: "KalshiNR", KEYS["b"]: "KalshiNR"}
-        await trades(added)
-        await trades(live)
-        assert harness.metrics.registry.get_sample_value(
-            "fixproxy_session_up", {"session": "b"}) == 1
-
-
-async def test_a_removed_session_stops_listening_and_its_live_session_ends_by_logout(
-        e2e_material: E2EMaterial, tmp_path: Path) -> None:
-    a, b = Session("a", free_port()), Session("b", free_port())
-    async with running(e2e_material, tmp_path, [a, b]) as harness:
-        live = await harness.logged_on("a")
-        address = harness.server.addresses["a"]
-
-        harness.write([b])
-        result = await harness.server.reload()
-        assert result.ok, result
-        assert result.changes is not None and result.changes.removed == ("a",)
-        assert "a" not in harness.server.runtimes
-        assert "a" not in harness.server.addresses
-        await refused(address)
-
-        await trades(live)
-        answer = await live.logout()
-        assert answer is not None and answer.msg_type == tags.MT_LOGOUT
-        assert await live.receive() is None  # closed after the Logout exchange
-        assert KEYS["a"] not in harness.sim.live_sessions
-        await harness.logged_on("b")
-
-
-async def test_sessions_trading_listen_addresses_take_over_each_others_sockets(
-        e2e_material: E2EMaterial, tmp_path: Path) -> None:
-    port_1, port_2 = free_port(), free_port()
-    async with running(e2e_material, tmp_path,
-                       [Session("a", port_1), Session("b", port_2)]) as harness:
-        # Binding each new address while the other session still holds it would fail with
-        # "address in use"; the listeners are handed over instead.
-        harness.write([Session("a", port_2), Session("b", port_1)])
-        result = await harness.server.reload()
-        assert result.ok, result
-        assert result.changes is not None
-        assert set(result.changes.moved) == {"a", "b"}
-        assert harness.server.addresses == {"a": ("127.0.0.1", port_2),
-                                            "b": ("127.0.0.1", port_1)}
-        await harness.logged_on("a")  # at port_2, with a's key
-        await harness.logged_on("b")
-
-        # A new port for "a": the old one is closed, the new one serves.
-        port_3 = free_port()
-        harness.write([Session("a", port_3), Session("b", port_1)])
-        assert (await harness.server.reload()).ok
-        await refused(("127.0.0.1", port_2))
-        assert harness.server.addresses["a"] == ("127.0.0.1", port_3)
 
 
 async def test_an_invalid_file_is_rejected_whole_and_the_old_configuration_serves(
@@ -244,95 +171,6 @@ async def test_a_reload_while_stopping_is_ignored(e2e_material: E2EMaterial,
         assert result.result == "ignored"
         assert "b" not in harness.server.runtimes
         assert (harness.reloads("ok"), harness.reloads("rejected")) == (0, 0)
-
-
-def test_session_changes_are_named(e2e_material: E2EMaterial, tmp_path: Path) -> None:
-    state = tmp_path / "state"
-    path = tmp_path / "f.toml"
-    path.write_text(config_text(e2e_material, 8228, state,
-                                [Session("a", 19001), Session("b", 19002)]))
-    old = load_config(path)
-    path.write_text(config_text(e2e_material, 8228, state,
-                                [Session("a", 19003), Session("c", 19004)]))
-    new = load_config(path)
-    served, notes = keep_restart_only_settings(old, new)
-    assert notes == ()
-    assert served == new
-    changes = compare_sessions(old, served)
-    assert (changes.added, changes.removed, changes.changed, changes.moved) == (
-        ("c",), ("b",), ("a",), ("a",))
-    assert changes.summary() == ("sessions added: c; removed: b; changed: a; "
-                                 "new listen address: a")
-    assert compare_sessions(old, old).summary().startswith("no session changed")
-
-
-# --- the pid file ---------------------------------------------------------------------------
-
-
-def _holder(*marker: str) -> subprocess.Popen[bytes]:
-    """A live process with ``marker`` on its command line; it says when it runs (while it
-    is being exec'd its command line still reads empty) and ends when its stdin closes."""
-    process = subprocess.Popen(
-        [sys.executable, "-c", "import sys; print(flush=True); sys.stdin.read()", *marker],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    assert process.stdout is not None
-    assert process.stdout.readline() == b"\n"
-    return process
-
-
-def test_the_pid_file_is_private_and_removed_on_release(tmp_path: Path) -> None:
-    state = tmp_path / "state"
-    pid_file = PidFile.claim(state)
-    path = state / PID_FILE_NAME
-    assert path.read_text() == f"{os.getpid()}\n"
-    assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert stat.S_IMODE(state.stat().st_mode) == 0o700
-    pid_file.release()
-    assert not path.exists()
-    with pytest.raises(FixProxyError, match="does not exist"):
-        running_pid(state)
-
-
-def test_a_live_fixproxy_holding_the_pid_file_blocks_a_second_one(tmp_path: Path) -> None:
-    state = tmp_path / "state"
-    state.mkdir()
-    path = state / PID_FILE_NAME
-    holder = _holder("fixproxy")
-    try:
-        path.write_text(f"{holder.pid}\n")
-        with pytest.raises(FixProxyError, match=f"another fixproxy \\(pid {holder.pid}\\)"):
-            PidFile.claim(state)
-        assert running_pid(state) == holder.pid
-    finally:
-        holder.communicate(timeout=10)
-    # It has exited: the file is stale and replaced.
-    pid_file = PidFile.claim(state)
-    assert path.read_text() == f"{os.getpid()}\n"
-    pid_file.release()
-
-
-def test_stale_pid_files_are_replaced_and_others_files_are_not_removed(
-        tmp_path: Path) -> None:
-    state = tmp_path / "state"
-    state.mkdir()
-    path = state / PID_FILE_NAME
-    for stale in ("not a pid\n", f"{os.getpid()}\n"):  # garbage; this very process's id
-        path.write_text(stale)
-        pid_file = PidFile.claim(state)
-        assert path.read_text() == f"{os.getpid()}\n"
-        pid_file.release()
-    # Not a fixproxy: a live process whose command line does not name it.
-    other = _holder()
-    try:
-        path.write_text(f"{other.pid}\n")
-        with pytest.raises(FixProxyError, match="not running"):
-            running_pid(state)
-        pid_file = PidFile.claim(state)
-    finally:
-        other.communicate(timeout=10)
-    path.write_text("12345678\n")  # someone else's by now: release leaves it alone
-    pid_file.release()
-    assert path.read_text() == "12345678\n"
 
 
 # --- as a real process ----------------------------------------------------------------------
