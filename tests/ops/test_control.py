@@ -1,4 +1,5 @@
-"""The running proxy's control files: the pid file that finds it and guards its state_dir."""
+"""How the command line reaches a running fixproxy: the pid file (which also guards the
+state_dir against a second proxy) and the ``fixproxy status`` client."""
 
 from __future__ import annotations
 
@@ -7,11 +8,17 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
+from typing import Final
 
 import pytest
+import trio
+from support.e2e import LOOPBACK
 
 from fixproxy.errors import FixProxyError
-from fixproxy.ops.control import PID_FILE_NAME, PidFile, running_pid
+from fixproxy.ops.control import PID_FILE_NAME, PidFile, fetch_status, running_pid, status_url
+
+GUARD: Final = 10.0
+"""Seconds a test with a local HTTP server may take; a healthy one takes milliseconds."""
 
 # --- the pid file ---------------------------------------------------------------------------
 
@@ -80,3 +87,30 @@ def test_stale_pid_files_are_replaced_and_others_files_are_not_removed(
     path.write_text("12345678\n")  # someone else's by now: release leaves it alone
     pid_file.release()
     assert path.read_text() == "12345678\n"
+
+
+# --- the client side: `fixproxy status` -------------------------------------------------
+
+
+async def test_fetch_status_refuses_what_is_not_fixproxy() -> None:
+    async def answer(stream: trio.SocketStream) -> None:
+        async with stream:
+            await stream.receive_some(65536)
+            await stream.send_all(b"HTTP/1.0 200 OK\r\nContent-Length: 7\r\n\r\nhello\r\n")
+
+    listeners = await trio.open_tcp_listeners(0, host=LOOPBACK)
+    port = int(listeners[0].socket.getsockname()[1])
+    with trio.fail_after(GUARD):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.serve_listeners, answer, listeners)
+            with pytest.raises(FixProxyError, match="did not answer with JSON"):
+                await trio.to_thread.run_sync(lambda: fetch_status((LOOPBACK, port)))
+            nursery.cancel_scope.cancel()
+
+
+def test_status_url_reaches_wildcards_through_loopback() -> None:
+    assert status_url(("127.0.0.1", 9464)) == "http://127.0.0.1:9464/status"
+    assert status_url(("0.0.0.0", 9464)) == "http://127.0.0.1:9464/status"
+    assert status_url(("::", 9464)) == "http://[::1]:9464/status"
+    assert status_url(("::1", 9464)) == "http://[::1]:9464/status"
+    assert status_url(("localhost", 1)) == "http://localhost:1/status"
