@@ -112,7 +112,8 @@ def status(config_path: Path | None, as_json: bool) -> None:
     """
     import json
 
-    from fixproxy.proxy.health import fetch_status, format_status
+    from fixproxy.cli.report import format_status
+    from fixproxy.ops.control import fetch_status
 
     # Only the metrics address is needed: key files may belong to the user fixproxy runs as.
     config = _load(config_path, check_files=False)
@@ -145,7 +146,7 @@ def reload(config_path: Path | None, timeout: float) -> None:
 
     from prometheus_client import CollectorRegistry
 
-    from fixproxy.proxy.reload import request_reload
+    from fixproxy.ops.control import request_reload
     from fixproxy.proxy.runtime import build_runtime
 
     config = _load(config_path)

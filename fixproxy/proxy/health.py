@@ -29,17 +29,14 @@ results without locks.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import time
-import urllib.error
-import urllib.request
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Final
 
 import trio
 from prometheus_client import CollectorRegistry, Counter
@@ -51,6 +48,7 @@ from fixproxy.ops.metrics import Metrics
 from fixproxy.ops.status import Clocks, iso
 from fixproxy.proxy.manager import SessionManager
 from fixproxy.proxy.runtime import SessionRuntime
+from fixproxy.session.machine import LIVE_STATES
 
 logger = logging.getLogger("fixproxy.health")
 
@@ -60,9 +58,6 @@ configured interval): short enough that readiness returns within seconds of the 
 PROBE_SLACK: Final = 5.0
 """Seconds a probe may run beyond the session's ``connect_timeout`` (which the connector
 enforces itself) before it is abandoned: a guard against a connector that hangs."""
-LIVE_STATES: Final = frozenset({"active", "engine_logging_out", "gateway_logging_out",
-                                "logging_out"})
-"""Session states in which the gateway has accepted a Logon on the current connection."""
 JSON_TYPE: Final = "application/json"
 
 Route = Callable[[], tuple[int, str, bytes]]
@@ -348,159 +343,3 @@ class Health:
 
 def _encode(body: dict[str, object]) -> bytes:
     return (json.dumps(body, indent=2) + "\n").encode()
-
-
-# --- the client side: `fixproxy status` -------------------------------------------------
-
-STATUS_TIMEOUT: Final = 5.0
-"""Seconds ``fixproxy status`` waits for the endpoint: it answers from memory at once."""
-ERROR_WIDTH: Final = 60
-"""Characters of a session's last error shown in the table; ``--json`` has all of it."""
-STATUS_LIMIT: Final = 16 * 1024 * 1024
-"""Largest /status answer read: a few kilobytes per session."""
-
-
-def status_url(listen: tuple[str, int]) -> str:
-    """The /status URL of a metrics endpoint listening on ``listen``."""
-    host, port = listen
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        pass  # a name, such as localhost
-    else:
-        if address.is_unspecified:  # listening on every interface: ask through loopback
-            host = "::1" if address.version == 6 else "127.0.0.1"
-    if ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{port}/status"
-
-
-def fetch_status(listen: tuple[str, int], *, timeout: float = STATUS_TIMEOUT
-                 ) -> dict[str, object]:
-    """GET /status from the metrics endpoint of a running fixproxy.
-
-    Blocking (urllib): for the command line, never for the server.
-
-    Raises:
-        FixProxyError: nothing answers, the answer is not fixproxy's, or it times out.
-    """
-    url = status_url(listen)
-    # No proxies: the endpoint is local, and an http_proxy variable must not reroute it.
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    try:
-        with opener.open(url, timeout=timeout) as response:
-            body = response.read(STATUS_LIMIT + 1)
-    except urllib.error.HTTPError as exc:
-        raise FixProxyError(f"{url} answered {exc.code} {exc.reason}: is that fixproxy, and "
-                            f"a version that serves /status?") from exc
-    except urllib.error.URLError as exc:
-        reason = exc.reason
-        text = reason.strerror if isinstance(reason, OSError) and reason.strerror else reason
-        raise FixProxyError(f"cannot reach fixproxy at {url} ({text}): is fixproxy running "
-                            f"with this configuration?") from exc
-    except (TimeoutError, OSError) as exc:
-        raise FixProxyError(f"no answer from {url} within {timeout:g} s ({exc})") from exc
-    if len(body) > STATUS_LIMIT:
-        raise FixProxyError(f"the answer from {url} is larger than {STATUS_LIMIT} bytes")
-    try:
-        answer = json.loads(body)
-    except ValueError as exc:
-        raise FixProxyError(f"{url} did not answer with JSON: is that fixproxy?") from exc
-    if not isinstance(answer, dict) or not isinstance(answer.get("sessions"), list):
-        raise FixProxyError(f"{url} answered JSON without a session list: is that fixproxy?")
-    return answer
-
-
-_COLUMNS: Final = ("SESSION", "STATE", "SINCE", "ENDPOINT", "SEQ OUT/IN", "LAST OUT/IN",
-                   "READY", "LAST ERROR")
-
-
-def format_status(answer: Mapping[str, Any]) -> str:
-    """The /status answer as a table for a terminal, with a header line and, after the table,
-    why each session that is not ready is not."""
-    now = _parse_time(answer.get("now"))
-    maintenance = answer.get("maintenance") or {}
-    if maintenance.get("active"):
-        window = maintenance.get("window") or {}
-        note = f"maintenance window in progress until {window.get('end', '?')}"
-    elif maintenance.get("scheduled") and maintenance.get("window"):
-        note = f"next maintenance window {maintenance['window'].get('start', '?')}"
-    else:
-        note = "no maintenance window configured"
-    lines = [f"fixproxy {answer.get('version', '?')} at {answer.get('now', '?')}; {note}"
-             + ("; shutting down" if answer.get("draining") else "")]
-    rows: list[tuple[str, ...]] = [_COLUMNS]
-    reasons: list[str] = []
-    for session in answer.get("sessions", []):
-        readiness = session.get("readiness")
-        if readiness is None:
-            ready = "-"
-        else:
-            ready = f"{'yes' if readiness.get('ready') else 'NO'} ({readiness.get('reason')})"
-            if not readiness.get("ready"):
-                reasons.append(f"{session.get('session')}: not ready "
-                               f"({readiness.get('reason')}): {readiness.get('detail')}")
-        seqs = session.get("sequence_numbers") or {}
-        ages = session.get("last_message") or {}
-        error = session.get("last_error")
-        rows.append((
-            str(session.get("session", "?")),
-            str(session.get("state", "?")),
-            _since(_parse_time(session.get("since")), now),
-            str(session.get("endpoint", "?")),
-            f"{seqs.get('engine_to_gateway', '-')}/{seqs.get('gateway_to_engine', '-')}",
-            f"{_age(ages.get('engine_to_gateway'))}/{_age(ages.get('gateway_to_engine'))}",
-            ready,
-            "-" if not error else _truncate(str(error.get("text", "")), ERROR_WIDTH),
-        ))
-    if len(rows) == 1:
-        lines.append("no sessions configured")
-    else:
-        widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS))]
-        lines.extend("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
-                     .rstrip() for row in rows)
-    lines.extend(reasons)
-    return "\n".join(lines)
-
-
-def _parse_time(value: object) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        return datetime.fromisoformat(value)
-    except ValueError:
-        return None
-
-
-def _since(moment: datetime | None, now: datetime | None) -> str:
-    if moment is None:
-        return "-"
-    text = moment.strftime("%H:%M:%SZ") if now is None or moment.date() == now.date() \
-        else moment.strftime("%Y-%m-%d %H:%MZ")
-    return text if now is None else f"{text} ({_duration((now - moment).total_seconds())})"
-
-
-def _age(last: object) -> str:
-    if not isinstance(last, dict) or not isinstance(last.get("age_seconds"), int | float):
-        return "-"
-    return _duration(float(last["age_seconds"]))
-
-
-def _duration(seconds: float) -> str:
-    """A short human age: 0.4s, 12s, 5m03s, 2h05m, 3d04h."""
-    seconds = max(seconds, 0.0)
-    if seconds < 10:
-        return f"{seconds:.1f}s"
-    whole = int(seconds)
-    if whole < 60:
-        return f"{whole}s"
-    if whole < 3600:
-        return f"{whole // 60}m{whole % 60:02d}s"
-    if whole < 86400:
-        return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
-    return f"{whole // 86400}d{whole % 86400 // 3600:02d}h"
-
-
-def _truncate(text: str, width: int) -> str:
-    text = " ".join(text.split())  # one line, whatever the error said
-    return text if len(text) <= width else text[: width - 3] + "..."

@@ -2,13 +2,13 @@
 
 Theory of operation
 -------------------
-:func:`serve_proxy` builds one :class:`~fixproxy.relay.SessionRuntime` per configured session
-(loading its key, building its TLS context, so a bad key or CA file fails at start, not at the
-first Logon), opens every listener, and reports the bound addresses through
+:func:`serve_proxy` builds one :class:`~fixproxy.proxy.runtime.SessionRuntime` per configured
+session (loading its key, building its TLS context, so a bad key or CA file fails at start,
+not at the first Logon), opens every listener, and reports the bound addresses through
 ``task_status.started`` (tests bind port 0). Each accepted connection runs
-:func:`~fixproxy.relay.relay_engine_connection` in its own task under the listener's nursery,
-with the runtime in force when it was accepted: SIGHUP swaps in the runtimes of a re-read
-configuration for later connections only (:mod:`fixproxy.reload`).
+:func:`~fixproxy.proxy.relay.relay_engine_connection` in its own task under the listener's
+nursery, with the runtime in force when it was accepted: SIGHUP swaps in the runtimes of a
+re-read configuration for later connections only (:mod:`fixproxy.proxy.reload`).
 
 The metrics endpoint is a deliberately small HTTP/1.0 responder on trio rather than
 prometheus-client's threaded server: running in the trio thread, a scrape reads the relay's
@@ -32,20 +32,14 @@ import trio
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from fixproxy.config.loader import Config
-from fixproxy.errors import FixProxyError
+from fixproxy.ops.control import PidFile, ReloadRecord, write_reload_record
 from fixproxy.ops.metrics import Metrics
 from fixproxy.ops.seqstore import SequenceStore
 from fixproxy.proxy.admit import relay_engine_connection
 from fixproxy.proxy.health import Health
+from fixproxy.proxy.listeners import SessionListeners, address_of, open_listeners
 from fixproxy.proxy.manager import SessionManager
-from fixproxy.proxy.reload import (
-    ConfigReloader,
-    PidFile,
-    ReloadRecord,
-    ReloadResult,
-    SessionListeners,
-    write_reload_record,
-)
+from fixproxy.proxy.reload import ConfigReloader, ReloadResult
 from fixproxy.proxy.runtime import SessionRuntime, build_runtime, declare_status
 from fixproxy.session.backoff import LogonBackoff
 
@@ -79,7 +73,7 @@ class ProxyServer:
     caller's, so that listening can stop while the sessions log out.
 
     :meth:`reload` re-reads the configuration file: new connections get the new
-    configuration, live ones keep theirs (see :mod:`fixproxy.reload`).
+    configuration, live ones keep theirs (see :mod:`fixproxy.proxy.reload`).
     """
 
     def __init__(self, config: Config, metrics: Metrics,
@@ -150,18 +144,6 @@ class ProxyServer:
         self.listeners.stop()
 
 
-async def _open_listeners(host: str, port: int, what: str) -> list[trio.SocketListener]:
-    try:
-        return await trio.open_tcp_listeners(port, host=host)
-    except OSError as exc:
-        raise FixProxyError(f"{what}: cannot listen on {host}:{port}: {exc.strerror}") from exc
-
-
-def _address_of(listener: trio.SocketListener) -> tuple[str, int]:
-    sockname = listener.socket.getsockname()
-    return str(sockname[0]), int(sockname[1])
-
-
 Route = Callable[[], tuple[int, str, bytes]]
 
 
@@ -179,9 +161,9 @@ async def serve_metrics(host: str, port: int, metrics: Metrics, *,
         "/healthz": lambda: (200, "text/plain; charset=utf-8", b"ok\n"),
     }
     all_routes.update(routes or {})
-    listeners = await _open_listeners(host, port, "metrics")
-    logger.info("metrics on http://%s:%d/metrics", *_address_of(listeners[0]))
-    task_status.started(_address_of(listeners[0]))
+    listeners = await open_listeners(host, port, "metrics")
+    logger.info("metrics on http://%s:%d/metrics", *address_of(listeners[0]))
+    task_status.started(address_of(listeners[0]))
     await trio.serve_listeners(functools.partial(_http_connection, routes=all_routes),
                                listeners)
 
@@ -239,7 +221,7 @@ async def run_until_signal(config: Config, metrics: Metrics) -> None:
     to ``shutdown_timeout`` for the gateway's answers) and return. A second signal ends at
     once.
 
-    SIGHUP re-reads the configuration file for new connections (:mod:`fixproxy.reload`);
+    SIGHUP re-reads the configuration file for new connections (:mod:`fixproxy.proxy.reload`);
     one received while stopping is ignored. While serving, the process id is kept in
     ``fixproxy.pid`` under ``[proxy] state_dir`` for ``fixproxy reload``, and the outcome of
     each reload in ``reload.json`` beside it.

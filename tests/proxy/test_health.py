@@ -41,14 +41,7 @@ from fixproxy.fix import tags
 from fixproxy.kalshi import ENDPOINTS
 from fixproxy.net.tls import HandshakeInfo
 from fixproxy.ops.metrics import Metrics
-from fixproxy.proxy.health import (
-    NOT_CHECKED,
-    Health,
-    Readiness,
-    fetch_status,
-    format_status,
-    status_url,
-)
+from fixproxy.proxy.health import NOT_CHECKED, Health, Readiness
 from fixproxy.proxy.manager import SessionManager
 from fixproxy.proxy.runtime import SessionRuntime, build_runtime
 from fixproxy.proxy.server import BoundAddresses, ProxyServer
@@ -624,68 +617,6 @@ async def test_fixproxy_status_explains_what_is_missing(e2e_material: E2EMateria
     assert result.exit_code == 1
     assert f"cannot reach fixproxy at http://127.0.0.1:{port}/status" in result.output
     assert "is fixproxy running" in result.output
-
-
-async def test_fetch_status_refuses_what_is_not_fixproxy() -> None:
-    async def answer(stream: trio.SocketStream) -> None:
-        async with stream:
-            await stream.receive_some(65536)
-            await stream.send_all(b"HTTP/1.0 200 OK\r\nContent-Length: 7\r\n\r\nhello\r\n")
-
-    listeners = await trio.open_tcp_listeners(0, host=LOOPBACK)
-    port = int(listeners[0].socket.getsockname()[1])
-    with trio.fail_after(GUARD):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(trio.serve_listeners, answer, listeners)
-            with pytest.raises(FixProxyError, match="did not answer with JSON"):
-                await trio.to_thread.run_sync(lambda: fetch_status((LOOPBACK, port)))
-            nursery.cancel_scope.cancel()
-
-
-def test_status_url_reaches_wildcards_through_loopback() -> None:
-    assert status_url(("127.0.0.1", 9464)) == "http://127.0.0.1:9464/status"
-    assert status_url(("0.0.0.0", 9464)) == "http://127.0.0.1:9464/status"
-    assert status_url(("::", 9464)) == "http://[::1]:9464/status"
-    assert status_url(("::1", 9464)) == "http://[::1]:9464/status"
-    assert status_url(("localhost", 1)) == "http://localhost:1/status"
-
-
-def test_format_status_table() -> None:
-    answer = {
-        "version": "1.2.3", "now": "2025-01-09T12:00:00.000Z", "draining": False,
-        "maintenance": {"active": False, "scheduled": True,
-                        "window": {"start": "2025-01-16T08:00:00.000Z",
-                                   "end": "2025-01-16T10:00:00.000Z"}},
-        "sessions": [
-            {"session": "orders", "state": "active", "since": "2025-01-09T11:54:57.000Z",
-             "endpoint": "KalshiNR",
-             "sequence_numbers": {"engine_to_gateway": 12, "gateway_to_engine": 34},
-             "last_message": {"engine_to_gateway": {"age_seconds": 0.25},
-                              "gateway_to_engine": {"age_seconds": 75.0}},
-             "readiness": {"ready": True, "reason": "logged_on", "detail": ""},
-             "last_error": None},
-            {"session": "dropcopy", "state": "idle", "since": "2025-01-08T09:00:00.000Z",
-             "endpoint": "KalshiDC", "sequence_numbers": {}, "last_message": {},
-             "readiness": {"ready": False, "reason": "pin_mismatch",
-                           "detail": "presented sha256/x"},
-             "last_error": {"text": "refused engine connection #3: " + "x" * 100,
-                            "at": "2025-01-09T11:00:00.000Z"}},
-        ],
-    }
-    lines = format_status(answer).splitlines()
-    assert lines[0] == ("fixproxy 1.2.3 at 2025-01-09T12:00:00.000Z; next maintenance window "
-                        "2025-01-16T08:00:00.000Z")
-    orders, dropcopy = lines[2], lines[3]
-    assert orders.split() == ["orders", "active", "11:54:57Z", "(5m03s)", "KalshiNR", "12/34",
-                              "0.2s/1m15s", "yes", "(logged_on)", "-"]
-    assert "2025-01-08 09:00Z (1d03h)" in dropcopy
-    assert "NO (pin_mismatch)" in dropcopy
-    error = dropcopy.split("(pin_mismatch)")[1].strip()
-    assert len(error) == 60 and error.endswith("...")
-    assert lines[4] == "dropcopy: not ready (pin_mismatch): presented sha256/x"
-    # Every row lines its columns up under the header.
-    assert lines[2].index("KalshiNR") == lines[1].index("ENDPOINT")
-    assert lines[3].index("KalshiDC") == lines[1].index("ENDPOINT")
 
 
 def test_readiness_json() -> None:

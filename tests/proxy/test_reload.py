@@ -8,10 +8,8 @@ loopback sockets; subprocess runs send a real SIGHUP to ``fixproxy run`` and use
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import socket
-import stat
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Sequence
@@ -23,169 +21,33 @@ from typing import Final
 import pytest
 import trio
 from click.testing import CliRunner
-from prometheus_client import CollectorRegistry
 from support.e2e import (  # e2e_material_fixture: a pytest fixture, found by its name
     E2EMaterial,
     e2e_material_fixture,  # noqa: F401
 )
+from support.reload_harness import (
+    KEYS,
+    Session,
+    config_text,
+    free_port,
+    refused,
+    running,
+    simulator,
+    trades,
+)
 
 from fixproxy.cli.main import main
-from fixproxy.config.loader import load_config
 from fixproxy.errors import FixProxyError
 from fixproxy.fix import tags
-from fixproxy.ops.metrics import Metrics
-from fixproxy.proxy.reload import (
-    PID_FILE_NAME,
-    PidFile,
-    compare_sessions,
-    keep_restart_only_settings,
-    read_reload_record,
-    running_pid,
-)
-from fixproxy.proxy.server import ProxyServer
+from fixproxy.ops.control import PID_FILE_NAME, PidFile, read_reload_record
 from fixproxy.sim.engine import ScriptedEngine
-from fixproxy.sim.gateway import SimConfig, SimGateway
+from fixproxy.sim.gateway import SimGateway
 
 FIXPROXY: Final = [sys.executable, "-m", "fixproxy.cli"]
-GUARD: Final = 20.0
-"""Seconds one in-process test may take; a healthy one takes well under one."""
 PROCESS_GUARD: Final = 60.0
 """Seconds one subprocess test may take (interpreter start-up on a loaded machine)."""
-KEYS: Final = {
-    "a": "0b6c1f5e-2a43-4d8e-9c71-5e3f2a1b7d40",
-    "b": "1c7d2a6f-3b54-4e9f-8d82-6f4a3b2c8e51",
-    "c": "2d8e3b7a-4c65-4fa0-9e93-7a5b4c3d9f62",
-}
-"""Session name -> its API key, each registered with the simulator."""
 WRONG_PIN: Final = "sha256/" + "A" * 43 + "="
 """A well-formed pin that no certificate has."""
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass(frozen=True)
-class Session:
-    name: str
-    port: int
-    key: str = ""
-    private_key: Path | None = None
-
-    @property
-    def api_key(self) -> str:
-        return self.key or KEYS[self.name]
-
-
-def _config_text(material: E2EMaterial, sim_port: int, state_dir: Path,
-                 sessions: Sequence[Session], *, pins: Sequence[str] | None = None,
-                 extra: str = "") -> str:
-    pin_list = ", ".join(f'"{pin}"' for pin in (pins or [material.certs.leaf_pin]))
-    text = f"""
-[gateway]
-host = "127.0.0.1"
-server_name = "localhost"
-ca_file = "{material.cert_files.ca_cert}"
-pins = [{pin_list}]
-connect_timeout = 5.0
-
-[metrics]
-listen = ""
-
-[maintenance]
-enabled = false
-
-[proxy]
-state_dir = "{state_dir}"
-{extra}
-"""
-    for session in sessions:
-        text += f"""
-[[session]]
-name = "{session.name}"
-listen = "127.0.0.1:{session.port}"
-endpoint = "KalshiNR"
-port = {sim_port}
-api_key = "{session.api_key}"
-private_key = "{session.private_key or material.private_key}"
-"""
-    return text
-
-
-def _simulator(material: E2EMaterial) -> SimGateway:
-    return SimGateway(SimConfig(ports={"KalshiNR": 0},
-                                keys=dict.fromkeys(KEYS.values(), material.public_key)),
-                      material.certs.server_context())
-
-
-@dataclass
-class Harness:
-    """The simulator and an in-process ProxyServer reading a real configuration file."""
-
-    material: E2EMaterial
-    sim: SimGateway
-    sim_port: int
-    path: Path
-    state_dir: Path
-    metrics: Metrics
-    server: ProxyServer = field(init=False)
-    streams: list[trio.abc.AsyncResource] = field(default_factory=list)
-
-    def write(self, sessions: Sequence[Session], *, pins: Sequence[str] | None = None,
-              extra: str = "") -> None:
-        self.path.write_text(_config_text(self.material, self.sim_port, self.state_dir,
-                                          sessions, pins=pins, extra=extra))
-
-    async def engine(self, name: str, *, key: str = "") -> ScriptedEngine:
-        stream = await trio.open_tcp_stream(*self.server.addresses[name])
-        self.streams.append(stream)
-        return ScriptedEngine(stream, sender=key or KEYS[name], target="KalshiNR")
-
-    async def logged_on(self, name: str) -> ScriptedEngine:
-        engine = await self.engine(name)
-        answer = await engine.logon()
-        assert answer is not None and answer.msg_type == tags.MT_LOGON, answer
-        return engine
-
-    def reloads(self, result: str) -> float | None:
-        return self.metrics.registry.get_sample_value("fixproxy_config_reload_total",
-                                                      {"result": result})
-
-
-@asynccontextmanager
-async def running(material: E2EMaterial, tmp_path: Path,
-                  sessions: Sequence[Session]) -> AsyncIterator[Harness]:
-    sim = _simulator(material)
-    with trio.fail_after(GUARD):
-        async with trio.open_nursery() as nursery:
-            addresses = await nursery.start(sim.serve)
-            harness = Harness(material, sim, addresses["KalshiNR"][1],
-                              tmp_path / "fixproxy.toml", tmp_path / "state",
-                              Metrics(CollectorRegistry()))
-            harness.write(sessions)
-            harness.server = ProxyServer(load_config(harness.path), harness.metrics)
-            await nursery.start(harness.server.serve, nursery)
-            try:
-                yield harness
-            finally:
-                for stream in harness.streams:
-                    await trio.aclose_forcefully(stream)
-                nursery.cancel_scope.cancel()
-
-
-async def _trades(engine: ScriptedEngine) -> None:
-    """The engine's session is alive end to end: an order gets its ExecutionReport."""
-    cl_ord_id = await engine.new_order()
-    report = await engine.receive_type(tags.MT_EXECUTION_REPORT)
-    assert report.get(11) == cl_ord_id
-
-
-async def _refused(address: tuple[str, int]) -> None:
-    with pytest.raises(OSError):
-        stream = await trio.open_tcp_stream(*address)
-        await stream.aclose()
 
 
 # --- in-process -----------------------------------------------------------------------------
@@ -193,10 +55,10 @@ async def _refused(address: tuple[str, int]) -> None:
 
 async def test_new_pins_apply_to_new_connections_while_a_live_session_trades(
         e2e_material: E2EMaterial, tmp_path: Path) -> None:
-    sessions = [Session("a", _free_port()), Session("b", _free_port())]
+    sessions = [Session("a", free_port()), Session("b", free_port())]
     async with running(e2e_material, tmp_path, sessions) as harness:
         live = await harness.logged_on("a")
-        await _trades(live)
+        await trades(live)
         old_runtime = harness.server.runtimes["a"]
 
         harness.write(sessions, pins=[WRONG_PIN])
@@ -213,84 +75,15 @@ async def test_new_pins_apply_to_new_connections_while_a_live_session_trades(
             "fixproxy_pin_mismatches_total", {"session": "b"}) == 1
         assert KEYS["b"] not in harness.sim.live_sessions
 
-        await _trades(live)  # the live session still uses the pins it connected with
+        await trades(live)  # the live session still uses the pins it connected with
         answer = await live.logout()
         assert answer is not None and answer.msg_type == tags.MT_LOGOUT
         assert (harness.reloads("ok"), harness.reloads("rejected")) == (1, 0)
 
 
-async def test_an_added_session_gets_a_listener_and_logs_on(
-        e2e_material: E2EMaterial, tmp_path: Path) -> None:
-    a = Session("a", _free_port())
-    async with running(e2e_material, tmp_path, [a]) as harness:
-        live = await harness.logged_on("a")
-        assert "b" not in harness.server.addresses
-
-        harness.write([a, Session("b", _free_port())])
-        result = await harness.server.reload()
-        assert result.ok, result
-        assert result.changes is not None and result.changes.added == ("b",)
-        assert "added: b" in result.detail
-
-        added = await harness.logged_on("b")
-        assert harness.sim.live_sessions == {KEYS["a"]: "KalshiNR", KEYS["b"]: "KalshiNR"}
-        await _trades(added)
-        await _trades(live)
-        assert harness.metrics.registry.get_sample_value(
-            "fixproxy_session_up", {"session": "b"}) == 1
-
-
-async def test_a_removed_session_stops_listening_and_its_live_session_ends_by_logout(
-        e2e_material: E2EMaterial, tmp_path: Path) -> None:
-    a, b = Session("a", _free_port()), Session("b", _free_port())
-    async with running(e2e_material, tmp_path, [a, b]) as harness:
-        live = await harness.logged_on("a")
-        address = harness.server.addresses["a"]
-
-        harness.write([b])
-        result = await harness.server.reload()
-        assert result.ok, result
-        assert result.changes is not None and result.changes.removed == ("a",)
-        assert "a" not in harness.server.runtimes
-        assert "a" not in harness.server.addresses
-        await _refused(address)
-
-        await _trades(live)
-        answer = await live.logout()
-        assert answer is not None and answer.msg_type == tags.MT_LOGOUT
-        assert await live.receive() is None  # closed after the Logout exchange
-        assert KEYS["a"] not in harness.sim.live_sessions
-        await harness.logged_on("b")
-
-
-async def test_sessions_trading_listen_addresses_take_over_each_others_sockets(
-        e2e_material: E2EMaterial, tmp_path: Path) -> None:
-    port_1, port_2 = _free_port(), _free_port()
-    async with running(e2e_material, tmp_path,
-                       [Session("a", port_1), Session("b", port_2)]) as harness:
-        # Binding each new address while the other session still holds it would fail with
-        # "address in use"; the listeners are handed over instead.
-        harness.write([Session("a", port_2), Session("b", port_1)])
-        result = await harness.server.reload()
-        assert result.ok, result
-        assert result.changes is not None
-        assert set(result.changes.moved) == {"a", "b"}
-        assert harness.server.addresses == {"a": ("127.0.0.1", port_2),
-                                            "b": ("127.0.0.1", port_1)}
-        await harness.logged_on("a")  # at port_2, with a's key
-        await harness.logged_on("b")
-
-        # A new port for "a": the old one is closed, the new one serves.
-        port_3 = _free_port()
-        harness.write([Session("a", port_3), Session("b", port_1)])
-        assert (await harness.server.reload()).ok
-        await _refused(("127.0.0.1", port_2))
-        assert harness.server.addresses["a"] == ("127.0.0.1", port_3)
-
-
 async def test_an_invalid_file_is_rejected_whole_and_the_old_configuration_serves(
         e2e_material: E2EMaterial, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    a = Session("a", _free_port())
+    a = Session("a", free_port())
     async with running(e2e_material, tmp_path, [a]) as harness:
         before = harness.server.runtimes["a"]
         config_before = harness.server.config
@@ -311,13 +104,13 @@ async def test_an_invalid_file_is_rejected_whole_and_the_old_configuration_serve
         loose = tmp_path / "loose.key"
         loose.write_bytes(e2e_material.private_key.read_bytes())
         loose.chmod(0o644)
-        b_port = _free_port()
+        b_port = free_port()
         harness.write([Session("a", a.port, private_key=loose), Session("b", b_port)])
         result = await harness.server.reload()
         assert result.result == "rejected"
         assert "session 'a'" in result.detail and "chmod 600" in result.detail
         assert "b" not in harness.server.addresses
-        await _refused(("127.0.0.1", b_port))
+        await refused(("127.0.0.1", b_port))
 
         # A listen address that cannot be bound (held here) rejects the file too.
         with socket.socket() as holder:
@@ -333,18 +126,18 @@ async def test_an_invalid_file_is_rejected_whole_and_the_old_configuration_serve
         assert harness.server.config is config_before
         assert (harness.reloads("ok"), harness.reloads("rejected")) == (0, 3)
         live = await harness.logged_on("a")  # the old configuration still serves
-        await _trades(live)
+        await trades(live)
 
 
 async def test_settings_bound_at_start_keep_their_value_and_warn(
         e2e_material: E2EMaterial, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    a = Session("a", _free_port())
+    a = Session("a", free_port())
     async with running(e2e_material, tmp_path, [a]) as harness:
         old = harness.server.config
-        metrics_port = _free_port()
+        metrics_port = free_port()
         harness.path.write_text(
-            _config_text(e2e_material, harness.sim_port, tmp_path / "elsewhere", [a],
-                         extra="shutdown_timeout = 3.0\n\n[backoff]\nfloor = 2.0")
+            config_text(e2e_material, harness.sim_port, tmp_path / "elsewhere", [a],
+                        extra="shutdown_timeout = 3.0\n\n[backoff]\nfloor = 2.0")
             .replace('listen = ""', f'listen = "127.0.0.1:{metrics_port}"')
             .replace("enabled = false", 'days = ["daily"]\nstart = "01:00"\nend = "01:30"'))
 
@@ -365,108 +158,19 @@ async def test_settings_bound_at_start_keep_their_value_and_warn(
                     if record.levelno == logging.WARNING and record.name == "fixproxy.reload"]
         assert len(warnings) == 3
         assert all("restarts" in warning for warning in warnings)
-        await _refused(("127.0.0.1", metrics_port))
+        await refused(("127.0.0.1", metrics_port))
 
 
 async def test_a_reload_while_stopping_is_ignored(e2e_material: E2EMaterial,
                                                  tmp_path: Path) -> None:
-    a = Session("a", _free_port())
+    a = Session("a", free_port())
     async with running(e2e_material, tmp_path, [a]) as harness:
-        harness.write([a, Session("b", _free_port())])
+        harness.write([a, Session("b", free_port())])
         harness.server.stop_listening()
         result = await harness.server.reload()
         assert result.result == "ignored"
         assert "b" not in harness.server.runtimes
         assert (harness.reloads("ok"), harness.reloads("rejected")) == (0, 0)
-
-
-def test_session_changes_are_named(e2e_material: E2EMaterial, tmp_path: Path) -> None:
-    state = tmp_path / "state"
-    path = tmp_path / "f.toml"
-    path.write_text(_config_text(e2e_material, 8228, state,
-                                 [Session("a", 19001), Session("b", 19002)]))
-    old = load_config(path)
-    path.write_text(_config_text(e2e_material, 8228, state,
-                                 [Session("a", 19003), Session("c", 19004)]))
-    new = load_config(path)
-    served, notes = keep_restart_only_settings(old, new)
-    assert notes == ()
-    assert served == new
-    changes = compare_sessions(old, served)
-    assert (changes.added, changes.removed, changes.changed, changes.moved) == (
-        ("c",), ("b",), ("a",), ("a",))
-    assert changes.summary() == ("sessions added: c; removed: b; changed: a; "
-                                 "new listen address: a")
-    assert compare_sessions(old, old).summary().startswith("no session changed")
-
-
-# --- the pid file ---------------------------------------------------------------------------
-
-
-def _holder(*marker: str) -> subprocess.Popen[bytes]:
-    """A live process with ``marker`` on its command line; it says when it runs (while it
-    is being exec'd its command line still reads empty) and ends when its stdin closes."""
-    process = subprocess.Popen(
-        [sys.executable, "-c", "import sys; print(flush=True); sys.stdin.read()", *marker],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    assert process.stdout is not None
-    assert process.stdout.readline() == b"\n"
-    return process
-
-
-def test_the_pid_file_is_private_and_removed_on_release(tmp_path: Path) -> None:
-    state = tmp_path / "state"
-    pid_file = PidFile.claim(state)
-    path = state / PID_FILE_NAME
-    assert path.read_text() == f"{os.getpid()}\n"
-    assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert stat.S_IMODE(state.stat().st_mode) == 0o700
-    pid_file.release()
-    assert not path.exists()
-    with pytest.raises(FixProxyError, match="does not exist"):
-        running_pid(state)
-
-
-def test_a_live_fixproxy_holding_the_pid_file_blocks_a_second_one(tmp_path: Path) -> None:
-    state = tmp_path / "state"
-    state.mkdir()
-    path = state / PID_FILE_NAME
-    holder = _holder("fixproxy")
-    try:
-        path.write_text(f"{holder.pid}\n")
-        with pytest.raises(FixProxyError, match=f"another fixproxy \\(pid {holder.pid}\\)"):
-            PidFile.claim(state)
-        assert running_pid(state) == holder.pid
-    finally:
-        holder.communicate(timeout=10)
-    # It has exited: the file is stale and replaced.
-    pid_file = PidFile.claim(state)
-    assert path.read_text() == f"{os.getpid()}\n"
-    pid_file.release()
-
-
-def test_stale_pid_files_are_replaced_and_others_files_are_not_removed(
-        tmp_path: Path) -> None:
-    state = tmp_path / "state"
-    state.mkdir()
-    path = state / PID_FILE_NAME
-    for stale in ("not a pid\n", f"{os.getpid()}\n"):  # garbage; this very process's id
-        path.write_text(stale)
-        pid_file = PidFile.claim(state)
-        assert path.read_text() == f"{os.getpid()}\n"
-        pid_file.release()
-    # Not a fixproxy: a live process whose command line does not name it.
-    other = _holder()
-    try:
-        path.write_text(f"{other.pid}\n")
-        with pytest.raises(FixProxyError, match="not running"):
-            running_pid(state)
-        pid_file = PidFile.claim(state)
-    finally:
-        other.communicate(timeout=10)
-    path.write_text("12345678\n")  # someone else's by now: release leaves it alone
-    pid_file.release()
-    assert path.read_text() == "12345678\n"
 
 
 # --- as a real process ----------------------------------------------------------------------
@@ -507,8 +211,8 @@ class Proc:
     engines: list[ScriptedEngine] = field(default_factory=list)
 
     def write(self, sessions: Sequence[Session]) -> None:
-        self.path.write_text(_config_text(self.material, self.sim_port, self.state_dir,
-                                          sessions))
+        self.path.write_text(config_text(self.material, self.sim_port, self.state_dir,
+                                         sessions))
 
     async def logged_on(self, session: Session) -> ScriptedEngine:
         engine = await ScriptedEngine.connect("127.0.0.1", session.port,
@@ -522,13 +226,13 @@ class Proc:
 @asynccontextmanager
 async def fixproxy_run(material: E2EMaterial, tmp_path: Path,
                        sessions: Sequence[Session]) -> AsyncIterator[Proc]:
-    sim = _simulator(material)
+    sim = simulator(material)
     with trio.fail_after(PROCESS_GUARD):
         async with trio.open_nursery() as nursery:
             sim_port = (await nursery.start(sim.serve))["KalshiNR"][1]
             path = tmp_path / "fixproxy.toml"
             proc_state = tmp_path / "state"
-            path.write_text(_config_text(material, sim_port, proc_state, sessions))
+            path.write_text(config_text(material, sim_port, proc_state, sessions))
             process = await trio.lowlevel.open_process(
                 [*FIXPROXY, "run", "--config", str(path)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -555,7 +259,7 @@ async def _cli(*args: str) -> subprocess.CompletedProcess[bytes]:
 
 async def test_sighup_and_fixproxy_reload_against_a_running_process(
         e2e_material: E2EMaterial, tmp_path: Path) -> None:
-    a, b = Session("a", _free_port()), Session("b", _free_port())
+    a, b = Session("a", free_port()), Session("b", free_port())
     async with fixproxy_run(e2e_material, tmp_path, [a]) as proc:
         live = await proc.logged_on(a)
         pid_path = proc.state_dir / PID_FILE_NAME
@@ -568,8 +272,8 @@ async def test_sighup_and_fixproxy_reload_against_a_running_process(
         proc.process.send_signal(signal.SIGHUP)
         await proc.output.wait_for("configuration reloaded")
         added = await proc.logged_on(b)
-        await _trades(added)
-        await _trades(live)
+        await trades(added)
+        await trades(live)
         record = read_reload_record(proc.state_dir)
         assert record is not None
         assert (record.pid, record.serial, record.result) == (proc.process.pid, 1, "ok")
@@ -598,8 +302,8 @@ async def test_sighup_and_fixproxy_reload_against_a_running_process(
         assert result.returncode == 0, result
         assert f"pid {proc.process.pid}) reloaded".encode() in result.stdout
         assert b"removed: a" in result.stdout
-        await _refused(("127.0.0.1", a.port))
-        await _trades(live)
+        await refused(("127.0.0.1", a.port))
+        await trades(live)
 
         await live.logout()
         await added.logout()
@@ -630,7 +334,7 @@ class _Progress:
 
 async def test_sighup_under_load_loses_no_order(e2e_material: E2EMaterial,
                                                 tmp_path: Path) -> None:
-    a, b = Session("a", _free_port()), Session("b", _free_port())
+    a, b = Session("a", free_port()), Session("b", free_port())
     window = 20  # orders in flight at once
     async with fixproxy_run(e2e_material, tmp_path, [a]) as proc:
         engine = await proc.logged_on(a)
@@ -689,7 +393,7 @@ def test_the_reload_command_leaves_a_key_it_cannot_unlock_here_to_the_server(
         e2e_material: E2EMaterial, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("FIXPROXY_TEST_PASSPHRASE", raising=False)
     path = tmp_path / "f.toml"
-    path.write_text(_config_text(e2e_material, 8228, tmp_path / "state", [Session("a", 19001)])
+    path.write_text(config_text(e2e_material, 8228, tmp_path / "state", [Session("a", 19001)])
                     + 'private_key_passphrase_env = "FIXPROXY_TEST_PASSPHRASE"\n')
     result = CliRunner().invoke(main, ["reload", "--config", str(path)])
     assert result.exit_code == 1

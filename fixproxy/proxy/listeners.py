@@ -1,0 +1,270 @@
+"""Every session's listen sockets, and the accept loop that gives each connection its runtime.
+
+Theory of operation
+-------------------
+Each configured session has one listener: the sockets ``trio.open_tcp_listeners`` opened for
+its ``listen`` address, and one task per socket accepting on it. An accepted connection is
+given the runtime in force when it arrived, looked up by session name in
+:attr:`SessionListeners.runtimes` with no checkpoint between the accept and the lookup, and
+keeps it to the end: a reload replaces that mapping as a whole and never reaches a
+connection that is already running.
+
+A new set of runtimes is put in force in two steps, so that a reload is all or nothing.
+:meth:`SessionListeners.stage` binds every address the new set needs beyond the listeners
+that stay, and may fail (nothing it bound stays open); :meth:`SessionListeners.commit`
+swaps, synchronously, so no connection sees half of it. A retiring listener whose exact
+address a new or moved session asks for is handed over rather than closed and re-bound, so
+a rename, or two sessions trading addresses, never meets "address in use". A closed
+listener refuses new connections; the connections it accepted carry on.
+
+accept(2) failing for want of descriptors or memory is waited out and retried, because
+stopping would refuse every later engine of the session over a shortage that passes; any
+other accept error is raised and ends the serving.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Final
+
+import trio
+
+from fixproxy.errors import FixProxyError
+from fixproxy.proxy.runtime import SessionRuntime
+
+# The name these lines have always been logged under: operators' log filters match it.
+logger = logging.getLogger("fixproxy.reload")
+
+ACCEPT_CAPACITY_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM,
+                                           errno.ENOBUFS})
+"""accept(2) errors that mean the machine is out of resources for now, not that the listener
+is broken: wait and try again rather than stop serving every session."""
+ACCEPT_RETRY_DELAY: Final = 0.1
+"""Seconds to wait before accepting again after one of those errors."""
+
+ConnectionHandler = Callable[[trio.SocketStream, SessionRuntime], Awaitable[None]]
+Address = tuple[str, int]
+
+
+class _Listener:
+    """One session's listen sockets and the task accepting on them."""
+
+    __slots__ = ("bound", "configured", "scope", "session", "sockets")
+
+    def __init__(self, session: str, configured: Address,
+                 sockets: list[trio.SocketListener]) -> None:
+        self.session = session
+        """Whose runtime an accepted connection gets; changes when the listener is handed
+        over to a session that asks for the same address."""
+        self.configured = configured
+        self.sockets = sockets
+        self.bound = address_of(sockets[0])
+        self.scope = trio.CancelScope()
+
+    def close(self) -> None:
+        """Stop accepting now: a connection attempt from here on is refused."""
+        self.scope.cancel()
+        for listener in self.sockets:
+            listener.socket.close()  # trio notifies the accept waiting on it
+
+
+@dataclass(slots=True)
+class _Staged:
+    """Listeners ready for a new set of runtimes; nothing serves with them yet."""
+
+    runtimes: dict[str, SessionRuntime]
+    listeners: dict[str, _Listener] = field(default_factory=dict)
+    """Listeners kept or handed over, by the session that will own them."""
+    fresh: dict[str, tuple[Address, list[trio.SocketListener]]] = field(default_factory=dict)
+    retire: list[_Listener] = field(default_factory=list)
+
+    def discard(self) -> None:
+        for _, sockets in self.fresh.values():
+            for listener in sockets:
+                listener.socket.close()
+        self.fresh.clear()
+
+
+class SessionListeners:
+    """Every session's listener, and the runtime each newly accepted connection is given."""
+
+    def __init__(self, runtimes: Mapping[str, SessionRuntime],
+                 handler: ConnectionHandler) -> None:
+        self.runtimes: Mapping[str, SessionRuntime] = dict(runtimes)
+        """Session name -> the runtime of the configuration in force; replaced whole."""
+        self._handler = handler
+        self._listeners: dict[str, _Listener] = {}
+        self._nursery: trio.Nursery | None = None
+        self._connections: trio.Nursery | None = None
+        self.stopped = False
+
+    @property
+    def serving(self) -> bool:
+        """True while listening: after :meth:`serve` started and before :meth:`stop`."""
+        return self._nursery is not None and not self.stopped
+
+    @property
+    def addresses(self) -> dict[str, Address]:
+        """Where each session listens now."""
+        return {name: listener.bound for name, listener in self._listeners.items()}
+
+    async def serve(self, connections: trio.Nursery, *,
+                    task_status: trio.TaskStatus[dict[str, Address]] = trio.TASK_STATUS_IGNORED
+                    ) -> None:
+        """Open every session's listener, report the bound addresses, and accept into
+        ``connections`` until :meth:`stop` or cancellation.
+
+        Raises:
+            FixProxyError: a listen address cannot be bound.
+        """
+        staged = await self.stage(self.runtimes)
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                self._connections = connections
+                self.commit(staged)
+                task_status.started(self.addresses)
+                await trio.sleep_forever()
+        finally:
+            staged.discard()
+            self.stop()
+            self._nursery = None
+
+    def stop(self) -> None:
+        """Close every listener; connections already accepted carry on."""
+        self.stopped = True
+        for listener in self._listeners.values():
+            listener.close()
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+    async def stage(self, runtimes: Mapping[str, SessionRuntime]) -> _Staged:
+        """Bind what ``runtimes`` needs beyond the listeners that stay; swaps nothing.
+
+        The caller passes the result to :meth:`commit`, or calls its ``discard()``.
+
+        Raises:
+            FixProxyError: an address cannot be bound (nothing bound here stays open).
+        """
+        staged = _Staged(dict(runtimes))
+        retiring: dict[str, _Listener] = {}
+        for name, listener in self._listeners.items():
+            runtime = runtimes.get(name)
+            if runtime is not None and runtime.config.listen == listener.configured:
+                staged.listeners[name] = listener
+            else:
+                retiring[name] = listener
+        # Port 0 means "any free port": two such sessions are not asking for the same socket.
+        by_address = {listener.configured: listener for listener in retiring.values()
+                      if listener.configured[1] != 0}
+        needed: list[tuple[str, Address]] = []
+        for name, runtime in runtimes.items():
+            if name in staged.listeners:
+                continue
+            handed = by_address.pop(runtime.config.listen, None)
+            if handed is not None:
+                staged.listeners[name] = handed
+            else:
+                needed.append((name, runtime.config.listen))
+        staged.retire = [listener for listener in retiring.values()
+                         if listener not in staged.listeners.values()]
+        try:
+            for name, (host, port) in needed:
+                staged.fresh[name] = ((host, port), await open_listeners(
+                    host, port, f"session {name!r}"))
+        except BaseException:
+            staged.discard()
+            raise
+        return staged
+
+    def commit(self, staged: _Staged) -> None:
+        """Put ``staged`` in force: synchronous, so no connection sees half of it."""
+        nursery = self._nursery
+        if nursery is None or self.stopped:
+            staged.discard()
+            raise FixProxyError("the listeners are not serving")
+        self.runtimes = staged.runtimes
+        for listener in staged.retire:
+            listener.close()
+            logger.info("session %s no longer listens on %s:%d; its live connection, if "
+                        "any, carries on", listener.session, *listener.bound)
+        listeners = dict(staged.listeners)
+        for name, listener in staged.listeners.items():
+            if listener.session != name:
+                logger.info("session %s takes over %s:%d from session %s", name,
+                            *listener.bound, listener.session)
+                listener.session = name
+        for name, (configured, sockets) in staged.fresh.items():
+            listener = listeners[name] = _Listener(name, configured, sockets)
+            nursery.start_soon(self._serve_listener, listener)
+            config = staged.runtimes[name].config
+            logger.info("session %s listening on %s:%d for %s at %s:%d", name,
+                        *listener.bound, config.endpoint.target_comp_id, config.host,
+                        config.port)
+        staged.fresh.clear()
+        self._listeners = listeners
+
+    async def _serve_listener(self, listener: _Listener) -> None:
+        try:
+            with listener.scope:
+                async with trio.open_nursery() as nursery:
+                    for socket_listener in listener.sockets:
+                        nursery.start_soon(self._accept, listener, socket_listener)
+        finally:
+            for socket_listener in listener.sockets:
+                socket_listener.socket.close()
+
+    async def _accept(self, listener: _Listener, socket_listener: trio.SocketListener
+                      ) -> None:
+        connections = self._connections
+        assert connections is not None  # set before any listener task starts
+        while True:
+            try:
+                stream = await socket_listener.accept()
+            except trio.ClosedResourceError:
+                return
+            except OSError as exc:
+                if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
+                    raise FixProxyError(f"session {listener.session!r}: accept failed on "
+                                        f"{listener.bound[0]}:{listener.bound[1]}: "
+                                        f"{exc.strerror or exc}") from exc
+                # A traceback per retry would flood the log while the shortage lasts.
+                logger.error("session %s: accept failed (%s); retrying in %g s",  # noqa: TRY400
+                             listener.session, exc.strerror, ACCEPT_RETRY_DELAY)
+                await trio.sleep(ACCEPT_RETRY_DELAY)
+                continue
+            # No checkpoint between the accept and this lookup: the runtime is the one in
+            # force when the connection arrived, and the connection keeps it to the end.
+            runtime = self.runtimes.get(listener.session)
+            if runtime is None:
+                await trio.aclose_forcefully(stream)
+                continue
+            connections.start_soon(self._run_handler, stream, runtime)
+
+    async def _run_handler(self, stream: trio.SocketStream, runtime: SessionRuntime) -> None:
+        try:
+            await self._handler(stream, runtime)
+        finally:
+            await trio.aclose_forcefully(stream)
+
+
+async def open_listeners(host: str, port: int, what: str) -> list[trio.SocketListener]:
+    """Listen on ``host:port`` (every address the name resolves to); the caller closes them.
+
+    Raises:
+        FixProxyError: the address cannot be bound; ``what`` names the listener in the text.
+    """
+    try:
+        return await trio.open_tcp_listeners(port, host=host)
+    except OSError as exc:
+        raise FixProxyError(f"{what}: cannot listen on {host}:{port}: "
+                            f"{exc.strerror or exc}") from exc
+
+
+def address_of(listener: trio.SocketListener) -> Address:
+    """The (host, port) a listener is bound to: the port chosen when port 0 was asked for."""
+    sockname = listener.socket.getsockname()
+    return str(sockname[0]), int(sockname[1])
