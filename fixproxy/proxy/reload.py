@@ -62,7 +62,8 @@ from typing import Any, Final, Literal
 
 import trio
 
-from fixproxy.config.loader import Config, ProxyConfig, SessionConfig, load_config
+from fixproxy.config.loader import load_config
+from fixproxy.config.model import Config, ProxyConfig, SessionConfig
 from fixproxy.errors import FixProxyError
 from fixproxy.ops.metrics import Metrics
 from fixproxy.proxy.manager import SessionManager

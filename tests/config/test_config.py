@@ -16,14 +16,16 @@ from fixproxy.config.loader import (
     ENV_CONFIG,
     MAINTENANCE_KEYS,
     PROXY_KEYS,
+    config_path_from,
+    load_config,
+)
+from fixproxy.config.model import (
     BackoffConfig,
     Config,
     GatewayConfig,
     MetricsConfig,
     ProxyConfig,
     SessionConfig,
-    config_path_from,
-    load_config,
 )
 from fixproxy.errors import ConfigError, FixProxyError
 from fixproxy.fix import tags

@@ -39,7 +39,7 @@ from support.faults import (
     wait_for_sample,
 )
 
-from fixproxy.config.loader import DEFAULT_LOGOUT_WAIT, DEFAULT_SHUTDOWN_TIMEOUT
+from fixproxy.config.model import DEFAULT_LOGOUT_WAIT, DEFAULT_SHUTDOWN_TIMEOUT
 from fixproxy.fix import tags
 from fixproxy.fix.codec import FixMessage, encode, utc_timestamp
 from fixproxy.fix.framer import MAX_FRAME_SIZE, FixFramer

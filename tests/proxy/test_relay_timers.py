@@ -22,7 +22,7 @@ import trio.testing
 from cryptography.hazmat.primitives.asymmetric import rsa
 from prometheus_client import CollectorRegistry
 
-from fixproxy.config.loader import SessionConfig, TLSPolicy
+from fixproxy.config.model import SessionConfig, TLSPolicy
 from fixproxy.fix import tags
 from fixproxy.fix.codec import FieldValue, FixMessage, encode, utc_timestamp
 from fixproxy.fix.framer import FixFramer
