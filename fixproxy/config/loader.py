@@ -62,7 +62,7 @@ from fixproxy.config.model import (
     TLSPolicy,
     VerifyMode,
 )
-from fixproxy.config.tables import MAX_TIMEOUT, _LineIndex, _Table, _toml_type
+from fixproxy.config.tables import MAX_TIMEOUT, LineIndex, Table, toml_type
 from fixproxy.errors import ConfigError
 from fixproxy.kalshi import (
     ENDPOINTS,
@@ -178,7 +178,7 @@ class _Loader:
     def __init__(self, path: Path, text: str, *, check_files: bool) -> None:
         self.path = path
         self.base = path.absolute().parent
-        self.lines = _LineIndex(text)
+        self.lines = LineIndex(text)
         self.check_files = check_files
         self.listens: dict[tuple[str, int], str] = {}
 
@@ -187,7 +187,7 @@ class _Loader:
 
     # -- shared value parsers --
 
-    def listen(self, table: _Table, name: str, *, allow_remote: bool) -> tuple[str, int]:
+    def listen(self, table: Table, name: str, *, allow_remote: bool) -> tuple[str, int]:
         text = table.required_string(name)
         host: str
         if text.startswith("["):
@@ -222,7 +222,7 @@ class _Loader:
         self.listens[identity] = table.key(name)
         return host, port
 
-    def host(self, table: _Table, name: str) -> str | None:
+    def host(self, table: Table, name: str) -> str | None:
         value = table.string(name)
         if value is None:
             return None
@@ -235,11 +235,11 @@ class _Loader:
                           f"no port, no path)") from None
         return value
 
-    def file(self, table: _Table, name: str, what: str) -> Path | None:
+    def file(self, table: Table, name: str, what: str) -> Path | None:
         value = table.string(name)
         return None if value is None else self.existing_file(table, name, value, what)
 
-    def existing_file(self, table: _Table, name: str, value: str, what: str) -> Path:
+    def existing_file(self, table: Table, name: str, value: str, what: str) -> Path:
         if not value:
             raise table.error(name, f"empty path; give the {what} file")
         try:
@@ -258,7 +258,7 @@ class _Loader:
                 raise table.error(name, f"{what} file {str(path)!r} {state}")
         return path
 
-    def pins(self, table: _Table) -> tuple[str, ...] | None:
+    def pins(self, table: Table) -> tuple[str, ...] | None:
         pins = table.string_list("pins")
         if pins is None:
             return None
@@ -277,7 +277,7 @@ class _Loader:
                     f"`fixproxy pin HOST:PORT`)", f"{table.key('pins')}[{index}]")
         return pins
 
-    def peers(self, table: _Table) -> PeerFilter | None:
+    def peers(self, table: Table) -> PeerFilter | None:
         entries = table.string_list("allow_peers")
         if entries is None:
             return None
@@ -291,7 +291,7 @@ class _Loader:
         except ConfigError as exc:  # no entry at all
             raise table.error("allow_peers", exc.detail) from exc
 
-    def passphrase(self, table: _Table) -> PassphraseSource | None:
+    def passphrase(self, table: Table) -> PassphraseSource | None:
         env_key, file_key = "private_key_passphrase_env", "private_key_passphrase_file"
         if table.has(env_key) and table.has(file_key):
             raise table.error(file_key, f"give {env_key} or {file_key}, not both: the key has "
@@ -308,7 +308,7 @@ class _Loader:
         path = self.file(table, file_key, "passphrase")
         return None if path is None else PassphraseSource(file=path)
 
-    def verify(self, table: _Table) -> VerifyMode | None:
+    def verify(self, table: Table) -> VerifyMode | None:
         value = table.data.get("verify")
         if value is None:
             return None
@@ -319,7 +319,7 @@ class _Loader:
                           f"answers. For a private gateway whose certificate no public CA "
                           f"signs, use verify = \"pin\" with pins (or pinned_cert)")
         if not isinstance(value, str):
-            raise table.error("verify", f"expected a string, got {_toml_type(value)} {value!r}")
+            raise table.error("verify", f"expected a string, got {toml_type(value)} {value!r}")
         if value not in VERIFY_MODES:
             raise table.error(
                 "verify", f"{value!r} is not a verify mode; expected one of "
@@ -329,7 +329,7 @@ class _Loader:
     # -- tables --
 
     def gateway(self, data: Mapping[str, object]) -> GatewayConfig:
-        table = _Table(self, data, "gateway", "[gateway]")
+        table = Table(self, data, "gateway", "[gateway]")
         table.check_keys(GATEWAY_KEYS)
         environment = table.string("environment")
         if environment is None:
@@ -350,7 +350,7 @@ class _Loader:
         )
 
     def metrics(self, data: Mapping[str, object]) -> MetricsConfig:
-        table = _Table(self, data, "metrics", "[metrics]")
+        table = Table(self, data, "metrics", "[metrics]")
         table.check_keys(METRICS_KEYS)
         allow_remote = bool(table.boolean("allow_remote"))
         listen: tuple[str, int] | None
@@ -367,7 +367,7 @@ class _Loader:
                              readiness_interval=_default(readiness_interval,
                                                          DEFAULT_READINESS_INTERVAL))
 
-    def local_time(self, table: _Table, name: str, default: time) -> time:
+    def local_time(self, table: Table, name: str, default: time) -> time:
         text = table.string(name)
         if text is None:
             return default
@@ -376,7 +376,7 @@ class _Loader:
         except ConfigError as exc:
             raise table.error(name, exc.detail) from exc
 
-    def timezone(self, table: _Table, name: str) -> zoneinfo.ZoneInfo:
+    def timezone(self, table: Table, name: str) -> zoneinfo.ZoneInfo:
         text = table.string(name)
         if text is None:
             return DEFAULT_SCHEDULE.timezone
@@ -395,7 +395,7 @@ class _Loader:
         raise table.error(name, message)
 
     def maintenance(self, data: Mapping[str, object]) -> MaintenanceSchedule | None:
-        table = _Table(self, data, "maintenance", "[maintenance]")
+        table = Table(self, data, "maintenance", "[maintenance]")
         table.check_keys(MAINTENANCE_KEYS)
         days = DEFAULT_SCHEDULE.days
         names = table.string_list("days")
@@ -428,7 +428,7 @@ class _Loader:
                                    reset_after=True if reset_after is None else reset_after)
 
     def backoff(self, data: Mapping[str, object]) -> BackoffConfig:
-        table = _Table(self, data, "backoff", "[backoff]")
+        table = Table(self, data, "backoff", "[backoff]")
         table.check_keys(BACKOFF_KEYS)
         floor = table.seconds("floor", maximum=MAX_CEILING)
         ceiling = table.seconds("ceiling", maximum=MAX_CEILING)
@@ -441,7 +441,7 @@ class _Loader:
                 f"the ceiling is the longest wait and must be at least the floor")
         return config
 
-    def directory(self, table: _Table, name: str, default: str) -> Path:
+    def directory(self, table: Table, name: str, default: str) -> Path:
         value = table.string(name)
         if value is None:
             value = default
@@ -465,7 +465,7 @@ class _Loader:
         return path
 
     def proxy(self, data: Mapping[str, object]) -> ProxyConfig:
-        table = _Table(self, data, "proxy", "[proxy]")
+        table = Table(self, data, "proxy", "[proxy]")
         table.check_keys(PROXY_KEYS)
         shutdown_timeout = table.seconds("shutdown_timeout", maximum=MAX_SHUTDOWN_TIMEOUT)
         # No journal unless asked for: it writes every order to disk.
@@ -489,7 +489,7 @@ class _Loader:
                 seen_names: dict[str, str], seen_keys: dict[str, str], *,
                 default_peers: PeerFilter = ANY_PEER) -> SessionConfig:
         label = f"[[session]] number {index + 1}"
-        table = _Table(self, data, f"session[{index}]", label)
+        table = Table(self, data, f"session[{index}]", label)
         table.check_keys(SESSION_KEYS)
 
         name = table.required_string("name")
@@ -592,7 +592,7 @@ class _Loader:
             private_key_passphrase=passphrase,
         )
 
-    def tls_policy(self, table: _Table, gateway: GatewayConfig, host: str, *,
+    def tls_policy(self, table: Table, gateway: GatewayConfig, host: str, *,
                    uses_session_host: bool) -> TLSPolicy:
         server_name = self.host(table, "server_name")
         if server_name is None:
@@ -638,12 +638,12 @@ class _Loader:
                          pinned_cert=pinned_cert)
 
     def config(self, document: Mapping[str, object]) -> Config:
-        top = _Table(self, document, "", "the top level")
+        top = Table(self, document, "", "the top level")
         top.check_keys(TOP_KEYS)
         for name in TABLES:
             if not isinstance(document.get(name, {}), dict):
                 raise top.error(name, f"expected a [{name}] table, got "
-                                      f"{_toml_type(document[name])}")
+                                      f"{toml_type(document[name])}")
         gateway = self.gateway(cast(dict[str, object], document.get("gateway", {})))
         metrics = self.metrics(cast(dict[str, object], document.get("metrics", {})))
         maintenance = self.maintenance(cast(dict[str, object], document.get("maintenance", {})))
@@ -663,7 +663,7 @@ class _Loader:
         seen_keys: dict[str, str] = {}
         for index, raw in enumerate(sessions_raw):
             if not isinstance(raw, dict):
-                raise self.error(f"expected a [[session]] table, got {_toml_type(raw)}",
+                raise self.error(f"expected a [[session]] table, got {toml_type(raw)}",
                                  f"session[{index}]")
             sessions.append(self.session(index, raw, gateway, seen_names, seen_keys,
                                          default_peers=proxy.allow_peers))

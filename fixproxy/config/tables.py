@@ -20,13 +20,9 @@ import difflib
 import re
 from collections.abc import Mapping
 from datetime import date, datetime, time
-from typing import TYPE_CHECKING, Final, cast
+from typing import Final, Protocol, cast
 
 from fixproxy.errors import ConfigError
-
-if TYPE_CHECKING:
-    from fixproxy.config.loader import _Loader
-
 
 # --- finding lines ------------------------------------------------------------------------
 
@@ -45,7 +41,7 @@ def _key_parts(text: str) -> list[str]:
     return parts
 
 
-class _LineIndex:
+class LineIndex:
     """Where each dotted key and table header first appears in the file text (1-based)."""
 
     def __init__(self, text: str) -> None:
@@ -107,7 +103,15 @@ MAX_TIMEOUT: Final = 300.0
 silent engine is a fault to report, not something to wait out."""
 
 
-def _toml_type(value: object) -> str:
+class ErrorReporter(Protocol):
+    """What a table needs of the loader: errors that name the file and the line of a key."""
+
+    def error(self, message: str, key: str) -> ConfigError:
+        """A ConfigError for ``key`` (a dotted key), with the line where it is written."""
+
+
+def toml_type(value: object) -> str:
+    """How a TOML document spells the type of ``value`` ("an integer"), for messages."""
     if isinstance(value, bool):
         return "a boolean"
     if isinstance(value, int):
@@ -129,10 +133,10 @@ def _toml_type(value: object) -> str:
     return type(value).__name__
 
 
-class _Table:
+class Table:
     """One TOML table with its dotted key prefix; every getter raises ConfigError on misuse."""
 
-    def __init__(self, loader: _Loader, data: Mapping[str, object], prefix: str,
+    def __init__(self, loader: ErrorReporter, data: Mapping[str, object], prefix: str,
                  label: str) -> None:
         self.loader = loader
         self.data = data
@@ -161,7 +165,7 @@ class _Table:
             raise self.error(name, message)
 
     def _wrong_type(self, name: str, value: object, wanted: str) -> ConfigError:
-        return self.error(name, f"expected {wanted}, got {_toml_type(value)} {value!r}")
+        return self.error(name, f"expected {wanted}, got {toml_type(value)} {value!r}")
 
     def string(self, name: str) -> str | None:
         value = self.data.get(name)
@@ -220,6 +224,6 @@ class _Table:
         for index, item in enumerate(value):
             if not isinstance(item, str):
                 raise self.loader.error(
-                    f"expected a string, got {_toml_type(item)} {item!r}",
+                    f"expected a string, got {toml_type(item)} {item!r}",
                     f"{self.key(name)}[{index}]")
         return tuple(cast(list[str], value))
