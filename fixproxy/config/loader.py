@@ -57,7 +57,7 @@ from fixproxy.config.model import (
     SessionConfig,
     TLSPolicy,
 )
-from fixproxy.config.reader import Reader, _default, _is_loopback, _listen_identity
+from fixproxy.config.reader import Reader, is_loopback, listen_identity, or_default
 from fixproxy.config.tables import MAX_TIMEOUT, Table, toml_type
 from fixproxy.errors import ConfigError
 from fixproxy.kalshi import (
@@ -173,12 +173,12 @@ class _Loader(Reader):
             listen = self.listen(table, "listen", allow_remote=allow_remote)
         else:
             listen = DEFAULT_METRICS_LISTEN
-            self.listens[_listen_identity(*listen)] = "metrics.listen (the default)"
+            self.listens[listen_identity(*listen)] = "metrics.listen (the default)"
         readiness_interval = table.seconds("readiness_interval",
                                            maximum=MAX_READINESS_INTERVAL)
         return MetricsConfig(listen=listen, allow_remote=allow_remote,
-                             readiness_interval=_default(readiness_interval,
-                                                         DEFAULT_READINESS_INTERVAL))
+                             readiness_interval=or_default(readiness_interval,
+                                                          DEFAULT_READINESS_INTERVAL))
 
     def local_time(self, table: Table, name: str, default: time) -> time:
         text = table.string(name)
@@ -289,7 +289,7 @@ class _Loader(Reader):
         journal_backups = table.integer("journal_backups", 0, MAX_JOURNAL_BACKUPS)
         return ProxyConfig(
             state_dir=self.directory(table, "state_dir", DEFAULT_STATE_DIR),
-            shutdown_timeout=_default(shutdown_timeout, DEFAULT_SHUTDOWN_TIMEOUT),
+            shutdown_timeout=or_default(shutdown_timeout, DEFAULT_SHUTDOWN_TIMEOUT),
             allow_peers=self.peers(table) or ANY_PEER,
             journal_dir=journal_dir,
             journal_max_bytes=DEFAULT_JOURNAL_MAX_BYTES if journal_max_bytes is None
@@ -319,7 +319,7 @@ class _Loader(Reader):
         listen = self.listen(table, "listen", allow_remote=allow_remote)
         own_peers = self.peers(table)
         allow_peers = default_peers if own_peers is None else own_peers
-        if _is_loopback(listen[0]) and not allow_peers.admits_loopback():
+        if is_loopback(listen[0]) and not allow_peers.admits_loopback():
             raise self.error(
                 f"{table.label} listens on loopback ({listen[0]}), but allow_peers admits no "
                 f"loopback address, so no engine could ever connect; add \"127.0.0.1\" (or "
@@ -395,11 +395,11 @@ class _Loader(Reader):
                 MAX_MESSAGE_RETENTION_HOURS),
             logon_timeout=table.seconds("logon_timeout") or DEFAULT_LOGON_TIMEOUT,
             logout_on_engine_disconnect=table.boolean("logout_on_engine_disconnect") is not False,
-            liveness_grace=_default(
+            liveness_grace=or_default(
                 table.seconds("liveness_grace", maximum=MAX_LIVENESS_GRACE, allow_zero=True),
                 DEFAULT_LIVENESS_GRACE),
-            logout_wait=_default(table.seconds("logout_wait", maximum=MAX_LOGOUT_WAIT),
-                                 DEFAULT_LOGOUT_WAIT),
+            logout_wait=or_default(table.seconds("logout_wait", maximum=MAX_LOGOUT_WAIT),
+                                  DEFAULT_LOGOUT_WAIT),
             translate_sequence=table.boolean("translate_sequence") is not False,
             allow_peers=allow_peers,
             private_key_passphrase=passphrase,
@@ -533,8 +533,8 @@ def remote_warnings(config: Config) -> tuple[str, ...]:
     """The risks of ``config``'s listeners that face the network (``allow_remote``), one
     warning each; :func:`load_config` logs them."""
     warnings = [remote_listener_warning(one.name, *one.listen, one.allow_peers)
-                for one in config.sessions if not _is_loopback(one.listen[0])]
-    if config.metrics.listen is not None and not _is_loopback(config.metrics.listen[0]):
+                for one in config.sessions if not is_loopback(one.listen[0])]
+    if config.metrics.listen is not None and not is_loopback(config.metrics.listen[0]):
         warnings.append(remote_metrics_warning(*config.metrics.listen))
     return tuple(warnings)
 

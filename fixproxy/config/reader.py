@@ -34,7 +34,8 @@ _DISABLED_VERIFY: Final = frozenset({"none", "off", "no", "false", "insecure", "
 # --- value checks -------------------------------------------------------------------------
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an address) names this machine only."""
     if host.lower() == "localhost":
         return True
     try:
@@ -43,12 +44,14 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _default(value: float | None, default: float) -> float:
+def or_default(value: float | None, default: float) -> float:
+    """``value``, or ``default`` when the key was absent."""
     # Not ``value or default``: 0 is a valid setting for some keys.
     return default if value is None else value
 
 
-def _listen_identity(host: str, port: int) -> tuple[str, int]:
+def listen_identity(host: str, port: int) -> tuple[str, int]:
+    """One spelling per listen address (compressed IPv6, lower-case names), to find reuse."""
     try:
         return ipaddress.ip_address(host).compressed, port
     except ValueError:
@@ -92,13 +95,13 @@ class Reader:
         port = int(port_text)
         if not 1 <= port <= 65535:
             raise table.error(name, f"port {port} in {text!r} is out of range; expected 1..65535")
-        if not allow_remote and not _is_loopback(host):
+        if not allow_remote and not is_loopback(host):
             raise table.error(
                 name, f"{text!r} is not a loopback address. The engine side speaks plain-TCP "
                       f"FIX with no authentication: anyone who can connect can trade as you. "
                       f"Listen on 127.0.0.1, ::1 or localhost, or set allow_remote = true in "
                       f"{table.label} if the network in between is yours alone")
-        identity = _listen_identity(host, port)
+        identity = listen_identity(host, port)
         owner = self.listens.get(identity)
         if owner is not None:
             raise table.error(name, f"{text!r} is already the listen address of {owner}")
