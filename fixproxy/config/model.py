@@ -11,9 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal
 
-from fixproxy.fix import tags
 from fixproxy.fix.logon import LogonPolicy
-from fixproxy.kalshi import EndpointProfile, ResetPolicy
+from fixproxy.kalshi import LOGON_FLAGS, EndpointProfile, ResetPolicy, logon_flags
 from fixproxy.session.backoff import DEFAULT_CEILING, DEFAULT_FLOOR
 from fixproxy.session.peers import ANY_PEER, PeerFilter
 from fixproxy.session.schedule import MaintenanceSchedule
@@ -123,23 +122,8 @@ class SessionConfig:
 
     def kalshi_flags(self) -> tuple[tuple[int, bytes], ...]:
         """The Kalshi Logon flags this session adds, in wire order."""
-        flags: list[tuple[int, bytes]] = []
-
-        def yn(value: bool) -> bytes:
-            return b"Y" if value else b"N"
-
-        if self.cancel_orders_on_disconnect is not None:
-            flags.append((tags.CANCEL_ORDERS_ON_DISCONNECT, yn(self.cancel_orders_on_disconnect)))
-        if self.listener:
-            flags.append((tags.LISTENER_SESSION, b"Y"))
-            flags.append((tags.SKIP_PENDING_EXEC_REPORTS, b"Y"))
-        if self.use_dollars is not None:
-            flags.append((tags.USE_DOLLARS, yn(self.use_dollars)))
-        if self.receive_settlement_reports is not None:
-            flags.append((tags.RECEIVE_SETTLEMENT_REPORTS, yn(self.receive_settlement_reports)))
-        if self.message_retention_hours is not None:
-            flags.append((tags.MESSAGE_RETENTION_PERIOD, b"%d" % self.message_retention_hours))
-        return tuple(flags)
+        # Each flag's option is a field of this class (a test holds the two together).
+        return logon_flags({flag.option: getattr(self, flag.option) for flag in LOGON_FLAGS})
 
     def logon_policy(self) -> LogonPolicy:
         """What this session demands of, and adds to, its engine's Logon."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shutil
 from dataclasses import dataclass, replace
@@ -16,6 +17,7 @@ from fixproxy.config.loader import (
     ENV_CONFIG,
     MAINTENANCE_KEYS,
     PROXY_KEYS,
+    SESSION_KEYS,
     config_path_from,
     load_config,
 )
@@ -29,7 +31,7 @@ from fixproxy.config.model import (
 )
 from fixproxy.errors import ConfigError, FixProxyError
 from fixproxy.fix import tags
-from fixproxy.kalshi import ENDPOINTS
+from fixproxy.kalshi import ENDPOINTS, LOGON_FLAGS
 from fixproxy.session.peers import ANY_PEER, PeerFilter
 from fixproxy.session.schedule import DEFAULT_SCHEDULE
 from fixproxy.signing import PassphraseSource
@@ -783,6 +785,14 @@ def test_flag_tags_are_kalshis() -> None:
     assert (tags.CANCEL_ORDERS_ON_DISCONNECT, tags.LISTENER_SESSION,
             tags.SKIP_PENDING_EXEC_REPORTS, tags.USE_DOLLARS, tags.RECEIVE_SETTLEMENT_REPORTS,
             tags.MESSAGE_RETENTION_PERIOD) == (8013, 20126, 21011, 21005, 20127, 20200)
+
+
+def test_every_kalshi_logon_flag_is_a_session_option() -> None:
+    # SessionConfig.kalshi_flags reads each flag's option by name.
+    fields = {field.name for field in dataclasses.fields(SessionConfig)}
+    for flag in LOGON_FLAGS:
+        assert flag.option in fields
+        assert flag.option in SESSION_KEYS
 
 
 @pytest.mark.parametrize(("endpoint", "reset_on_logon", "force_reset"), [
