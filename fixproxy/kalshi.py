@@ -62,6 +62,8 @@ LOGON_HEARTBEAT_MIN: Final = 4
 """Kalshi's event-contract gateway requires HeartBtInt > 3."""
 LOGON_HEARTBEAT_MAX: Final = 3600
 MAX_MESSAGE_RETENTION_HOURS: Final = 72
+LISTENER_ENDPOINTS: Final = frozenset({"KalshiNR", "KalshiRT"})
+"""A listener is a mode of these two sessions only (Kalshi, "Listener sessions")."""
 
 # MsgTypes Kalshi documents, used as the closed label set of message metrics.
 KNOWN_MSG_TYPES: Final = frozenset({

@@ -63,6 +63,7 @@ from fixproxy.errors import ConfigError
 from fixproxy.kalshi import (
     ENDPOINTS,
     ENVIRONMENTS,
+    LISTENER_ENDPOINTS,
     MAX_MESSAGE_RETENTION_HOURS,
     ResetPolicy,
     default_host,
@@ -96,8 +97,6 @@ MAX_JOURNAL_MAX_BYTES: Final = 1024**4
 MAX_JOURNAL_BACKUPS: Final = 100
 """Most rotated journal files per session: rotation renames each one."""
 MIN_MESSAGE_RETENTION_HOURS: Final = 1
-LISTENER_ENDPOINTS: Final = frozenset({"KalshiNR", "KalshiRT"})
-"""A listener is a mode of these two sessions only (Kalshi, "Listener sessions")."""
 
 TOP_KEYS: Final = frozenset({"gateway", "metrics", "maintenance", "backoff", "proxy",
                              "session"})
