@@ -13,15 +13,18 @@ session indices) and the line of the file (found as :mod:`fixproxy.config.tables
 Nothing is opened here beyond the file itself: key files and certificates must exist (unless
 ``check_files=False``, used to validate a configuration away from its key store), but loading
 keys and checking their permissions belongs to :mod:`fixproxy.signing` at run and check time,
-certificates to :mod:`fixproxy.tls`. Hosts are resolved here once, from the session, then
+certificates to :mod:`fixproxy.net.tls`. Hosts are resolved here once, from the session, then
 ``[gateway]``, then the Kalshi environment (:func:`fixproxy.kalshi.default_host`), so the rest
 of the program never repeats that precedence.
 
-The tables ``[maintenance]`` (Kalshi's weekly window, :mod:`fixproxy.schedule`), ``[backoff]``
-(Logon retry waits, :mod:`fixproxy.backoff`) and ``[proxy]`` (process-wide settings), and the
-session keys for Logout, liveness and sequence translation, are optional; their dataclass fields
-have the same defaults, so code that builds a :class:`Config` by hand (the demo, tests) needs
-none of them.
+The tables ``[maintenance]`` (Kalshi's weekly window, :mod:`fixproxy.session.schedule`),
+``[backoff]`` (Logon retry waits, :mod:`fixproxy.session.backoff`) and ``[proxy]``
+(process-wide settings), and the session keys for Logout, liveness and sequence translation, are
+optional; their dataclass fields (:mod:`fixproxy.config.model`) have the same defaults, so code
+that builds a :class:`Config` by hand (the demo, tests) needs none of them.
+
+The values every table parses alike (listen addresses, hosts, files, pins, peers) are read by
+:class:`~fixproxy.config.reader.Reader`, which the loader extends with the rules of each table.
 """
 
 from __future__ import annotations

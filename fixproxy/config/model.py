@@ -111,7 +111,7 @@ class SessionConfig:
     between the two sides instead of refusing the engine's Logon."""
     allow_peers: PeerFilter = ANY_PEER
     """Source addresses that may connect to ``listen``: the session's ``allow_peers``, else
-    ``[proxy]``'s, else any (:mod:`fixproxy.access`)."""
+    ``[proxy]``'s, else any (:mod:`fixproxy.session.peers`)."""
     private_key_passphrase: PassphraseSource | None = None
     """Where the passphrase of an encrypted ``private_key`` is read from, when it is one."""
 
@@ -160,7 +160,7 @@ class ProxyConfig:
     allow_peers: PeerFilter = ANY_PEER
     """The ``allow_peers`` of every session that does not set its own."""
     journal_dir: Path | None = None
-    """Where each session's message journal is written (:mod:`fixproxy.journal`), resolved
+    """Where each session's message journal is written (:mod:`fixproxy.ops.journal`), resolved
     against the file's directory; None (the default) keeps no journal."""
     journal_max_bytes: int = DEFAULT_JOURNAL_MAX_BYTES
     """Size at which a journal file is rotated."""
