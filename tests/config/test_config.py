@@ -5,12 +5,31 @@ from __future__ import annotations
 import dataclasses
 import re
 import shutil
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime, time
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+from support.config_files import (  # confdir_fixture: a pytest fixture, found by its name
+    API_KEYS,
+    EXAMPLE,
+    MARK,
+    PIN_A,
+    PIN_B,
+    Case,
+    backoff,
+    confdir_fixture,  # noqa: F401
+    expected_line,
+    gateway,
+    load,
+    load_one,
+    maintenance,
+    metrics,
+    proxy,
+    session,
+    write,
+)
 
 from fixproxy.config.loader import (
     BACKOFF_KEYS,
@@ -35,87 +54,6 @@ from fixproxy.kalshi import ENDPOINTS, LOGON_FLAGS
 from fixproxy.session.peers import ANY_PEER, PeerFilter
 from fixproxy.session.schedule import DEFAULT_SCHEDULE
 from fixproxy.signing import PassphraseSource
-
-EXAMPLE: Path = Path(__file__).resolve().parents[2] / "conf" / "fixproxy.toml"
-
-API_KEYS = (
-    "11111111-1111-4111-8111-111111111111",
-    "22222222-2222-4222-8222-222222222222",
-    "33333333-3333-4333-8333-333333333333",
-)
-PIN_A = "sha256/" + "A" * 43 + "="
-PIN_B = "sha256/" + "B" * 43 + "="
-MARK = "#<"
-"""Marks the line a case expects the error on."""
-FILES = ("k0.key", "k1.key", "k2.key", "cert.pem", "other.pem", "ca.pem")
-
-
-def session(index: int, *lines: str, drop: tuple[str, ...] = (), header: str = "") -> str:
-    """A valid [[session]] number ``index``, with ``lines`` replacing or adding keys."""
-    base = {
-        "name": f'"s{index}"',
-        "listen": f'"127.0.0.1:{9878 + index}"',
-        "endpoint": '"KalshiNR"',
-        "api_key": f'"{API_KEYS[index]}"',
-        "private_key": f'"k{index}.key"',
-    }
-    given = {line.split("=", 1)[0].strip() for line in lines}
-    kept = [f"{key} = {value}" for key, value in base.items()
-            if key not in drop and key not in given]
-    return "\n".join([f"[[session]] {header}".rstrip(), *kept, *lines]) + "\n"
-
-
-def gateway(*lines: str) -> str:
-    return "\n".join(["[gateway]", *lines]) + "\n"
-
-
-def metrics(*lines: str) -> str:
-    return "\n".join(["[metrics]", *lines]) + "\n"
-
-
-def maintenance(*lines: str) -> str:
-    return "\n".join(["[maintenance]", *lines]) + "\n"
-
-
-def backoff(*lines: str) -> str:
-    return "\n".join(["[backoff]", *lines]) + "\n"
-
-
-def proxy(*lines: str) -> str:
-    return "\n".join(["[proxy]", *lines]) + "\n"
-
-
-@pytest.fixture
-def confdir(tmp_path: Path) -> Path:
-    """A directory holding the files the cases refer to (empty: they are never opened)."""
-    for name in FILES:
-        (tmp_path / name).write_bytes(b"")
-    return tmp_path
-
-
-def write(directory: Path, text: str) -> Path:
-    path = directory / "fixproxy.toml"
-    path.write_text(text, encoding="utf-8")
-    return path
-
-
-def load(directory: Path, text: str) -> Config:
-    return load_config(write(directory, text))
-
-
-def load_one(directory: Path, text: str) -> SessionConfig:
-    config = load(directory, text)
-    assert len(config.sessions) == 1
-    return config.sessions[0]
-
-
-@dataclass(frozen=True)
-class Case:
-    id: str
-    text: str
-    key: str
-    message: str
-
 
 ERROR_CASES = [
     # --- TOML syntax ---
@@ -385,11 +323,6 @@ ERROR_CASES = [
          "session[0].listen", "not host:port"),
 ]
 
-
-def expected_line(text: str) -> int:
-    lines = [number for number, line in enumerate(text.splitlines(), start=1) if MARK in line]
-    assert len(lines) == 1, "each case marks exactly one line"
-    return lines[0]
 
 
 @pytest.mark.parametrize("case", ERROR_CASES, ids=[case.id for case in ERROR_CASES])
