@@ -1,8 +1,9 @@
 """The configuration as frozen values: what one TOML file says, resolved and checked.
 
 The loader (:mod:`fixproxy.config.loader`) builds these from a file; the demo and the tests
-build them by hand. Every field that a file may leave out has the loader's default here too, so
-both ways give the same configuration.
+build them by hand. A field that a file may leave out has the loader's default here too, so both
+ways give the same configuration; the two exceptions (``ProxyConfig.state_dir`` and
+``Config.maintenance``, None here) say why.
 """
 
 from __future__ import annotations
@@ -178,7 +179,7 @@ class Config:
     path: Path | None = None
     maintenance: MaintenanceSchedule | None = None
     """Kalshi's maintenance window; the loader defaults it to Thursday 03:00-05:00
-    America/New_York. None (hand-built configurations: the demo, tests) means no window."""
-    """Kalshi's maintenance windows; None when ``[maintenance] enabled = false``."""
+    America/New_York, and gives None for ``[maintenance] enabled = false``. None (also the
+    default of hand-built configurations: the demo, tests) means no window."""
     backoff: BackoffConfig = BackoffConfig()
     proxy: ProxyConfig = ProxyConfig()
