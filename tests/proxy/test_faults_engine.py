@@ -42,7 +42,7 @@ from support.faults import (
 )
 from support.relay import socket_stream_pair
 
-from fixproxy.config.loader import DEFAULT_LOGOUT_WAIT, DEFAULT_SHUTDOWN_TIMEOUT
+from fixproxy.config.model import DEFAULT_LOGOUT_WAIT, DEFAULT_SHUTDOWN_TIMEOUT
 from fixproxy.fix import tags
 from fixproxy.fix.codec import FixMessage, encode, utc_timestamp
 from fixproxy.fix.framer import MAX_FRAME_SIZE, FixFramer

@@ -35,7 +35,8 @@ from support.e2e import (  # e2e_material_fixture: a pytest fixture, found by it
 )
 
 from fixproxy.cli.main import main
-from fixproxy.config.loader import Config, GatewayConfig, MetricsConfig, SessionConfig, load_config
+from fixproxy.config.loader import load_config
+from fixproxy.config.model import Config, GatewayConfig, MetricsConfig, SessionConfig
 from fixproxy.errors import ConfigError, ConnectError, FixProxyError, PinMismatchError
 from fixproxy.fix import tags
 from fixproxy.kalshi import ENDPOINTS

@@ -27,7 +27,7 @@ import trio
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from prometheus_client import CollectorRegistry
 
-from fixproxy.config.loader import Config, GatewayConfig, MetricsConfig, SessionConfig, TLSPolicy
+from fixproxy.config.model import Config, GatewayConfig, MetricsConfig, SessionConfig, TLSPolicy
 from fixproxy.fix import tags
 from fixproxy.fix.codec import FixMessage, checksum
 from fixproxy.kalshi import ENDPOINTS

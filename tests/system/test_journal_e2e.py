@@ -11,7 +11,7 @@ from support.e2e import (  # e2e_material_fixture: a pytest fixture, found by it
     open_proxy_pair,
 )
 
-from fixproxy.config.loader import ProxyConfig
+from fixproxy.config.model import ProxyConfig
 from fixproxy.fix import tags
 from fixproxy.fix.codec import FixMessage
 

@@ -31,7 +31,7 @@ from support.e2e import (  # e2e_material_fixture: a pytest fixture, found by it
 )
 
 from fixproxy.cli.check import preflight
-from fixproxy.config.loader import Config, GatewayConfig, MetricsConfig, SessionConfig
+from fixproxy.config.model import Config, GatewayConfig, MetricsConfig, SessionConfig
 from fixproxy.errors import SigningError
 from fixproxy.fix import tags
 from fixproxy.fix.codec import FixMessage
