@@ -3,8 +3,9 @@ become exit codes."""
 
 from __future__ import annotations
 
+import os
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Final, TypeVar
 
@@ -83,8 +84,32 @@ def run(config_path: Path | None, log_level: str, log_format: str) -> None:
 
     _setup_logging(log_level, log_format)
     config = _load(config_path)
+    sys.setswitchinterval(_switch_interval(os.environ))
     metrics = Metrics()
     _run(lambda: run_until_signal(config, metrics))
+
+
+SWITCH_INTERVAL: Final = 0.0005
+"""Seconds the interpreter lets one thread hold the GIL while another waits for it. Each
+session relays in a thread of its own; Python's default of 5 ms would let a Logon signature,
+a scrape or a reload in trio's thread hold a relayed order that long. Half a millisecond
+bounds that wait at the cost of more switches when two threads are busy at once."""
+ENV_SWITCH_INTERVAL: Final = "FIXPROXY_SWITCH_INTERVAL"
+
+
+def _switch_interval(environ: Mapping[str, str]) -> float:
+    """The GIL switch interval: ``FIXPROXY_SWITCH_INTERVAL`` (seconds) or the default."""
+    text = environ.get(ENV_SWITCH_INTERVAL)
+    if text is None:
+        return SWITCH_INTERVAL
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.00001 <= value <= 0.1:
+        raise click.ClickException(f"{ENV_SWITCH_INTERVAL}={text!r} is not a number of seconds "
+                                   f"between 0.00001 and 0.1")
+    return value
 
 
 @main.command()

@@ -6,8 +6,13 @@ relay direction (messages by MsgType, bytes, Rejects, and a plain-integer latenc
 and turned into metric families only when Prometheus scrapes, so the order path pays a dict
 increment per message instead of a labelled, locked ``inc()``. What a session is doing (state,
 sequence numbers, last message age, clock skew) is read at scrape time from the
-:class:`~fixproxy.status.StatusBoard`. The scrape runs in the same trio thread as the relay
-(see server.py), so nothing is read while it is being written.
+:class:`~fixproxy.ops.status.StatusBoard`.
+
+Threads: a :class:`TrafficCounters` is written only by its session's relay thread, and read by
+the scrape in trio's thread. The scrape copies each dict in one C-level operation (``dict``,
+never iterating a live one), so a MsgType counted for the first time mid-scrape cannot break
+it; an integer read is never torn under the GIL. A scrape may see one direction's counters a
+message ahead of another's, which a monotonic counter tolerates.
 """
 
 from __future__ import annotations
@@ -128,12 +133,12 @@ class _TrafficCollector(Collector):
             "BusinessMessageRejects (kind business, reason = 380) sent by the gateway.",
             labels=["session", "kind", "reason"])
         for (session, direction), counters in sorted(self._traffic.items()):
-            for msg_type, count in sorted(counters.messages.items()):
+            for msg_type, count in sorted(dict(counters.messages).items()):
                 messages.add_metric([session, direction, msg_type.decode()], count)
             size.add_metric([session, direction], counters.bytes)
             histogram = counters.latency
             latency.add_metric([session, direction], histogram.buckets(), histogram.sum)
-            for (kind, reason), count in sorted(counters.rejects.items()):
+            for (kind, reason), count in sorted(dict(counters.rejects).items()):
                 rejects.add_metric([session, kind, reason], count)
         yield messages
         yield size

@@ -11,9 +11,11 @@ connection, and readers derive everything when they ask: a scrape, a ``/status``
 Writers touch it only at rare events: a connection takes or gives back the session, the
 gateway answers the Logon, something fails.
 
-Everything here runs in the trio thread that runs the relay, so readers never see a half
-update; times from the machine are on the relay's monotonic clock and are turned into wall
-time with the (monotonic, wall) pair the reader passes in.
+Writers and readers run in trio's thread: the session relays' rare events reach it through the
+control plane (fixproxy.proxy.admit). The one thing read across threads is the machine of a
+live session, which its relay's thread updates: readers take single attributes (a state, a
+time, a number), each read whole under the GIL. Times from the machine are on trio's monotonic
+clock and are turned into wall time with the (monotonic, wall) pair the reader passes in.
 """
 
 from __future__ import annotations

@@ -1,30 +1,30 @@
-"""Relay one engine connection to one gateway connection.
+"""Admission: an engine connection from accept to a session relay, or to a clear refusal.
 
 Theory of operation
 -------------------
-An engine connection goes through three phases:
+An engine connection goes through two phases here, in trio, and a third in a thread:
 
 1. **Logon.** Read the engine's first message within ``logon_timeout``. It must be a Logon that
-   :func:`fixproxy.fix.logon.rewrite_logon` accepts. Anything fixproxy refuses before Kalshi sees
-   it (bad framing, wrong CompIDs, bad HeartBtInt, unreachable gateway, TLS or pin failure) is
-   answered to the engine as a Logout (35=5) whose Text (58) says what is wrong and what to
-   change, then a clean close: write, half-close, drain briefly, close, so the Logout is not lost
-   to a TCP reset.
+   :func:`fixproxy.fix.logon.rewrite_logon` accepts; the peer filter, the maintenance window,
+   the Logon backoff and the one-connection-per-key claim come first. Anything fixproxy refuses
+   before Kalshi sees it (bad framing, wrong CompIDs, bad HeartBtInt, unreachable gateway, TLS
+   or pin failure) is answered to the engine as a Logout (35=5) whose Text (58) says what is
+   wrong and what to change, then a clean close: write, half-close, drain briefly, close, so
+   the Logout is not lost to a TCP reset.
 2. **Upstream.** Only then is the TLS connection opened (the connect callable checks CA,
-   hostname and pins after an explicit handshake), and the signed Logon sent. The gateway's
-   first answer passes through untouched, except that 141=Y is removed from a Logon answer when
-   fixproxy forced the reset and the engine did not ask for one (QuickFIX would otherwise log on
-   a second time).
-3. **Relay.** Two pumps, one per direction, each reading a chunk, framing it, and writing the
-   complete frames before reading again. Writing before reading is the backpressure: a slow
-   reader stalls its writer's socket instead of growing a queue, so memory per connection is
-   bounded by one read plus one partial frame. When a whole chunk is complete frames (the usual
-   case) the chunk itself is written: the bytes that arrived, in one write. When either side
-   ends, the other pump is cancelled and both streams are closed; frames read from the side
-   that ended were already written to the other.
+   hostname and pins after an explicit handshake, before any FIX byte).
+3. **Session.** Both sockets, the framer that read the Logon (and whatever the engine sent
+   after it) and a fresh session machine are handed to a
+   :class:`~fixproxy.proxy.relay.SessionRelay`, which writes the signed Logon, passes the
+   gateway's answer on and relays until the session ends, in a thread of its own. This task
+   waits for that thread, so the listener's nursery and the shutdown drain stay structured; a
+   cancellation aborts the relay. The relay's rare events (the Logon's answer, errors, clock
+   skew) come back through :class:`_TrioControl` and are carried out in trio's thread; its
+   end is its return value, after which this task counts the end, saves sequence numbers and
+   closes both sockets.
 
-The alternative rejected is a queue between a reader and a writer task per direction: it adds
-two task switches per message and needs its own bound, for no gain over the socket's buffers.
+The alternative rejected for phase 3 is relaying on trio: measured, the event loop's pass per
+wake-up cost more than everything stunnel does per message.
 """
 
 from __future__ import annotations

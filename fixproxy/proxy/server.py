@@ -6,13 +6,14 @@ Theory of operation
 session (loading its key, building its TLS context, so a bad key or CA file fails at start,
 not at the first Logon), opens every listener, and reports the bound addresses through
 ``task_status.started`` (tests bind port 0). Each accepted connection runs
-:func:`~fixproxy.proxy.relay.relay_engine_connection` in its own task under the listener's
+:func:`~fixproxy.proxy.admit.relay_engine_connection` in its own task under the listener's
 nursery, with the runtime in force when it was accepted: SIGHUP swaps in the runtimes of a
 re-read configuration for later connections only (:mod:`fixproxy.proxy.reload`).
 
 The metrics endpoint is a deliberately small HTTP/1.0 responder on trio rather than
-prometheus-client's threaded server: running in the trio thread, a scrape reads the relay's
-plain-integer counters without locks, and it binds exactly the configured loopback address.
+prometheus-client's threaded server: it binds exactly the configured loopback address, and a
+scrape reads the session relays' plain-integer counters without locks (each counter has one
+writer, its relay's thread; a scrape reads them with single C-level operations).
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import click
 import pytest
 import trio
 from click.testing import CliRunner
@@ -330,3 +331,13 @@ async def test_sigterm_logs_out_and_delivers_what_kalshi_sent_first(setup: Setup
     assert [m.get(11) for m in reports] == [m.get(11) for m in sent]
     assert received[-1].msg_type == tags.MT_LOGOUT
     assert "shutting down" in (received[-1].get_str(tags.TEXT) or "")
+
+
+def test_the_switch_interval_defaults_short_and_refuses_nonsense() -> None:
+    from fixproxy.cli.main import ENV_SWITCH_INTERVAL, SWITCH_INTERVAL, _switch_interval
+
+    assert _switch_interval({}) == SWITCH_INTERVAL
+    assert _switch_interval({ENV_SWITCH_INTERVAL: "0.005"}) == 0.005
+    for bad in ("fast", "0", "-1", "1"):
+        with pytest.raises(click.ClickException, match=ENV_SWITCH_INTERVAL):
+            _switch_interval({ENV_SWITCH_INTERVAL: bad})
