@@ -41,6 +41,7 @@ from support.certs import (  # the *_fixture names: pytest fixtures, found by th
     server_cert_fixture,  # noqa: F401
 )
 
+from fixproxy.cli.report import format_chain_report, leaf_pem
 from fixproxy.config.loader import TLSPolicy, VerifyMode
 from fixproxy.errors import (
     ConfigError,
@@ -55,8 +56,6 @@ from fixproxy.net.tls import (
     HandshakeInfo,
     TLSSocketStream,
     fetch_chain,
-    format_chain_report,
-    leaf_pem,
     make_client_context,
     open_gateway_stream,
 )
