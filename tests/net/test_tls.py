@@ -14,7 +14,6 @@ import functools
 import socket
 import ssl
 import struct
-import tomllib
 import warnings
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -41,7 +40,6 @@ from support.certs import (  # the *_fixture names: pytest fixtures, found by th
     server_cert_fixture,  # noqa: F401
 )
 
-from fixproxy.cli.report import format_chain_report, leaf_pem
 from fixproxy.config.loader import TLSPolicy, VerifyMode
 from fixproxy.errors import (
     ConfigError,
@@ -458,13 +456,6 @@ def test_unreadable_ca_file_is_a_config_error(tmp_path: Path) -> None:
 # --- fixproxy pin -------------------------------------------------------------------------------
 
 
-def paste_block(text: str) -> list[str]:
-    """Parse the ``pins = [...]`` block at the end of the report as TOML."""
-    block = text[text.rindex("pins = [\n"):]
-    pins: list[str] = tomllib.loads(block)["pins"]
-    return pins
-
-
 async def test_fetch_chain_reports_a_verified_chain(
         ca: trustme.CA, server_cert: trustme.LeafCert, ca_file: Path) -> None:
     async with tls_gateway(server_context(server_cert)) as gateway:
@@ -476,18 +467,12 @@ async def test_fetch_chain_reports_a_verified_chain(
     assert report.verified
     assert report.verify_error is None
     assert [c.der for c in report.verified_chain] == [leaf, ca_der(ca)]
-    assert leaf_pem(report) == server_cert.cert_chain_pems[0].bytes()
-
-    text = format_chain_report(report)
-    leaf_info = describe_certificate(leaf)
-    assert leaf_info.subject in text
-    assert leaf_info.issuer in text
-    assert leaf_info.sha256_fingerprint in text
-    assert f'pins = ["{independent_pin(leaf)}"]' in text
-    assert f'pins = ["{independent_pin(ca_der(ca))}"]' in text  # the trust anchor, for a CA pin
-    assert leaf_info.not_after.strftime("%Y-%m-%d") in text
-    assert "verifies against" in text
-    assert paste_block(text) == [independent_pin(leaf)]
+    assert report.presented[0].pem == server_cert.cert_chain_pems[0].bytes()
+    assert report.presented[0] == describe_certificate(leaf)
+    assert (report.host, report.port, report.server_name) == ("127.0.0.1", gateway.port,
+                                                              "localhost")
+    assert report.trust_store == str(ca_file)
+    assert report.tls_version in ("TLSv1.2", "TLSv1.3")
 
 
 async def test_fetch_chain_shows_an_unverifiable_chain(
@@ -502,11 +487,7 @@ async def test_fetch_chain_shows_an_unverifiable_chain(
     assert report.verify_error is not None
     assert "certificate verify failed" in report.verify_error
     assert report.verified_chain == ()
-    text = format_chain_report(report)
-    assert "does NOT verify against the system trust store" in text
-    # The issuer's pin is offered commented out: it would accept anything that CA signs.
-    assert f'# "{independent_pin(ca_der(ca))}"' in text
-    assert paste_block(text) == [independent_pin(leaf_der(server_cert))]
+    assert report.trust_store == "the system trust store"
 
 
 async def test_fetch_chain_refused_is_a_connect_error() -> None:
