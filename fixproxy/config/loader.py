@@ -33,8 +33,6 @@ none of them.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import difflib
 import ipaddress
 import logging
@@ -48,6 +46,7 @@ from datetime import date, datetime, time
 from pathlib import Path
 from typing import Final, Literal, cast
 
+from fixproxy.config.pins import canonical_pin
 from fixproxy.errors import ConfigError
 from fixproxy.fix import tags
 from fixproxy.fix.logon import LogonPolicy
@@ -308,8 +307,6 @@ _UUID: Final = re.compile(
     r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}")
 _HOSTNAME: Final = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]*[A-Za-z0-9_])?"
                               r"(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]*[A-Za-z0-9_])?)*\.?")
-_PIN: Final = re.compile(r"sha256/([A-Za-z0-9+/]{43}=)")
-_PIN_DIGEST_BYTES: Final = 32
 _DISABLED_VERIFY: Final = frozenset({"none", "off", "no", "false", "insecure", "disabled"})
 # Names zoneinfo can load that are not a fixed zone: "localtime" is whatever this machine is
 # set to (a window must not move when the host's zone changes), "Factory" has no offset rules.
@@ -623,18 +620,13 @@ class _Loader:
         if pins is None:
             return None
         for index, pin in enumerate(pins):
-            match = _PIN.fullmatch(pin)
-            digest = b""
-            if match is not None:
-                try:
-                    digest = base64.b64decode(match[1], validate=True)
-                except binascii.Error:
-                    digest = b""
-            if len(digest) != _PIN_DIGEST_BYTES:
+            try:
+                canonical_pin(pin)
+            except ConfigError as exc:
                 raise self.error(
                     f"{pin!r} is not a pin; expected \"sha256/<44 characters of base64 of the "
                     f"SHA-256 of the SubjectPublicKeyInfo>\" (print them with "
-                    f"`fixproxy pin HOST:PORT`)", f"{table.key('pins')}[{index}]")
+                    f"`fixproxy pin HOST:PORT`)", f"{table.key('pins')}[{index}]") from exc
         return pins
 
     def peers(self, table: _Table) -> PeerFilter | None:

@@ -35,7 +35,6 @@ reason.
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -48,10 +47,9 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
 from fixproxy.config.loader import TLSPolicy, VerifyMode
+from fixproxy.config.pins import PIN_PREFIX, canonical_pin
 from fixproxy.errors import ConfigError, PinMismatchError, TLSHandshakeError
 
-PIN_PREFIX: Final = "sha256/"
-_SHA256_BYTES: Final = 32
 MAX_LINKED_CHAIN: Final = 8
 """Presented certificates considered when ``pin`` mode links issuers to the leaf. Real chains
 have two to four; the cap bounds the signature checks an unauthenticated peer can cause."""
@@ -79,7 +77,7 @@ class GatewayTrust:
                 verify mode that contradicts the pins (``pin`` or ``ca+pin`` without any,
                 ``ca`` with some, which it would silently ignore).
         """
-        pins = frozenset(_canonical_pin(pin) for pin in policy.pins)
+        pins = frozenset(canonical_pin(pin) for pin in policy.pins)
         leaf: bytes | None = None
         if policy.pinned_cert is not None:
             leaf = _read_pinned_leaf(policy.pinned_cert)
@@ -262,19 +260,6 @@ def _mismatch(trust: GatewayTrust, chain: PeerChain, counted_pins: tuple[str, ..
     presented = tuple(dict.fromkeys(
         [*(spki_pin(der) for der in chain.presented), *counted_pins]))
     return PinMismatchError(message, presented=presented, expected=expected)
-
-
-def _canonical_pin(pin: str) -> str:
-    if not pin.startswith(PIN_PREFIX):
-        raise ConfigError(f"pin {pin!r} must start with {PIN_PREFIX!r}", key="pins")
-    try:
-        digest = base64.b64decode(pin[len(PIN_PREFIX):], validate=True)
-    except binascii.Error as exc:
-        raise ConfigError(f"pin {pin!r} is not valid base64", key="pins") from exc
-    if len(digest) != _SHA256_BYTES:
-        raise ConfigError(f"pin {pin!r} holds {len(digest)} bytes, a SHA-256 has 32",
-                          key="pins")
-    return PIN_PREFIX + base64.b64encode(digest).decode("ascii")
 
 
 def _read_pinned_leaf(path: Path) -> bytes:

@@ -166,6 +166,7 @@ def test_garbage_is_not_a_certificate() -> None:
 @pytest.mark.parametrize(("pins", "verify", "message"), [
     (("sha1/" + KAT_PIN[7:],), "ca+pin", "must start with"),
     (("sha256/not*base64",), "ca+pin", "not valid base64"),
+    (("sha256/" + "é" * 43 + "=",), "ca+pin", "not valid base64"),
     (("sha256/" + base64.b64encode(b"short").decode(),), "ca+pin", "32"),
     ((), "pin", "needs pins"),
     ((), "ca+pin", "needs pins"),
