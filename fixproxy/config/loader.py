@@ -46,7 +46,7 @@ from datetime import date, datetime, time
 from pathlib import Path
 from typing import Final, Literal, cast
 
-from fixproxy.config.pins import canonical_pin
+from fixproxy.config.pins import canonical_pin, pin_conflict
 from fixproxy.errors import ConfigError
 from fixproxy.fix import tags
 from fixproxy.fix.logon import LogonPolicy
@@ -974,12 +974,13 @@ class _Loader:
         pinned = bool(pins) or pinned_cert is not None
         if verify is None:
             verify = "ca+pin" if pinned else "ca"
-        elif verify == "ca" and pinned:
+        conflict = pin_conflict(verify, pinned=pinned)
+        if conflict == "ignores pins":
             raise self.error(
                 f"verify = \"ca\" would ignore the pins set in {pin_source} for "
                 f"{table.label}; use \"ca+pin\", or remove the pins (pins = [] in the session "
                 f"drops the gateway's)", verify_key)
-        elif verify != "ca" and not pinned:
+        if conflict == "needs pins":
             raise self.error(
                 f"verify = {verify!r} needs pins or pinned_cert, and none apply to "
                 f"{table.label} (print pins with `fixproxy pin HOST:PORT`)", verify_key)

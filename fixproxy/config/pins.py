@@ -1,4 +1,4 @@
-"""The rules of a gateway pin set: the syntax of one pin.
+"""The rules of a gateway pin set: the syntax of one pin, and which verify modes need pins.
 
 Two callers apply them: the loader, to an operator's file, and the TLS layer, to every policy
 a session trusts, including those built in code without a file (the demo, the benchmark,
@@ -9,7 +9,7 @@ the dotted key and the line. Matching pins against certificates is :mod:`fixprox
 from __future__ import annotations
 
 import base64
-from typing import Final
+from typing import Final, Literal
 
 from fixproxy.errors import ConfigError
 
@@ -17,6 +17,8 @@ PIN_PREFIX: Final = "sha256/"
 """A pin is ``sha256/`` and the base64 of the SHA-256 of a certificate's DER
 SubjectPublicKeyInfo."""
 _SHA256_BYTES: Final = 32
+
+PinConflict = Literal["needs pins", "ignores pins"]
 
 
 def canonical_pin(pin: str) -> str:
@@ -40,3 +42,19 @@ def canonical_pin(pin: str) -> str:
         raise ConfigError(f"pin {pin!r} holds {len(digest)} bytes, a SHA-256 has 32",
                           key="pins")
     return PIN_PREFIX + base64.b64encode(digest).decode("ascii")
+
+
+def pin_conflict(verify: str, *, pinned: bool) -> PinConflict | None:
+    """How a verify mode contradicts the presence of pins, or None when they agree.
+
+    ``pin`` and ``ca+pin`` trust nothing without a pin or a ``pinned_cert``
+    (``"needs pins"``); ``ca`` would silently ignore the ones it is given (``"ignores pins"``),
+    which an operator who wrote them never means.
+
+    Args:
+        verify: a verify mode (``ca+pin``, ``ca`` or ``pin``).
+        pinned: whether any pin or a ``pinned_cert`` applies.
+    """
+    if verify == "ca":
+        return "ignores pins" if pinned else None
+    return None if pinned else "needs pins"

@@ -47,7 +47,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
 from fixproxy.config.loader import TLSPolicy, VerifyMode
-from fixproxy.config.pins import PIN_PREFIX, canonical_pin
+from fixproxy.config.pins import PIN_PREFIX, canonical_pin, pin_conflict
 from fixproxy.errors import ConfigError, PinMismatchError, TLSHandshakeError
 
 MAX_LINKED_CHAIN: Final = 8
@@ -81,11 +81,13 @@ class GatewayTrust:
         leaf: bytes | None = None
         if policy.pinned_cert is not None:
             leaf = _read_pinned_leaf(policy.pinned_cert)
-        has_pins = bool(pins) or leaf is not None
-        if policy.verify in ("pin", "ca+pin") and not has_pins:
+        # The loader has refused these already; a policy built in code (the demo, the
+        # benchmark, tests) reaches here without it.
+        conflict = pin_conflict(policy.verify, pinned=bool(pins) or leaf is not None)
+        if conflict == "needs pins":
             raise ConfigError(f"verify = {policy.verify!r} needs pins or pinned_cert",
                               key="verify")
-        if policy.verify == "ca" and has_pins:
+        if conflict == "ignores pins":
             raise ConfigError("pins or pinned_cert are set but verify = 'ca' would ignore "
                               "them; use verify = 'ca+pin'", key="verify")
         return cls(server_name=policy.server_name, verify=policy.verify, pins=pins,

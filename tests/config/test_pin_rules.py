@@ -1,4 +1,5 @@
-"""The rules of a pin set that the loader and the TLS layer share: one pin's syntax."""
+"""The rules of a pin set that the loader and the TLS layer share: one pin's syntax, and
+which verify modes need pins."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fixproxy.config.pins import PIN_PREFIX, canonical_pin
+from fixproxy.config.pins import PIN_PREFIX, canonical_pin, pin_conflict
 from fixproxy.errors import ConfigError
 
 PIN_SYNTAX = re.compile(r"sha256/[A-Za-z0-9+/]{43}=")
@@ -67,3 +68,15 @@ def test_accepts_exactly_the_documented_syntax(pin: str) -> None:
         assert PIN_SYNTAX.fullmatch(pin) is not None
         assert canonical_pin(canonical) == canonical
         assert base64.b64decode(canonical[7:]) == base64.b64decode(pin[7:])
+
+
+@pytest.mark.parametrize(("verify", "pinned", "conflict"), [
+    ("ca+pin", True, None),
+    ("ca+pin", False, "needs pins"),
+    ("pin", True, None),
+    ("pin", False, "needs pins"),
+    ("ca", False, None),
+    ("ca", True, "ignores pins"),
+])
+def test_pin_conflict(verify: str, pinned: bool, conflict: str | None) -> None:
+    assert pin_conflict(verify, pinned=pinned) == conflict
