@@ -363,11 +363,6 @@ async def _handshake(sock: ssl.SSLSocket) -> None:
             return
 
 
-def _handshake_reason(exc: BaseException) -> str:
-    """Turn trio's BrokenResourceError and its cause into words an operator can act on."""
-    return _describe_tls_failure(exc.__cause__)
-
-
 def _describe_tls_failure(cause: BaseException | None) -> str:
     """Words an operator can act on for an ssl or OS failure during the handshake."""
     if isinstance(cause, ssl.SSLCertVerificationError):
