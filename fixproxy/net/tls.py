@@ -1,23 +1,45 @@
-"""The TLS upstream: one client context per session, the handshake, and the pin check.
+"""The TLS client to a gateway: one context per session, the connect and handshake, the pin check.
 
-Which certificates a pin may match, and the three ``verify`` modes, are explained in
-:mod:`fixproxy.net.pins`.
+Theory of operation
+-------------------
+Kalshi's FIX gateways speak TLS 1.2 or newer, behind AWS Network Load Balancers. Each session
+gets one ``ssl.SSLContext`` (:func:`make_client_context`), built when the session starts: TLS
+1.2 at least, ECDHE with AEAD ciphers only, no renegotiation, no compression, and chain plus
+hostname verification unless ``verify = "pin"``. Which certificates a pin may match, and the
+three verify modes, are explained in :mod:`fixproxy.net.pins`.
+
+The connection is a stdlib ``ssl.SSLSocket`` in non-blocking mode rather than trio's
+``SSLStream``: OpenSSL reads and writes the socket itself, so nothing is copied through memory
+BIOs in Python, and a call that succeeds at once costs no scheduler pass; trio is asked to wait
+only when OpenSSL wants the socket readable or writable (:mod:`fixproxy.net.streams`). trio
+still makes the TCP connection (``open_tcp_stream``: name resolution, one attempt per address),
+whose socket is then detached into a plain ``socket.socket`` and wrapped.
+
+Order of events in :func:`open_gateway_stream`: TCP connect; the TLS handshake, driven
+explicitly (``do_handshake_on_connect=False``, then :func:`_handshake` calls ``do_handshake``
+until OpenSSL stops asking to wait), because an implicit handshake would start on the first
+write, and that would be the Logon; then the pins, checked on the certificates this handshake
+tied to the gateway (the verified chain; in ``pin`` mode the leaf and the issuers linked to it:
+:func:`~fixproxy.net.pins.check_chain`); only then is the stream returned, so no FIX byte
+reaches a gateway whose pins have not matched. Connect and handshake together are bounded by
+``connect_timeout``, and a timeout names the phase that stalled. The configuration files were
+read once when the session started (:class:`~fixproxy.net.pins.GatewayTrust`), never per
+connection.
+
+The caller owns the returned stream: admission writes the Logon on it, then the relay's pumps
+and fixproxy's own Logouts use it, one task receiving while another sends, all in the trio
+thread, so the SSL object never sees two calls at once.
 
 Python 3.11's ``ssl`` does not publish the peer's chain; the C object beneath every
-``ssl.SSLObject`` has ``get_verified_chain()`` and ``get_unverified_chain()`` (public from 3.13),
-so :func:`_peer_chain` reaches them through trio's ``SSLStream``.
+``ssl.SSLSocket`` has ``get_verified_chain()`` and ``get_unverified_chain()`` (public from
+3.13), so :func:`_chain_der` reaches them through the socket's private ``_sslobj``.
 
-Order of events: TCP connect, TLS handshake (explicitly: trio's ``SSLStream`` would otherwise
-start it lazily on the first write, which would be the Logon), then the pin check, and only
-then is the stream handed to the relay, so no FIX byte reaches an unchecked peer. The connect
-and handshake together are bounded by ``connect_timeout``; the configuration files are read
-once when a session starts (:class:`GatewayTrust`), never per connection.
-
-close_notify: the stream is opened with ``https_compatible=True``, so a TCP close without a TLS
-close_notify is a plain end of stream and closing sends none. Gateways behind an AWS NLB can
-drop TCP right after a Logout, and a strict stream would turn the normal end of every session
-into an error. Truncation is still detected, in FIX terms: a session ends with a Logout (35=5),
-and a cut inside a message fails the framer's BodyLength and CheckSum checks.
+close_notify: a TCP close without a TLS close_notify is a plain end of stream
+(:class:`TLSSocketStream` treats ``SSLEOFError`` like ``SSLZeroReturnError``), and closing sends
+none. Gateways behind an AWS NLB can drop TCP right after a Logout, and a strict stream would
+turn the normal end of every session into an error. Truncation is still detected, in FIX terms:
+a session ends with a Logout (35=5), and a cut inside a message fails the framer's BodyLength
+and CheckSum checks.
 """
 
 from __future__ import annotations
@@ -222,7 +244,7 @@ async def fetch_chain(
 
 
 class TLSSocketStream(NonBlockingSocketStream):
-    """A TLS connection on a non-blocking stdlib ``ssl.SSLSocket`` (see fixproxy.streams).
+    """A TLS connection on a non-blocking stdlib ``ssl.SSLSocket`` (see fixproxy.net.streams).
 
     Semantics match ``SSLStream(https_compatible=True)``: a TCP close without close_notify is
     an ordinary end of stream, and closing sends none.
