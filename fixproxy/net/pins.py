@@ -147,7 +147,19 @@ def spki_pin(cert_der: bytes) -> str:
     Raises:
         TLSHandshakeError: the bytes are not a DER certificate.
     """
-    return _pin_of(_load_der(cert_der))
+    return _pin_of(load_certificate(cert_der))
+
+
+def load_certificate(der: bytes) -> x509.Certificate:
+    """Parse a DER certificate a gateway presented.
+
+    Raises:
+        TLSHandshakeError: the bytes are not a DER certificate.
+    """
+    try:
+        return x509.load_der_x509_certificate(der)
+    except ValueError as exc:
+        raise TLSHandshakeError(f"cannot parse a certificate: {exc}") from exc
 
 
 def describe_certificate(der: bytes) -> CertificateInfo:
@@ -156,7 +168,7 @@ def describe_certificate(der: bytes) -> CertificateInfo:
     Raises:
         TLSHandshakeError: the bytes are not a DER certificate.
     """
-    cert = _load_der(der)
+    cert = load_certificate(der)
     return CertificateInfo(
         subject=cert.subject.rfc4514_string(),
         issuer=cert.issuer.rfc4514_string(),
@@ -210,7 +222,7 @@ def _linked_issuers(presented: Sequence[bytes]) -> tuple[bytes, ...]:
     whole remaining set. Dates and names beyond the issuer link are not checked: in ``pin``
     mode the pins are the trust decision, and the leaf's key is proven by the handshake.
     """
-    certs = [_load_der(der) for der in presented[:MAX_LINKED_CHAIN]]
+    certs = [load_certificate(der) for der in presented[:MAX_LINKED_CHAIN]]
     linked = [0]
     remaining = set(range(1, len(certs)))
     while remaining:
@@ -243,13 +255,13 @@ def _mismatch(trust: GatewayTrust, chain: PeerChain, counted_pins: tuple[str, ..
     counted = set(counted_pins)
     described = []
     for der in chain.presented:
-        cert = _load_der(der)
+        cert = load_certificate(der)
         pin = _pin_of(cert)
         note = "" if pin in counted else ", not linked to the leaf: does not count"
         described.append(f"{pin} ({cert.subject.rfc4514_string()}{note})")
     for der in chain.verified or ():
         if der not in chain.presented:
-            cert = _load_der(der)
+            cert = load_certificate(der)
             described.append(f"{_pin_of(cert)} (trust anchor {cert.subject.rfc4514_string()})")
     expected = tuple(sorted(trust.pins))
     wanted = [*expected]
@@ -278,13 +290,6 @@ def _read_pinned_leaf(path: Path) -> bytes:
     # The first certificate is the leaf, as ``openssl s_client ... | openssl x509`` and
     # ``fixproxy pin --save`` write it.
     return certs[0].public_bytes(serialization.Encoding.DER)
-
-
-def _load_der(der: bytes) -> x509.Certificate:
-    try:
-        return x509.load_der_x509_certificate(der)
-    except ValueError as exc:
-        raise TLSHandshakeError(f"cannot parse a certificate: {exc}") from exc
 
 
 def _pin_of(cert: x509.Certificate) -> str:

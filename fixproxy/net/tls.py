@@ -68,9 +68,9 @@ from fixproxy.net.pins import (
     ChainReport,
     GatewayTrust,
     PeerChain,
-    _load_der,
     check_chain,
     describe_certificate,
+    load_certificate,
 )
 from fixproxy.net.streams import NonBlockingSocketStream
 
@@ -176,7 +176,7 @@ async def open_gateway_stream(host: str, port: int, trust: GatewayTrust,
     try:
         chain = _peer_chain(stream, verified=trust.verify != "pin")
         pins = check_chain(trust, chain, peer=f"{host}:{port}")
-        leaf = _load_der(chain.presented[0])
+        leaf = load_certificate(chain.presented[0])
         info = HandshakeInfo(
             tls_version=stream.version() or "",
             cipher=_cipher_name(stream),

@@ -38,6 +38,7 @@ from fixproxy.net.pins import (
     PeerChain,
     check_chain,
     describe_certificate,
+    load_certificate,
     spki_pin,
 )
 
@@ -158,6 +159,8 @@ def test_describe_certificate_reads_validity(server_cert: trustme.LeafCert) -> N
 def test_garbage_is_not_a_certificate() -> None:
     with pytest.raises(TLSHandshakeError):
         spki_pin(b"\x30\x03\x02\x01\x00")
+    with pytest.raises(TLSHandshakeError, match="cannot parse a certificate"):
+        load_certificate(b"\x30\x03\x02\x01\x00")
 
 
 # --- trust from a TLS policy ---------------------------------------------------------------------
