@@ -1,11 +1,20 @@
 """The metrics endpoint: a deliberately small HTTP/1.0 responder for /metrics, /healthz and
-the routes the server adds (/readyz, /status).
+whatever routes its caller adds (the server adds /readyz and /status).
 
 Theory of operation
 -------------------
-The endpoint is a deliberately small HTTP/1.0 responder on trio rather than prometheus-client's
-threaded server: running in the trio thread, a scrape reads the relay's plain-integer counters
-without locks, and it binds exactly the configured loopback address.
+The endpoint is a small HTTP/1.0 responder on trio rather than prometheus-client's threaded
+server: running in the trio thread, a scrape reads the relay's plain-integer counters without
+locks, and it binds exactly the configured loopback address.
+
+It answers one request per connection and closes (``Connection: close``), which is all that
+Prometheus, orchestrators' probes and ``fixproxy status`` need. Only the request line is
+looked at: GET or HEAD, a path (the query is ignored), nothing else; a HEAD answer announces
+the length the GET body would have. What a client can make it hold is bounded: a request head
+longer than :data:`HTTP_REQUEST_LIMIT` bytes is refused (431), and the whole exchange gets
+:data:`HTTP_TIMEOUT` seconds. Routes are plain synchronous callables that read values already
+in memory (the registry, the status board), so an answer never waits on I/O; one that raises
+answers 500 and is logged, and the endpoint carries on.
 """
 
 from __future__ import annotations
@@ -43,6 +52,7 @@ def _address_of(listener: trio.SocketListener) -> tuple[str, int]:
 
 
 Route = Callable[[], tuple[int, str, bytes]]
+"""One path of the endpoint: returns (status, content type, body)."""
 
 
 async def serve_metrics(host: str, port: int, metrics: Metrics, *,
