@@ -106,7 +106,8 @@ class HandshakeInfo:
     leaf_not_after: datetime
     """UTC, timezone-aware."""
     presented_pins: tuple[str, ...]
-    """The pins of the certificates that count for pinning (see :func:`check_chain`)."""
+    """The pins of the certificates that count for pinning
+    (:func:`~fixproxy.net.pins.check_chain`)."""
 
 
 # --- connecting -----------------------------------------------------------------------------------
