@@ -22,9 +22,9 @@ from pathlib import Path
 import trio
 
 from fixproxy.config.model import TLSPolicy
+from fixproxy.net.pins import GatewayTrust
 from fixproxy.net.streams import RECEIVE_SIZE, RawSocketStream
 from fixproxy.net.tls import (
-    GatewayTrust,
     HandshakeInfo,
     TLSSocketStream,
     make_client_context,

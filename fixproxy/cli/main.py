@@ -248,6 +248,7 @@ def keygen(out_dir: Path, name: str) -> None:
 def pin(target: str, server_name: str | None, ca_file: Path | None, save_path: Path | None,
         timeout: float) -> None:
     """Show a gateway's certificate chain and the pins to paste into the configuration."""
+    from fixproxy.cli.report import format_chain_report, leaf_pem
     from fixproxy.net import tls
 
     host, sep, port_text = target.rpartition(":")
@@ -258,9 +259,9 @@ def pin(target: str, server_name: str | None, ca_file: Path | None, save_path: P
     host = host.strip("[]")
     report = _run(lambda: tls.fetch_chain(host, int(port_text), server_name, timeout=timeout,
                                           ca_file=ca_file))
-    click.echo(tls.format_chain_report(report))
+    click.echo(format_chain_report(report))
     if save_path is not None:
-        save_path.write_bytes(tls.leaf_pem(report))
+        save_path.write_bytes(leaf_pem(report))
         click.echo(f"saved the leaf certificate to {save_path} (use it as pinned_cert)")
 
 

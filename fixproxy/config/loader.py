@@ -60,6 +60,7 @@ from fixproxy.config.model import (
     SessionConfig,
     TLSPolicy,
 )
+from fixproxy.config.pins import pin_conflict
 from fixproxy.config.reader import Reader, is_loopback, listen_identity, or_default
 from fixproxy.config.tables import MAX_TIMEOUT, Table, toml_type
 from fixproxy.errors import ConfigError
@@ -437,12 +438,13 @@ class _Loader(Reader):
         pinned = bool(pins) or pinned_cert is not None
         if verify is None:
             verify = "ca+pin" if pinned else "ca"
-        elif verify == "ca" and pinned:
+        conflict = pin_conflict(verify, pinned=pinned)
+        if conflict == "ignores pins":
             raise self.error(
                 f"verify = \"ca\" would ignore the pins set in {pin_source} for "
                 f"{table.label}; use \"ca+pin\", or remove the pins (pins = [] in the session "
                 f"drops the gateway's)", verify_key)
-        elif verify != "ca" and not pinned:
+        if conflict == "needs pins":
             raise self.error(
                 f"verify = {verify!r} needs pins or pinned_cert, and none apply to "
                 f"{table.label} (print pins with `fixproxy pin HOST:PORT`)", verify_key)

@@ -10,14 +10,13 @@ and its line. The tables themselves are read by :mod:`fixproxy.config.loader`.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import ipaddress
 import re
 from pathlib import Path
 from typing import Final, cast
 
 from fixproxy.config.model import VERIFY_MODES, VerifyMode
+from fixproxy.config.pins import canonical_pin
 from fixproxy.config.tables import LineIndex, Table, toml_type
 from fixproxy.errors import ConfigError
 from fixproxy.session.peers import PeerFilter, parse_network
@@ -26,8 +25,6 @@ from fixproxy.signing import PassphraseSource
 _ENV_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _HOSTNAME: Final = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]*[A-Za-z0-9_])?"
                               r"(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]*[A-Za-z0-9_])?)*\.?")
-_PIN: Final = re.compile(r"sha256/([A-Za-z0-9+/]{43}=)")
-_PIN_DIGEST_BYTES: Final = 32
 _DISABLED_VERIFY: Final = frozenset({"none", "off", "no", "false", "insecure", "disabled"})
 
 
@@ -149,18 +146,13 @@ class Reader:
         if pins is None:
             return None
         for index, pin in enumerate(pins):
-            match = _PIN.fullmatch(pin)
-            digest = b""
-            if match is not None:
-                try:
-                    digest = base64.b64decode(match[1], validate=True)
-                except binascii.Error:
-                    digest = b""
-            if len(digest) != _PIN_DIGEST_BYTES:
+            try:
+                canonical_pin(pin)
+            except ConfigError as exc:
                 raise self.error(
                     f"{pin!r} is not a pin; expected \"sha256/<44 characters of base64 of the "
                     f"SHA-256 of the SubjectPublicKeyInfo>\" (print them with "
-                    f"`fixproxy pin HOST:PORT`)", f"{table.key('pins')}[{index}]")
+                    f"`fixproxy pin HOST:PORT`)", f"{table.key('pins')}[{index}]") from exc
         return pins
 
     def peers(self, table: Table) -> PeerFilter | None:

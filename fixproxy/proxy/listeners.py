@@ -33,6 +33,7 @@ from typing import Final
 import trio
 
 from fixproxy.errors import FixProxyError
+from fixproxy.net.listen import Address, address_of, open_listeners
 from fixproxy.proxy.runtime import SessionRuntime
 
 # The name these lines have always been logged under: operators' log filters match it.
@@ -46,7 +47,6 @@ ACCEPT_RETRY_DELAY: Final = 0.1
 """Seconds to wait before accepting again after one of those errors."""
 
 ConnectionHandler = Callable[[trio.SocketStream, SessionRuntime], Awaitable[None]]
-Address = tuple[str, int]
 
 
 class _Listener:
@@ -249,22 +249,3 @@ class SessionListeners:
             await self._handler(stream, runtime)
         finally:
             await trio.aclose_forcefully(stream)
-
-
-async def open_listeners(host: str, port: int, what: str) -> list[trio.SocketListener]:
-    """Listen on ``host:port`` (every address the name resolves to); the caller closes them.
-
-    Raises:
-        FixProxyError: the address cannot be bound; ``what`` names the listener in the text.
-    """
-    try:
-        return await trio.open_tcp_listeners(port, host=host)
-    except OSError as exc:
-        raise FixProxyError(f"{what}: cannot listen on {host}:{port}: "
-                            f"{exc.strerror or exc}") from exc
-
-
-def address_of(listener: trio.SocketListener) -> Address:
-    """The (host, port) a listener is bound to: the port chosen when port 0 was asked for."""
-    sockname = listener.socket.getsockname()
-    return str(sockname[0]), int(sockname[1])

@@ -17,7 +17,7 @@ import trio
 
 from fixproxy.config.model import ProxyConfig, SessionConfig
 from fixproxy.fix.logon import LogonPolicy, Signer
-from fixproxy.net import tls
+from fixproxy.net import pins, tls
 from fixproxy.net.tls import HandshakeInfo
 from fixproxy.ops.metrics import Metrics
 from fixproxy.ops.seqstore import SequenceStore
@@ -70,7 +70,7 @@ def build_runtime(session: SessionConfig, metrics: Metrics,
     """
     signer = LogonSigner(load_private_key(session.private_key, session.private_key_passphrase))
     context = tls.make_client_context(session.tls)
-    trust = tls.GatewayTrust.from_policy(session.tls)
+    trust = pins.GatewayTrust.from_policy(session.tls)
     connect = functools.partial(tls.open_gateway_stream, session.host, session.port, trust,
                                 context, connect_timeout=session.connect_timeout)
     return SessionRuntime(config=session, policy=session.logon_policy(), sign=signer,

@@ -353,7 +353,7 @@ async def test_expired_gateway_certificate(e2e_material: E2EMaterial, verify: st
             assert pair.sample("fixproxy_upstream_connects_total", result="tls_error") == 1
             assert not pair.sim.events
         else:
-            # Pin mode trusts the pin, not dates (tls.py): the session works, and the expiry
+            # Pin mode trusts the pin, not dates (net/pins.py): the session works, and the expiry
             # metric, already in the past, is what alerts the operator.
             engine = await log_on(pair)
             await order_and_report(engine)
