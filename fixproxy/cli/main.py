@@ -3,11 +3,12 @@ become exit codes."""
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Final, TypeVar
+from typing import IO, Any, Final, TypeVar
 
 import click
 import trio
@@ -28,28 +29,59 @@ def _setup_logging(level: str, log_format: str = "text") -> None:
     setup_logging(level, "json" if log_format == "json" else "text", sys.stderr)
 
 
+class Failure(click.ClickException):
+    """The one way a command fails: one line on stderr and an exit code, never a traceback.
+
+    Every expected problem (a bad file, a busy port, a gateway that cannot be reached) ends
+    a command through this exception; click prints it and exits with its code.
+    """
+
+    def __init__(self, message: str, *, label: str | None = "error",
+                 exit_code: int = EXIT_ERROR) -> None:
+        super().__init__(message)
+        self.label = label
+        self.exit_code = exit_code
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        prefix = "" if self.label is None else f"fixproxy: {self.label}: "
+        click.echo(f"{prefix}{self.format_message()}", err=True, file=file)
+
+
+def _our_error(exc: BaseException) -> FixProxyError | None:
+    """The FixProxyError behind ``exc``, looking inside the groups trio's nurseries raise."""
+    if isinstance(exc, FixProxyError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _our_error(inner)
+            if found is not None:
+                return found
+    return None
+
+
 def _run(async_fn: Callable[[], Awaitable[T]]) -> T:
-    """Run ``async_fn`` under trio, turning our errors into a message and exit code 1."""
+    """Run ``async_fn`` under trio, turning our errors into a :class:`Failure`."""
     try:
         return trio.run(async_fn)
-    except FixProxyError as exc:
-        click.echo(f"fixproxy: error: {exc}", err=True)
-        sys.exit(EXIT_ERROR)
     except KeyboardInterrupt:
         sys.exit(130)
+    except BaseException as exc:
+        ours = _our_error(exc)
+        if ours is None:
+            raise
+        logging.getLogger("fixproxy").debug("the error in full", exc_info=exc)
+        raise Failure(str(ours)) from exc
 
 
 def _load(config_path: Path | None, *, check_files: bool = True) -> Config:
     try:
         path = config_path_from(None if config_path is None else str(config_path))
     except FixProxyError as exc:
-        click.echo(f"fixproxy: error: {exc}", err=True)
-        sys.exit(EXIT_USAGE)
+        raise Failure(str(exc), exit_code=EXIT_USAGE) from exc
     try:
         return load_config(path, check_files=check_files)
     except FixProxyError as exc:
-        click.echo(f"fixproxy: configuration error: {exc}", err=True)
-        sys.exit(EXIT_ERROR)
+        raise Failure(str(exc), label="configuration error") from exc
 
 
 config_option = click.option(
@@ -107,8 +139,8 @@ def _switch_interval(environ: Mapping[str, str]) -> float:
     except ValueError:
         value = -1.0
     if not 0.00001 <= value <= 0.1:
-        raise click.ClickException(f"{ENV_SWITCH_INTERVAL}={text!r} is not a number of seconds "
-                                   f"between 0.00001 and 0.1")
+        raise Failure(f"{ENV_SWITCH_INTERVAL}={text!r} is not a number of seconds between "
+                      f"0.00001 and 0.1")
     return value
 
 
@@ -144,15 +176,13 @@ def status(config_path: Path | None, as_json: bool) -> None:
     # Only the metrics address is needed: key files may belong to the user fixproxy runs as.
     config = _load(config_path, check_files=False)
     if config.metrics.listen is None:
-        click.echo("fixproxy: error: the metrics endpoint is disabled ([metrics] listen = "
-                   "\"\"), and fixproxy serves its status there: set [metrics] listen and "
-                   "restart fixproxy", err=True)
-        sys.exit(EXIT_ERROR)
+        raise Failure("the metrics endpoint is disabled ([metrics] listen = \"\"), and "
+                      "fixproxy serves its status there: set [metrics] listen and restart "
+                      "fixproxy")
     try:
         answer = fetch_status(config.metrics.listen)
     except FixProxyError as exc:
-        click.echo(f"fixproxy: error: {exc}", err=True)
-        sys.exit(EXIT_ERROR)
+        raise Failure(str(exc)) from exc
     click.echo(json.dumps(answer, indent=2) if as_json else format_status(answer))
 
 
@@ -189,31 +219,25 @@ def reload(config_path: Path | None, timeout: float) -> None:
                            f"${source.env} (the key's passphrase) is not set in this shell",
                            err=True)
                 continue
-            click.echo(f"fixproxy: configuration error: session {session.name!r}: {exc}",
-                       err=True)
-            sys.exit(EXIT_ERROR)
+            raise Failure(f"session {session.name!r}: {exc}",
+                          label="configuration error") from exc
     state_dir = config.proxy.state_dir
     if state_dir is None:  # the loader always sets it; hand-built configurations do not
-        click.echo("fixproxy: error: the configuration has no [proxy] state_dir", err=True)
-        sys.exit(EXIT_ERROR)
+        raise Failure("the configuration has no [proxy] state_dir")
     try:
         pid, record = request_reload(state_dir, timeout=timeout)
     except FixProxyError as exc:
-        click.echo(f"fixproxy: error: {exc}", err=True)
-        sys.exit(EXIT_ERROR)
+        raise Failure(str(exc)) from exc
     if record is None:
-        click.echo(f"fixproxy: sent SIGHUP to fixproxy (pid {pid}) but it reported no result "
-                   f"within {timeout:g} s; see its log", err=True)
-        sys.exit(EXIT_ERROR)
+        raise Failure(f"fixproxy: sent SIGHUP to fixproxy (pid {pid}) but it reported no "
+                      f"result within {timeout:g} s; see its log", label=None)
     if record.result == "ok":
         click.echo(f"fixproxy (pid {pid}) reloaded {config.path}: {record.detail}")
         return
     if record.result == "rejected":
-        click.echo(f"fixproxy (pid {pid}) rejected the configuration and keeps the previous "
-                   f"one: {record.detail}", err=True)
-    else:
-        click.echo(f"fixproxy (pid {pid}) did not reload: {record.detail}", err=True)
-    sys.exit(EXIT_ERROR)
+        raise Failure(f"fixproxy (pid {pid}) rejected the configuration and keeps the "
+                      f"previous one: {record.detail}", label=None)
+    raise Failure(f"fixproxy (pid {pid}) did not reload: {record.detail}", label=None)
 
 
 @main.command()
@@ -231,8 +255,7 @@ def keygen(out_dir: Path, name: str) -> None:
     try:
         key_path, pub_path = generate_key_pair(out_dir, name)
     except FixProxyError as exc:
-        click.echo(f"fixproxy: error: {exc}", err=True)
-        sys.exit(EXIT_ERROR)
+        raise Failure(str(exc)) from exc
     click.echo(f"private key: {key_path} (mode 0600; never share it)")
     click.echo(f"public key:  {pub_path} (upload this to Kalshi)")
 
@@ -253,9 +276,8 @@ def pin(target: str, server_name: str | None, ca_file: Path | None, save_path: P
 
     host, sep, port_text = target.rpartition(":")
     if not sep or not port_text.isdigit():
-        click.echo("fixproxy: error: expected HOST:PORT, e.g. fix.elections.kalshi.com:8228",
-                   err=True)
-        sys.exit(EXIT_USAGE)
+        raise Failure("expected HOST:PORT, e.g. fix.elections.kalshi.com:8228",
+                      exit_code=EXIT_USAGE)
     host = host.strip("[]")
     report = _run(lambda: tls.fetch_chain(host, int(port_text), server_name, timeout=timeout,
                                           ca_file=ca_file))

@@ -341,3 +341,16 @@ def test_the_switch_interval_defaults_short_and_refuses_nonsense() -> None:
     for bad in ("fast", "0", "-1", "1"):
         with pytest.raises(click.ClickException, match=ENV_SWITCH_INTERVAL):
             _switch_interval({ENV_SWITCH_INTERVAL: bad})
+
+
+async def test_a_busy_listen_port_is_one_line_and_exit_1(setup: Setup) -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", setup.listen_port))
+        squatter.listen()
+        done = await _fixproxy("run", "--config", str(setup.config))
+    err = done.stderr.decode()
+    assert done.returncode == 1
+    assert err.strip().splitlines()[-1] == (
+        f"fixproxy: error: session 'cli-test': cannot listen on "
+        f"127.0.0.1:{setup.listen_port}: Address already in use"), err
+    assert "Traceback" not in err
