@@ -15,7 +15,8 @@ escapes the relay's handling and drops the connection without telling the engine
 :func:`check` turns one fuzz input into one engine stream and asserts those contracts plus the
 properties the design promises:
 
-* the same frames and the same verdict however the stream is chunked (one chunk is the
+* the same frames and the same verdict from the Python framer and the C scanner (when built),
+  and however the stream is chunked (one chunk is the
   reference); each frame is the exact input slice and passes an independent re-derivation of
   BodyLength (9) and CheckSum (10); the buffer never holds more than one partial frame plus the
   chunk just handed over; after an error the framer stays broken;
@@ -164,9 +165,10 @@ def verify_frame(raw: bytes, limit: int) -> None:
     assert raw[trailer_at + 3:-1] == b"%03d" % (sum(raw[:trailer_at]) % 256)
 
 
-def frame_stream(reads: Iterator[bytes], limit: int) -> tuple[list[Frame], FramingError | None]:
+def frame_stream(reads: Iterator[bytes], limit: int, *, accelerated: bool = True
+                 ) -> tuple[list[Frame], FramingError | None]:
     """Feed ``reads`` then end of stream, draining after each; only FramingError may escape."""
-    framer = FixFramer(max_frame_size=limit)
+    framer = FixFramer(max_frame_size=limit, accelerated=accelerated)
     frames: list[Frame] = []
     try:
         for data in reads:
@@ -275,10 +277,15 @@ def check(data: bytes) -> None:
     if control & REPAIR:
         stream = repair_frames(stream)
     limit = SMALL_LIMIT if control & SMALL else MAX_FRAME_SIZE
-    reference, reference_error = frame_stream(iter((stream,) if stream else ()), limit)
+    reference, reference_error = frame_stream(iter((stream,) if stream else ()), limit,
+                                              accelerated=False)
     frames, error = frame_stream(chunks(stream, control >> 4, param), limit)
-    assert frames == reference, "chunking changed the frames"
-    assert (error is None) == (reference_error is None), "chunking changed the verdict"
+    assert frames == reference, "chunking (or the C scanner) changed the frames"
+    assert (error is None) == (reference_error is None), \
+        "chunking (or the C scanner) changed the verdict"
+    whole, whole_error = frame_stream(iter((stream,) if stream else ()), limit)
+    assert whole == reference, "the C scanner changed the frames"
+    assert str(whole_error) == str(reference_error), "the C scanner changed the error"
     assert stream.startswith(b"".join(frame.raw for frame in frames))
     for index, frame in enumerate(frames):
         verify_frame(frame.raw, limit)

@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry
 
 from fixproxy.config.model import Config
 from fixproxy.errors import FixProxyError, PinMismatchError, UpstreamError
+from fixproxy.fix.framer import SCANNER
 from fixproxy.ops.metrics import Metrics
 from fixproxy.proxy.runtime import build_runtime
 
@@ -21,7 +22,8 @@ async def preflight(config: Config, *, online: bool, echo: Callable[[str], objec
     """
     ok = True
     metrics = Metrics(CollectorRegistry())
-    echo(f"configuration {config.path}: {len(config.sessions)} session(s)")
+    echo(f"configuration {config.path}: {len(config.sessions)} session(s); frame scanner: "
+         f"{'C accelerator' if SCANNER == 'c' else 'pure Python (the C scanner is not built)'}")
     for session in config.sessions:
         label = f"session {session.name!r} ({session.endpoint.target_comp_id})"
         try:

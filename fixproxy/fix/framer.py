@@ -20,14 +20,41 @@ read, before its bytes arrive, and so is a tag 9 with more digits than any allow
 
 The alternative we rejected is a general tag=value tokenizer over the stream: it allocates per
 field on the hot path and still has to trust BodyLength to handle data fields that contain SOH.
+
+Speed: the checks above are a dozen small Python operations per message, the largest cost of
+the relay. An optional C scanner (``fixproxy/fix/_scan.c``, built when a compiler is present)
+makes the same checks in one call and answers only "a complete valid frame ends here" or "ask
+Python"; everything else, incomplete frames and every error with its wording, stays with the
+Python code below, which remains the reference. :data:`SCANNER` says which one runs;
+``FIXPROXY_PURE_FRAMER=1`` forces the Python one.
 """
 
 from __future__ import annotations
 
+import os
 import zlib
+from collections.abc import Callable
 from typing import Final, NamedTuple
 
 from fixproxy.errors import FramingError
+
+_ScanFunction = Callable[[bytes | bytearray, int, int, int], tuple[int, int, int] | None]
+
+
+def _c_scanner() -> _ScanFunction | None:
+    """The C frame scanner, unless it was not built or ``FIXPROXY_PURE_FRAMER`` is set."""
+    if os.environ.get("FIXPROXY_PURE_FRAMER", "") not in ("", "0"):
+        return None
+    try:
+        from fixproxy.fix._scan import scan  # noqa: PLC0415  optional, compiled at install
+    except ImportError:
+        return None
+    return scan
+
+
+_scan: Final = _c_scanner()
+SCANNER: Final = "python" if _scan is None else "c"
+"""Which frame scanner this process uses: ``c`` (the accelerator) or ``python``."""
 
 MAX_FRAME_SIZE: Final = 1 << 20
 """Largest frame accepted, in bytes. Kalshi's largest messages (market-data snapshots,
@@ -80,9 +107,15 @@ class FixFramer:
     messages with :meth:`next_message` until it returns ``None``.
     """
 
-    __slots__ = ("_buf", "_eof", "_error", "_max_digits", "_pos", "max_frame_size")
+    __slots__ = ("_buf", "_eof", "_error", "_max_digits", "_pos", "_scan", "max_frame_size")
 
-    def __init__(self, max_frame_size: int = MAX_FRAME_SIZE) -> None:
+    def __init__(self, max_frame_size: int = MAX_FRAME_SIZE, *,
+                 accelerated: bool = True) -> None:
+        """Args:
+            max_frame_size: the largest frame accepted, in bytes.
+            accelerated: use the C scanner when it is built; False runs the Python
+                reference alone (the differential tests compare the two).
+        """
         if max_frame_size < _PREFIX_LEN + 2 + _MIN_BODY + _TRAILER_LEN:
             raise ValueError("max_frame_size is too small for any FIX message")
         self.max_frame_size = max_frame_size
@@ -91,6 +124,7 @@ class FixFramer:
         self._pos = 0
         self._eof = False
         self._error: FramingError | None = None
+        self._scan = _scan if accelerated else None
 
     @property
     def buffered(self) -> int:
@@ -150,6 +184,15 @@ class FixFramer:
         avail = have - pos
         if avail == 0:
             return None
+        scan = self._scan
+        if scan is not None:
+            found = scan(buf, pos, self.max_frame_size, self._max_digits)
+            if found is not None:
+                end, type_start, type_end = found
+                self._pos = end
+                if isinstance(buf, bytes):
+                    return buf[pos:end], buf[type_start:type_end]
+                return bytes(buf[pos:end]), bytes(buf[type_start:type_end])
         # startswith/find with offsets look at the buffer in place: no slice is made for the
         # checks of a good frame except the two numbers that are parsed.
         if not buf.startswith(_PREFIX, pos):

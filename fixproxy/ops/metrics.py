@@ -32,6 +32,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from fixproxy import __version__
+from fixproxy.fix.framer import SCANNER
 from fixproxy.kalshi import KNOWN_MSG_TYPES
 from fixproxy.ops.status import SKEW_SOURCES, STATES, Clocks, StatusBoard
 from fixproxy.session.machine import RELAY_DIRECTIONS, Direction
@@ -233,9 +234,10 @@ class Metrics:
             "fixproxy_maintenance_active", "1 during Kalshi's configured maintenance window.",
             registry=r)
         self.build_info = Gauge(
-            "fixproxy_build_info", "Always 1; the version label says which build runs.",
-            ["version"], registry=r)
-        self.build_info.labels(version=__version__).set(1)
+            "fixproxy_build_info", "Always 1; the labels say which build runs: its version, "
+            "and its frame scanner (c: the accelerator, python: the reference).",
+            ["version", "framer"], registry=r)
+        self.build_info.labels(version=__version__, framer=SCANNER).set(1)
         self.config_reload = Counter(
             "fixproxy_config_reload", "Configuration reloads, by result (ok, rejected).",
             ["result"], registry=r)

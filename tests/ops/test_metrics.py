@@ -16,6 +16,7 @@ from support.e2e import (  # e2e_material_fixture: a pytest fixture, found by it
 
 from fixproxy import __version__
 from fixproxy.fix import tags
+from fixproxy.fix.framer import SCANNER
 from fixproxy.ops.metrics import RELAY_LATENCY_BUCKETS, LatencyHistogram, Metrics
 from fixproxy.ops.status import STATES, StatusBoard
 from fixproxy.session.machine import Direction
@@ -44,7 +45,7 @@ def test_declared_session_exists_at_zero_before_any_event() -> None:
         assert value(samples, "fixproxy_bytes_total", session=SESSION, direction=direction) == 0
         assert value(samples, "fixproxy_relay_latency_seconds_count", session=SESSION,
                      direction=direction) == 0
-    assert value(samples, "fixproxy_build_info", version=__version__) == 1
+    assert value(samples, "fixproxy_build_info", version=__version__, framer=SCANNER) == 1
 
 
 def test_event_counters_and_histograms() -> None:
