@@ -77,6 +77,16 @@ _GONE: Final = select.POLLERR | select.POLLHUP | select.POLLNVAL
 _NOTED_TYPES: Final = frozenset({tags.MT_LOGOUT, tags.MT_REJECT, tags.MT_BUSINESS_REJECT,
                                  tags.MT_HEARTBEAT})
 """MsgTypes the relay looks into; every other message passes without a second look."""
+
+
+class _EveryType:
+    """Contains every MsgType: before the Logon's answer, each message is looked into."""
+
+    def __contains__(self, msg_type: object) -> bool:
+        return True
+
+
+_EVERY_TYPE: Final = _EveryType()
 _WOULD_BLOCK: Final = (BlockingIOError, ssl.SSLWantWriteError, InterruptedError)
 
 
@@ -377,11 +387,15 @@ class SessionRelay:
                 else self.translator.to_engine
         counters = self.to_gateway if from_engine else self.to_engine
         messages = counters.messages
+        next_raw = framer.next_raw
+        # Every message is looked into while the Logon's answer is awaited; after that, only
+        # the few noted types (one set lookup per message).
+        noted = _EVERY_TYPE if self.machine.state is State.LOGON_SENT else _NOTED_TYPES
         parts: list[bytes] = []
         last = b""
         while True:
             try:
-                found = framer.next_raw()
+                found = next_raw()
             except FramingError as exc:
                 self._forward(src, dst, parts, last, now, read_at, counters, whole=False)
                 self._invalid(src, exc)
@@ -393,13 +407,14 @@ class SessionRelay:
                 messages[msg_type] += 1
             except KeyError:
                 counters.count(msg_type)
-            if msg_type in _NOTED_TYPES or self.machine.state is State.LOGON_SENT:
+            if msg_type in noted:
                 self._forward(src, dst, parts, last, now, read_at, counters, whole=False)
                 parts, last, whole_chunk = [], b"", False
                 if not self._noted(src, dst, raw, msg_type, now, counters):
                     return
                 if not src.readable or self.closing_since is not None:
                     return  # fixproxy logged out for this side, or the session is closing
+                noted = _EVERY_TYPE if self.machine.state is State.LOGON_SENT else _NOTED_TYPES
                 continue
             last = raw
             if translate is not None:
