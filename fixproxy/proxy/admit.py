@@ -59,7 +59,8 @@ from fixproxy.net.tls import HandshakeInfo
 from fixproxy.ops.journal import open_journal
 from fixproxy.ops.seqstore import SessionSequences
 from fixproxy.ops.status import SessionStatus
-from fixproxy.proxy.relay import CLOSE_TIMEOUT, RelayResult, SessionRelay
+from fixproxy.proxy.handover import RelayResult
+from fixproxy.proxy.relay import CLOSE_TIMEOUT, SessionRelay
 from fixproxy.proxy.runtime import SessionRuntime, declare_status
 from fixproxy.session.explain import clock_skew_warning, describe_bad_start
 from fixproxy.session.machine import Direction, Event, SessionMachine

@@ -19,12 +19,11 @@ does not take waits in that direction's pending output, and while that holds mor
 through TCP instead of growing a buffer. The gateway's ``SSLSocket`` may hold a decrypted record
 that ``poll`` cannot see; ``pending()`` is asked after every read.
 
-The planes meet at a named rule each. trio -> thread: :meth:`SessionRelay.shutdown` and
-:meth:`SessionRelay.abort` put a command on a deque and write one byte to the wake-up pipe.
-thread -> trio: rare events (the Logon's answer, an error for /status, clock skew) go through
-the :class:`ControlPlane` the caller passes in, which hands them to trio's thread
-(``TrioToken.run_sync_soon``) without waiting; the end of the session is :meth:`run`'s return
-value. Traffic counters are plain integers written only by this thread and read at scrape
+The planes meet at a named rule each (the types are in :mod:`fixproxy.proxy.handover`).
+trio -> thread: :meth:`SessionRelay.shutdown` and :meth:`SessionRelay.abort` put a command on a
+deque and write one byte to the wake-up pipe. thread -> trio: rare events (the Logon's answer,
+an error for /status, clock skew) go through the ``ControlPlane`` the caller passes in, which
+carries them out in trio's thread; the end of the session is :meth:`run`'s return value. Traffic counters are plain integers written only by this thread and read at scrape
 time. The ``SSLSocket`` is used by this thread alone from the hand-over until :meth:`run`
 returns; closing the sockets is the caller's, afterwards. This module never calls trio: tests
 drive the same handlers from a trio loop (:meth:`wanted` and :meth:`handle`) with the autojump
@@ -39,7 +38,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import enum
 import logging
 import math
 import os
@@ -49,7 +47,7 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import Final
 
 from fixproxy.errors import FixError, FramingError, SessionError
 from fixproxy.fix import tags
@@ -59,6 +57,7 @@ from fixproxy.fix.logon import strip_forced_reset
 from fixproxy.fix.logout import logout
 from fixproxy.ops.journal import SessionJournal
 from fixproxy.ops.metrics import TrafficCounters
+from fixproxy.proxy.handover import Command, ControlPlane, RelayResult
 from fixproxy.session.explain import END_CAUSES, classify_gateway_answer, event_text
 from fixproxy.session.machine import Action, Direction, Event, SessionMachine, State
 from fixproxy.session.sequence import SequenceTranslator, read_seq_num
@@ -88,44 +87,6 @@ class _EveryType:
 
 _EVERY_TYPE: Final = _EveryType()
 _WOULD_BLOCK: Final = (BlockingIOError, ssl.SSLWantWriteError, InterruptedError)
-
-
-class ControlPlane(Protocol):
-    """What the relay tells the control plane, at rare events only. Implementations must not
-    block: they hand the work to trio's thread."""
-
-    def logon_answered(self, accepted: bool, text: str, seconds: float) -> None:
-        """The gateway answered the signed Logon; ``seconds`` since the engine's Logon."""
-
-    def logon_failed(self, result: str | None) -> None:
-        """The Logon got no usable answer (counted under ``result`` if not None)."""
-
-    def error(self, text: str) -> None:
-        """Something went wrong that /status should show."""
-
-    def skew(self, source: str, seconds: float) -> None:
-        """A peer's SendingTime (52) is ``seconds`` ahead of local time."""
-
-
-class Command(enum.Enum):
-    SHUTDOWN = "shutdown"
-    """Log the session out because fixproxy is stopping."""
-    ABORT = "abort"
-    """Stop now: the control plane gave up waiting (a second signal, a cancelled drain)."""
-    CHECK = "check"
-    """Look at the clock again (it is not the wall clock: tests move it)."""
-
-
-@dataclass(frozen=True, slots=True)
-class RelayResult:
-    """How the session ended, for the control plane's bookkeeping once the thread is done."""
-
-    logged_on: bool
-    """The gateway accepted the Logon (the session was up)."""
-    end_cause: tuple[str, str] | None
-    """(initiator, reason) of the first event that ended it, for fixproxy_logouts_total."""
-    crashed: BaseException | None = None
-    """An internal fault of fixproxy that ended the session (logged by the relay)."""
 
 
 @dataclass(slots=True)

@@ -22,8 +22,9 @@ from fixproxy.net.tls import HandshakeInfo
 from fixproxy.ops.metrics import Metrics
 from fixproxy.ops.seqstore import SequenceStore
 from fixproxy.ops.status import SessionStatus
+from fixproxy.proxy.handover import RelayResult
 from fixproxy.proxy.manager import SessionManager
-from fixproxy.proxy.relay import RelayResult, SessionRelay
+from fixproxy.proxy.relay import SessionRelay
 from fixproxy.signing import LogonSigner, load_private_key
 
 RelayRunner = Callable[[SessionRelay], Awaitable[RelayResult]]

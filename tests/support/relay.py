@@ -19,7 +19,8 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from fixproxy.net.streams import RawSocketStream
-from fixproxy.proxy.relay import RelayResult, SessionRelay
+from fixproxy.proxy.handover import RelayResult
+from fixproxy.proxy.relay import SessionRelay
 
 _CREATED: list[socket.socket] = []
 """Sockets made by :func:`socket_stream_pair`; the tests' ends are often left to the close
