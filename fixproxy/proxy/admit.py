@@ -484,9 +484,11 @@ async def _run_session(engine: trio.abc.Stream, engine_framer: FixFramer,
     returns promptly.
     """
     cfg = runtime.config
-    clock = trio.lowlevel.current_clock()
+    # trio's clock, read from the relay's thread through the clock object (its current_time is
+    # a plain read of the monotonic counter), so the machine's times and /status agree.
+    clock = trio.lowlevel.current_clock().current_time
     machine = SessionMachine(
-        now=clock.current_time(), heart_bt_int=rewritten.heart_bt_int,
+        now=clock(), heart_bt_int=rewritten.heart_bt_int,
         grace=cfg.liveness_grace, logout_wait=cfg.logout_wait, logon_wait=cfg.logon_timeout,
         logout_on_engine_disconnect=cfg.logout_on_engine_disconnect)
     machine.engine_activity(machine.now, rewritten.msg_seq_num)
@@ -503,7 +505,7 @@ async def _run_session(engine: trio.abc.Stream, engine_framer: FixFramer,
         control=control, log=log, conn_id=conn_id,
         gateway_ids=(runtime.policy.api_key.encode(), runtime.policy.target_comp_id.encode()),
         engine_ids=_counterparty_ids(None, runtime), logon_received=logon_received,
-        clock=clock.current_time)
+        clock=clock)
     runtime.manager.register(conn_id, relay.shutdown)
     result: RelayResult | None = None
     try:

@@ -23,11 +23,16 @@ The planes meet at a named rule each (the types are in :mod:`fixproxy.proxy.hand
 trio -> thread: :meth:`SessionRelay.shutdown` and :meth:`SessionRelay.abort` put a command on a
 deque and write one byte to the wake-up pipe. thread -> trio: rare events (the Logon's answer,
 an error for /status, clock skew) go through the ``ControlPlane`` the caller passes in, which
-carries them out in trio's thread; the end of the session is :meth:`run`'s return value. Traffic counters are plain integers written only by this thread and read at scrape
-time. The ``SSLSocket`` is used by this thread alone from the hand-over until :meth:`run`
-returns; closing the sockets is the caller's, afterwards. This module never calls trio: tests
-drive the same handlers from a trio loop (:meth:`wanted` and :meth:`handle`) with the autojump
-clock, through real sockets.
+carries them out in trio's thread; the end of the session is :meth:`run`'s return value.
+Traffic counters are plain integers written only by this thread and read at scrape time. The
+``SSLSocket`` is used by this thread alone from the hand-over until :meth:`run` returns;
+closing the sockets is the caller's, afterwards. This module never calls trio: tests drive the
+same handlers from a trio loop (:meth:`wanted` and :meth:`handle`) with the autojump clock,
+through real sockets.
+
+Per wake-up the loop does little besides the I/O: the poll masks change registrations only
+when they change, and the machine's next deadline is cached between events (traffic only moves
+it later, so a stale one wakes the relay early, once).
 
 The alternatives rejected: keeping the relay on trio (its per-wake-up pass is the cost this
 module removes), and a reader and a writer thread per direction (four threads and locks per
@@ -166,6 +171,10 @@ class SessionRelay:
         self.end_cause: tuple[str, str] | None = None
         self.logout_cause = ""
         self.closing_since: float | None = None
+        self._deadline: float | None = None
+        """The next deadline, cached between events; None: to be computed."""
+        self.awaiting_answer = True
+        """The gateway's first message is the answer to the signed Logon."""
         self.done = False
         self._commands: collections.deque[Command] = collections.deque()
         self._wake_read, self._wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -204,25 +213,34 @@ class SessionRelay:
     def run(self) -> RelayResult:
         """Relay until the session ends; the body of the session's thread. Never raises."""
         poller = select.poll()
-        registered: dict[int, int] = {}
+        wake, engine_fd, gateway_fd = self._wake_read, self.engine.fileno(), self.gateway.fileno()
+        poller.register(wake, _IN)
+        engine_mask = gateway_mask = 0
         try:
             self._start()
             while not self.done:
-                for fd, mask in self.wanted():
-                    if registered.get(fd, 0) != mask:
-                        # A descriptor waited on for nothing is taken out: poll reports
-                        # POLLHUP whether asked or not, and would spin the loop.
-                        if mask:
-                            poller.register(fd, mask)
-                        else:
-                            poller.unregister(fd)
-                        registered[fd] = mask
+                # A descriptor waited on for nothing is taken out: poll reports POLLHUP
+                # whether asked or not, and would spin the loop.
+                wanted_engine, wanted_gateway = self._masks()
+                if wanted_engine != engine_mask:
+                    engine_mask = self._register(poller, engine_fd, engine_mask, wanted_engine)
+                if wanted_gateway != gateway_mask:
+                    gateway_mask = self._register(poller, gateway_fd, gateway_mask,
+                                                  wanted_gateway)
                 timeout = self.timeout()
                 self.handle(poller.poll(None if timeout is None
                                         else math.ceil(timeout * 1000)))
         except Exception as exc:
             return self._crashed(exc)
         return self.result()
+
+    @staticmethod
+    def _register(poller: select.poll, fd: int, old: int, new: int) -> int:
+        if new:
+            poller.register(fd, new)
+        elif old:
+            poller.unregister(fd)
+        return new
 
     def _start(self) -> None:
         """Write the signed Logon, then relay what the engine sent meanwhile."""
@@ -242,21 +260,25 @@ class SessionRelay:
         """:meth:`run`'s first step, for loops that drive :meth:`handle` themselves."""
         self._start()
 
-    def wanted(self) -> list[tuple[int, int]]:
-        """(fd, poll mask) for each descriptor the relay waits on now."""
+    def _masks(self) -> tuple[int, int]:
+        """The poll masks of the engine and the gateway socket now."""
         engine, gateway = self.engine, self.gateway
-        closing = self.closing_since is not None
         engine_mask = _OUT if engine.pending and engine.writable else 0
         gateway_mask = _OUT if (gateway.pending and gateway.writable) \
             or gateway.wants_write_for_read else 0
-        if not closing:
+        if self.closing_since is None:
             if engine.readable and len(gateway.pending) < MAX_PENDING_BYTES:
                 engine_mask |= _IN
             if (gateway.readable and len(engine.pending) < MAX_PENDING_BYTES) \
                     or gateway.wants_read_for_write:
                 gateway_mask |= _IN
-        return [(self._wake_read, _IN), (engine.fileno(), engine_mask),
-                (gateway.fileno(), gateway_mask)]
+        return engine_mask, gateway_mask
+
+    def wanted(self) -> list[tuple[int, int]]:
+        """(fd, poll mask) for each descriptor the relay waits on now."""
+        engine_mask, gateway_mask = self._masks()
+        return [(self._wake_read, _IN), (self.engine.fileno(), engine_mask),
+                (self.gateway.fileno(), gateway_mask)]
 
     def timeout(self) -> float | None:
         """Seconds until something is due without any I/O; None: nothing is."""
@@ -268,43 +290,58 @@ class SessionRelay:
         return None if deadline is None else max(0.0, deadline - self.clock())
 
     def deadline(self) -> float | None:
-        """When the relay must look again even if nothing arrives (the machine's clock)."""
-        if self.closing_since is not None:
-            return self.closing_since + CLOSE_TIMEOUT
-        return self.machine.next_deadline()
+        """When the relay must look again even if nothing arrives (the machine's clock).
+
+        Cached until the next event: traffic only moves the machine's deadlines later, so a
+        stale one wakes the relay early, once, and it looks again.
+        """
+        deadline = self._deadline
+        if deadline is None:
+            if self.closing_since is not None:
+                deadline = self.closing_since + CLOSE_TIMEOUT
+            else:
+                deadline = self.machine.next_deadline()
+                if deadline is None:
+                    deadline = math.inf
+            self._deadline = deadline
+        return None if deadline == math.inf else deadline
 
     def handle(self, events: list[tuple[int, int]]) -> None:
         """Act on ready descriptors (as ``poll`` reports them), then on due timers."""
         engine, gateway = self.engine, self.gateway
-        engine_fd, gateway_fd = engine.fileno(), gateway.fileno()
+        now = self.clock()
         for fd, mask in events:
             if fd == self._wake_read:
                 self._take_commands()
-            elif fd == engine_fd:
+            elif fd == engine.sock.fileno():
                 if mask & _OUT or (mask & _GONE and engine.pending):
                     self._flush(engine)
                 if mask & (_IN | _GONE) and engine.readable and self.closing_since is None:
-                    self._read(engine, gateway)
-            elif fd == gateway_fd:
+                    self._read(engine, gateway, now)
+            else:
                 if mask & _OUT or (mask & _GONE and gateway.pending):
                     self._flush(gateway)
                     if gateway.wants_write_for_read and gateway.readable:
-                        self._read(gateway, engine)
+                        self._read(gateway, engine, now)
                 if mask & (_IN | _GONE) and self.closing_since is None:
                     if gateway.wants_read_for_write:
                         gateway.wants_read_for_write = False
                         self._flush(gateway)
                     if gateway.readable:
-                        self._read(gateway, engine)
+                        self._read(gateway, engine, now)
         if gateway.tls is not None and gateway.readable and self.closing_since is None \
                 and gateway.tls.pending() and len(engine.pending) < MAX_PENDING_BYTES:
-            self._read(gateway, engine)
-        now = self.clock()
-        if self.closing_since is None:
-            due = self.machine.check_timers(now)
-            if due is not None:
-                self._event(due)
-        self._check_closed(now)
+            self._read(gateway, engine, now)
+        deadline = self._deadline
+        if deadline is None or now >= deadline:
+            self._deadline = None
+            if self.closing_since is None:
+                due = self.machine.check_timers(now)
+                if due is not None:
+                    self._event(due)
+            self._check_closed(now)
+        elif self.closing_since is not None:
+            self._check_closed(now)
 
     def result(self) -> RelayResult:
         """How the session ended; closes the journal (the relay's last act)."""
@@ -314,7 +351,7 @@ class SessionRelay:
 
     # --- reading and relaying ----------------------------------------------------------------
 
-    def _read(self, src: Leg, dst: Leg) -> None:
+    def _read(self, src: Leg, dst: Leg, now: float) -> None:
         try:
             data = src.sock.recv(RECEIVE_SIZE)
         except (BlockingIOError, ssl.SSLWantReadError, InterruptedError):
@@ -327,7 +364,7 @@ class SessionRelay:
         except OSError:
             data = b""  # reset: for FIX, an end without Logout like any other
         src.wants_write_for_read = False
-        self._relay_chunk(src, dst, data, self.clock(), time.perf_counter())
+        self._relay_chunk(src, dst, data, now, time.perf_counter())
 
     def _relay_chunk(self, src: Leg, dst: Leg, data: bytes | None, now: float,
                      read_at: float) -> None:
@@ -351,7 +388,7 @@ class SessionRelay:
         next_raw = framer.next_raw
         # Every message is looked into while the Logon's answer is awaited; after that, only
         # the few noted types (one set lookup per message).
-        noted = _EVERY_TYPE if self.machine.state is State.LOGON_SENT else _NOTED_TYPES
+        noted = _EVERY_TYPE if self.awaiting_answer and not from_engine else _NOTED_TYPES
         parts: list[bytes] = []
         last = b""
         while True:
@@ -375,7 +412,7 @@ class SessionRelay:
                     return
                 if not src.readable or self.closing_since is not None:
                     return  # fixproxy logged out for this side, or the session is closing
-                noted = _EVERY_TYPE if self.machine.state is State.LOGON_SENT else _NOTED_TYPES
+                noted = _EVERY_TYPE if self.awaiting_answer and not from_engine else _NOTED_TYPES
                 continue
             last = raw
             if translate is not None:
@@ -393,7 +430,7 @@ class SessionRelay:
             src.readable = False
             if from_engine:
                 self._event(Event.ENGINE_CLOSED, "the engine closed the connection")
-            elif self.machine.state is State.LOGON_SENT:
+            elif self.awaiting_answer:
                 self.control.logon_failed("no_answer")
                 self._event(Event.GATEWAY_CLOSED, "the Kalshi gateway closed the connection "
                             "without answering the Logon; check that the API key is enabled "
@@ -424,7 +461,7 @@ class SessionRelay:
                counters: TrafficCounters) -> bool:
         """Handle a message the relay looks into; False: stop relaying this chunk."""
         from_engine = src is self.engine
-        if not from_engine and self.machine.state is State.LOGON_SENT:
+        if not from_engine and self.awaiting_answer:
             return self._logon_answer(raw, msg_type, now, counters)
         if msg_type == tags.MT_LOGOUT:
             return self._logout(src, dst, raw, now, counters)
@@ -465,6 +502,7 @@ class SessionRelay:
     def _logon_answer(self, raw: bytes, msg_type: bytes, now: float,
                       counters: TrafficCounters) -> bool:
         """Pass the gateway's first message to the engine; True if it was a Logon."""
+        self.awaiting_answer = False
         self.machine.gateway_activity(now, read_seq_num(raw))
         self._note_skew("gateway", raw)
         accepted = msg_type == tags.MT_LOGON
@@ -506,7 +544,7 @@ class SessionRelay:
         from_engine = src is self.engine
         exc.side = "engine" if from_engine else "gateway"
         src.readable = False
-        if not from_engine and self.machine.state is State.LOGON_SENT:
+        if not from_engine and self.awaiting_answer:
             self.control.logon_failed(None)
         self._event(Event.ENGINE_ERROR if from_engine else Event.GATEWAY_ERROR,
                     f"{'the engine' if from_engine else 'the Kalshi gateway'} sent invalid "
@@ -584,6 +622,7 @@ class SessionRelay:
                 self.control.error(f"connection #{self.conn_id} ended: "
                                    f"{event_text(event, reason)}")
         actions = machine.handle(event, self.clock(), reason)
+        self._deadline = None
         if machine.state is not before:
             self.log.info("%s -> %s on %s%s", before, machine.state, event,
                           f" ({reason})" if reason else "")
@@ -599,6 +638,7 @@ class SessionRelay:
                 self.engine.readable = False
             elif action is Action.CLOSE and self.closing_since is None:
                 self.closing_since = self.clock()
+                self._deadline = None
         return Action.SWALLOW in actions
 
     def _own_logout(self, dst: Leg, text: str) -> None:

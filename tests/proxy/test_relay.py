@@ -244,3 +244,22 @@ def test_a_gateway_that_stops_reading_stops_the_engine_being_read(harness: Harne
     # What fixproxy holds for the gateway stays within its bound plus one read.
     assert len(harness.relay.gateway.pending) <= MAX_PENDING_BYTES + 65536 + len(order)
     assert sent > MAX_PENDING_BYTES
+
+
+def test_the_first_gateway_message_answers_the_logon_even_after_an_engine_logout(
+        harness: Harness) -> None:
+    logon = harness.gateway.receive()
+    assert logon is not None and logon.msg_type == tags.MT_LOGON
+    harness.engine.seq = 1
+    harness.engine.send(tags.MT_LOGOUT)  # gives up before the answer
+    upstream = harness.gateway.receive()
+    assert upstream is not None and upstream.msg_type == tags.MT_LOGOUT
+    harness.gateway.send(tags.MT_LOGON, (98, 0), (108, HEART_BT_INT))
+    harness.gateway.send(tags.MT_LOGOUT)
+    for expected in (tags.MT_LOGON, tags.MT_LOGOUT):
+        message = harness.engine.receive()
+        assert message is not None and message.msg_type == expected
+    result = harness.finish()
+    assert ("logon_answered", True) in harness.control.calls
+    assert result.logged_on
+    assert result.end_cause == ("engine", "other")
