@@ -52,7 +52,7 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Protocol
 
 from fixproxy.errors import FixError, FramingError, SessionError
 from fixproxy.fix import tags
@@ -94,6 +94,14 @@ _EVERY_TYPE: Final = _EveryType()
 _WOULD_BLOCK: Final = (BlockingIOError, ssl.SSLWantWriteError, InterruptedError)
 
 
+class _OpenSSLSession(Protocol):
+    """The C object beneath every ``ssl.SSLSocket`` (``_sslobj``), as the relay uses it."""
+
+    def read(self, size: int, /) -> bytes: ...
+    def write(self, data: bytes, /) -> int: ...
+    def pending(self) -> int: ...
+
+
 @dataclass(slots=True)
 class Leg:
     """One side of the session: its socket, its framer and its output waiting to be written."""
@@ -102,7 +110,13 @@ class Leg:
     framer: FixFramer
     name: str
     """``engine`` or ``gateway``, for texts."""
-    tls: ssl.SSLSocket | None = None
+    receive: Callable[[int], bytes]
+    """The socket's non-blocking read (for TLS, OpenSSL's own, under ssl.SSLSocket's
+    Python-level checks: the relay calls it with the socket known open)."""
+    send: Callable[[bytes], int]
+    """The socket's non-blocking write, likewise."""
+    tls_pending: Callable[[], int] | None = None
+    """TLS: bytes of a record OpenSSL decrypted and holds, which poll cannot see."""
     pending: bytes = b""
     """Bytes accepted for this peer and not yet written, oldest first."""
     pending_read_at: float = 0.0
@@ -118,6 +132,20 @@ class Leg:
 
     def fileno(self) -> int:
         return self.sock.fileno()
+
+    @classmethod
+    def over(cls, sock: socket.socket, framer: FixFramer, name: str) -> Leg:
+        """A leg over ``sock``: a plain socket, or an ``ssl.SSLSocket`` after its handshake."""
+        if isinstance(sock, ssl.SSLSocket):
+            # SSLSocket.recv and .send are Python wrappers around these: the same calls and
+            # exceptions (a bare close surfaces as SSLEOFError, which the relay takes as an
+            # end of stream), without two Python frames per message.
+            tls: _OpenSSLSession | None = getattr(sock, "_sslobj", None)
+            if tls is None:
+                raise ValueError("the gateway socket has no TLS session")
+            return cls(sock, framer, name, receive=tls.read, send=tls.write,
+                       tls_pending=tls.pending)
+        return cls(sock, framer, name, receive=sock.recv, send=sock.send)
 
 
 class SessionRelay:
@@ -149,9 +177,8 @@ class SessionRelay:
             logon_received: ``time.monotonic()`` when the engine's Logon arrived.
             clock: the machine's monotonic clock (trio's, so deadlines agree).
         """
-        self.engine = Leg(engine, engine_framer, "engine")
-        self.gateway = Leg(gateway, FixFramer(), "gateway",
-                           tls=gateway if isinstance(gateway, ssl.SSLSocket) else None)
+        self.engine = Leg.over(engine, engine_framer, "engine")
+        self.gateway = Leg.over(gateway, FixFramer(), "gateway")
         self.logon = logon
         self.machine = machine
         self.translator = translator
@@ -283,8 +310,8 @@ class SessionRelay:
     def timeout(self) -> float | None:
         """Seconds until something is due without any I/O; None: nothing is."""
         gateway = self.gateway
-        if gateway.tls is not None and gateway.readable and self.closing_since is None \
-                and gateway.tls.pending() and len(self.engine.pending) < MAX_PENDING_BYTES:
+        if gateway.tls_pending is not None and gateway.readable and self.closing_since is None \
+                and gateway.tls_pending() and len(self.engine.pending) < MAX_PENDING_BYTES:
             return 0.0  # a decrypted record waits inside OpenSSL, invisible to poll
         deadline = self.deadline()
         return None if deadline is None else max(0.0, deadline - self.clock())
@@ -329,8 +356,8 @@ class SessionRelay:
                         self._flush(gateway)
                     if gateway.readable:
                         self._read(gateway, engine, now)
-        if gateway.tls is not None and gateway.readable and self.closing_since is None \
-                and gateway.tls.pending() and len(engine.pending) < MAX_PENDING_BYTES:
+        if gateway.tls_pending is not None and gateway.readable and self.closing_since is None \
+                and gateway.tls_pending() and len(engine.pending) < MAX_PENDING_BYTES:
             self._read(gateway, engine, now)
         deadline = self._deadline
         if deadline is None or now >= deadline:
@@ -353,7 +380,7 @@ class SessionRelay:
 
     def _read(self, src: Leg, dst: Leg, now: float) -> None:
         try:
-            data = src.sock.recv(RECEIVE_SIZE)
+            data = src.receive(RECEIVE_SIZE)
         except (BlockingIOError, ssl.SSLWantReadError, InterruptedError):
             return
         except ssl.SSLWantWriteError:
@@ -580,7 +607,7 @@ class SessionRelay:
         if not data or not dst.writable:
             return
         try:
-            sent = dst.sock.send(data)
+            sent = dst.send(data)
         except _WOULD_BLOCK:
             return
         except ssl.SSLWantReadError:
