@@ -46,7 +46,6 @@ import contextlib
 import itertools
 import logging
 import math
-import re
 import socket
 import ssl
 import struct
@@ -56,7 +55,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Final, Literal, NamedTuple
+from typing import Final, Literal
 
 import trio
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
@@ -69,32 +68,38 @@ from fixproxy.fix.codec import (
     encode,
     header_value,
     iter_fields,
-    parse_utc_timestamp,
     render,
 )
 from fixproxy.fix.framer import FixFramer, Frame
 from fixproxy.kalshi import ENDPOINTS
 from fixproxy.signing import load_public_key, verify_signature
+from fixproxy.sim.venue import (
+    _ACTIVE,
+    _AWAIT_LOGON,
+    _CANCEL_ECHO,
+    _LOGON_UNIQUE,
+    _LOGOUT_SENT,
+    _ORDER_ECHO,
+    LOGON_TIMEOUT_S,
+    LOGOUT_TIMEOUT_S,
+    MAX_SENDING_TIME_SKEW_S,
+    RESET_REQUIRED_ENDPOINTS,
+    TEST_REQUEST_GRACE,
+    _Logon,
+    _name,
+    _sending_time,
+    _show,
+)
 
 LOG: Final = logging.getLogger("fixproxy.sim")
 
-RESET_REQUIRED_ENDPOINTS: Final = frozenset({"KalshiNR", "KalshiDC", "KalshiRFQ", "KalshiMD"})
-"""Endpoints whose every Logon must carry 141=Y (Kalshi's current error-handling page)."""
-MAX_SENDING_TIME_SKEW_S: Final = 30.0
-"""Kalshi rejects a SendingTime more than 30 s away from its clock."""
-LOGON_TIMEOUT_S: Final = 10.0
-"""A connection that sends no Logon this long after the handshake is dropped."""
 HANDSHAKE_TIMEOUT_S: Final = 10.0
-LOGOUT_TIMEOUT_S: Final = 5.0
-"""How long the simulator waits for the answer to a Logout it sent."""
 SEND_TIMEOUT_S: Final = 10.0
 """A peer that stops reading for this long is dropped, so a send never blocks forever."""
 LINGER_S: Final = 2.0
 """After a Logout, how long to wait for the peer to close before closing anyway. Closing a TCP
 socket with unread input sends a reset, which can destroy the Logout still in the peer's
 buffer; half-closing first and draining avoids that."""
-TEST_REQUEST_GRACE: Final = 0.2
-"""A TestRequest goes out after HeartBtInt * (1 + this) seconds without a message."""
 RECEIVE_SIZE: Final = 65536
 MAX_EVENTS: Final = 100_000
 """Events kept for inspection; older ones are discarded (counts are kept regardless)."""
@@ -102,26 +107,6 @@ MAX_EVENTS: Final = 100_000
 Direction = Literal["in", "out"]
 DropStyle = Literal["close", "close_notify", "reset", "truncate"]
 DROP_STYLES: Final[tuple[DropStyle, ...]] = ("close", "close_notify", "reset", "truncate")
-
-_AWAIT_LOGON: Final = 0
-_ACTIVE: Final = 1
-_LOGOUT_SENT: Final = 2
-
-_SENDING_TIME: Final = re.compile(rb"\d{8}-\d{2}:\d{2}:\d{2}\.\d{3}")
-_ORDER_ECHO: Final = (55, 54, 38, 40, 44)
-_CANCEL_ECHO: Final = (41, 55, 54, 38)
-_LOGON_UNIQUE: Final = (
-    tags.SENDER_COMP_ID, tags.TARGET_COMP_ID, tags.MSG_SEQ_NUM, tags.SENDING_TIME,
-    tags.ENCRYPT_METHOD, tags.HEART_BT_INT, tags.RESET_SEQ_NUM_FLAG, tags.DEFAULT_APPL_VER_ID,
-    tags.RAW_DATA_LENGTH, tags.RAW_DATA,
-)
-_FIELD_NAMES: Final = {
-    tags.SENDER_COMP_ID: "SenderCompID", tags.TARGET_COMP_ID: "TargetCompID",
-    tags.MSG_SEQ_NUM: "MsgSeqNum", tags.SENDING_TIME: "SendingTime",
-    tags.ENCRYPT_METHOD: "EncryptMethod", tags.HEART_BT_INT: "HeartBtInt",
-    tags.RESET_SEQ_NUM_FLAG: "ResetSeqNumFlag", tags.DEFAULT_APPL_VER_ID: "DefaultApplVerID",
-    tags.RAW_DATA_LENGTH: "RawDataLength", tags.RAW_DATA: "RawData",
-}
 
 
 def _check_count(name: str, value: int | None) -> None:
@@ -217,12 +202,6 @@ class SimEvent:
     msg_type: bytes
 
 
-class _Logon(NamedTuple):
-    key: str
-    seq: int
-    heart_bt_int: bytes
-    reset: bool
-    next_out: int
 
 
 class _Conn:
@@ -263,17 +242,6 @@ class _Conn:
         """Set when the drop fault fired: how the connection is to end."""
 
 
-def _show(value: bytes | None) -> str:
-    return "missing" if value is None else repr(value.decode("ascii", "replace"))
-
-
-def _name(tag: int) -> str:
-    return f"{_FIELD_NAMES.get(tag, 'tag')} ({tag})"
-
-
-def _sending_time(value: bytes) -> float | None:
-    # Stricter than FIX allows: Kalshi wants milliseconds, so the simulator does too.
-    return parse_utc_timestamp(value) if _SENDING_TIME.fullmatch(value) else None
 
 
 async def _close_gracefully(stream: trio.abc.Stream) -> None:
