@@ -14,7 +14,8 @@ a lower layer, never upward and never sideways into another folder of the same l
 and, on top of the order:
 
 * the pure folders (errors, kalshi, fix/, signing, session/) never import trio, socket or ssl
-  and never await; config/ and ops/ never import trio;
+  and never await, and neither do the simulator's venue rules (sim/venue); config/ and ops/
+  never import trio;
 * net/ knows no FIX: it never imports fix/, session/ or proxy/;
 * sim/ never imports session/ or proxy/: the simulated Kalshi must not share our mistakes;
 * only cli/ imports click or calls ``trio.run``.
@@ -57,8 +58,9 @@ LAYERS: Final[dict[str, int]] = {
 """The layer of each top-level module or folder; a folder's entry covers everything in it."""
 
 PURE: Final = ("fixproxy.errors", "fixproxy.kalshi", "fixproxy.fix", "fixproxy.signing",
-               "fixproxy.session")
-"""The protocol layer: synchronous, no trio, no sockets, no TLS."""
+               "fixproxy.session", "fixproxy.sim.venue")
+"""The protocol layer: synchronous, no trio, no sockets, no TLS. The simulator's venue rules
+are held to it too, so what the simulated Kalshi decides is tested without sockets."""
 
 NO_TRIO: Final = (*PURE, "fixproxy.config", "fixproxy.ops")
 """Folders that must not import trio (only the I/O layers, sim and cli do)."""
@@ -251,7 +253,8 @@ def _of(prefixes: tuple[str, ...]) -> list[Module]:
 def test_the_walk_sees_the_package() -> None:
     for name in ("fixproxy", "fixproxy.errors", "fixproxy.fix.framer", "fixproxy.fix.logon",
                  "fixproxy.kalshi", "fixproxy.signing", "fixproxy.session.machine",
-                 "fixproxy.config.loader", "fixproxy.proxy.relay", "fixproxy.cli.main"):
+                 "fixproxy.config.loader", "fixproxy.proxy.relay", "fixproxy.cli.main",
+                 "fixproxy.sim.venue"):
         assert name in KNOWN
     assert len(_of(PURE)) >= 12
 

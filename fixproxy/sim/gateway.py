@@ -2,42 +2,21 @@
 
 Theory of operation
 -------------------
-The simulator is what fixproxy is run against when the real gateway is out of reach, so it
-must refuse whatever Kalshi refuses: a proxy that only ever met a lenient peer would reach
-production with its mistakes intact. Every Logon rule Kalshi documents is checked, each failure
-answered with a Logout (35=5) whose Text (58) names the problem, and then the connection closes
-(Kalshi, "Logon" and "Error handling"):
-
-* ``1137=9``, ``98=0``, HeartBtInt (108) an integer above 3;
-* SenderCompID (49) a registered API key, TargetCompID (56) the endpoint of the port;
-* ResetSeqNumFlag ``141=Y`` on every session without retransmission (KalshiNR, KalshiDC,
-  KalshiRFQ, KalshiMD in the current documents) and then MsgSeqNum (34) must be 1. KalshiRT and
-  KalshiPT may omit it; their sequence numbers are then kept per (API key, endpoint) across
-  connections, in memory;
-* SendingTime (52) ``YYYYMMDD-HH:MM:SS.sss`` within 30 s of the simulator's clock;
-* RawDataLength (95) right before RawData (96) and equal to its length, and 96 an RSA-PSS
-  signature of ``52|A|34|49|56`` under the key registered for 49;
-* one live connection per API key: a second Logon gets ``58=already exists`` and the first
-  session carries on.
-
-After the Logon every inbound MsgSeqNum must be exactly the next one. The simulator keeps no
-message store, so a gap is fatal on every endpoint (a real KalshiRT or KalshiPT would ask for a
-resend instead), and ResendRequest and SequenceReset are rejected.
+The rules of the venue (the Logon checks, sequence numbers, the answers) live in
+:mod:`fixproxy.sim.venue`, without I/O; this module serves them. It listens on one port per
+endpoint, completes the TLS handshake and hands each connection to a
+:class:`~fixproxy.sim.venue.VenueSession`.
 
 Each connection is one trio task running a single loop: receive with a deadline, feed the
-strict :class:`~fixproxy.fix.framer.FixFramer`, let the synchronous handlers append answers to an
-outbox, send the outbox in one write. The deadline is the earliest of the heartbeat, TestRequest
-and dead-peer timers, so no second task and no send lock are needed. Only messages whose fields
-matter are parsed (the Logon, TestRequest, orders); heartbeats and the sequence check read the
-raw bytes, because the benchmark drives this loop hard.
+strict :class:`~fixproxy.fix.framer.FixFramer`, pass each message to the session, send the
+answers it returns in one write. The deadline is the session's (the earliest of the heartbeat,
+TestRequest and dead-peer timers), so no second task and no send lock are needed.
 
 Faults (:class:`SimFaults`) let tests provoke what the real gateway does on a bad day: drop the
-TCP connection, go silent, log out, refuse every Logon. A drop can take each form a connection
-really ends in (``drop_style``): a bare TCP close, a TLS close_notify first, a TCP reset, or an
-answer cut off in the middle, because a proxy must tell its engine the same story for each.
-
-The alternative rejected was to reuse the proxy's own session code: a simulator sharing the
-proxy's understanding of FIX would agree with its bugs instead of catching them.
+TCP connection, go silent, log out, refuse every Logon. The venue decides when a fault fires; a
+drop can take each form a connection really ends in (``drop_style``): a bare TCP close, a TLS
+close_notify first, a TCP reset, or an answer cut off in the middle, because a proxy must tell
+its engine the same story for each.
 """
 
 from __future__ import annotations
@@ -45,56 +24,41 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-import math
-import re
 import socket
 import ssl
 import struct
-import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Final, Literal, NamedTuple
+from typing import Final, Literal
 
 import trio
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
-from fixproxy.errors import ConfigError, FramingError, LogonRefused
-from fixproxy.fix import tags
-from fixproxy.fix.codec import (
-    FieldValue,
-    SendingTimeClock,
-    encode,
-    header_value,
-    iter_fields,
-    parse_utc_timestamp,
-    render,
-)
-from fixproxy.fix.framer import FixFramer, Frame
+from fixproxy.errors import ConfigError, FramingError
+from fixproxy.fix.framer import FixFramer
 from fixproxy.kalshi import ENDPOINTS
-from fixproxy.signing import load_public_key, verify_signature
+from fixproxy.signing import load_public_key
+from fixproxy.sim.venue import (
+    MAX_SENDING_TIME_SKEW_S,
+    RESET_REQUIRED_ENDPOINTS,
+    Answer,
+    Venue,
+    VenueRules,
+    VenueSession,
+)
 
 LOG: Final = logging.getLogger("fixproxy.sim")
 
-RESET_REQUIRED_ENDPOINTS: Final = frozenset({"KalshiNR", "KalshiDC", "KalshiRFQ", "KalshiMD"})
-"""Endpoints whose every Logon must carry 141=Y (Kalshi's current error-handling page)."""
-MAX_SENDING_TIME_SKEW_S: Final = 30.0
-"""Kalshi rejects a SendingTime more than 30 s away from its clock."""
-LOGON_TIMEOUT_S: Final = 10.0
-"""A connection that sends no Logon this long after the handshake is dropped."""
 HANDSHAKE_TIMEOUT_S: Final = 10.0
-LOGOUT_TIMEOUT_S: Final = 5.0
-"""How long the simulator waits for the answer to a Logout it sent."""
 SEND_TIMEOUT_S: Final = 10.0
 """A peer that stops reading for this long is dropped, so a send never blocks forever."""
 LINGER_S: Final = 2.0
 """After a Logout, how long to wait for the peer to close before closing anyway. Closing a TCP
 socket with unread input sends a reset, which can destroy the Logout still in the peer's
 buffer; half-closing first and draining avoids that."""
-TEST_REQUEST_GRACE: Final = 0.2
-"""A TestRequest goes out after HeartBtInt * (1 + this) seconds without a message."""
 RECEIVE_SIZE: Final = 65536
 MAX_EVENTS: Final = 100_000
 """Events kept for inspection; older ones are discarded (counts are kept regardless)."""
@@ -102,26 +66,6 @@ MAX_EVENTS: Final = 100_000
 Direction = Literal["in", "out"]
 DropStyle = Literal["close", "close_notify", "reset", "truncate"]
 DROP_STYLES: Final[tuple[DropStyle, ...]] = ("close", "close_notify", "reset", "truncate")
-
-_AWAIT_LOGON: Final = 0
-_ACTIVE: Final = 1
-_LOGOUT_SENT: Final = 2
-
-_SENDING_TIME: Final = re.compile(rb"\d{8}-\d{2}:\d{2}:\d{2}\.\d{3}")
-_ORDER_ECHO: Final = (55, 54, 38, 40, 44)
-_CANCEL_ECHO: Final = (41, 55, 54, 38)
-_LOGON_UNIQUE: Final = (
-    tags.SENDER_COMP_ID, tags.TARGET_COMP_ID, tags.MSG_SEQ_NUM, tags.SENDING_TIME,
-    tags.ENCRYPT_METHOD, tags.HEART_BT_INT, tags.RESET_SEQ_NUM_FLAG, tags.DEFAULT_APPL_VER_ID,
-    tags.RAW_DATA_LENGTH, tags.RAW_DATA,
-)
-_FIELD_NAMES: Final = {
-    tags.SENDER_COMP_ID: "SenderCompID", tags.TARGET_COMP_ID: "TargetCompID",
-    tags.MSG_SEQ_NUM: "MsgSeqNum", tags.SENDING_TIME: "SendingTime",
-    tags.ENCRYPT_METHOD: "EncryptMethod", tags.HEART_BT_INT: "HeartBtInt",
-    tags.RESET_SEQ_NUM_FLAG: "ResetSeqNumFlag", tags.DEFAULT_APPL_VER_ID: "DefaultApplVerID",
-    tags.RAW_DATA_LENGTH: "RawDataLength", tags.RAW_DATA: "RawData",
-}
 
 
 def _check_count(name: str, value: int | None) -> None:
@@ -217,63 +161,6 @@ class SimEvent:
     msg_type: bytes
 
 
-class _Logon(NamedTuple):
-    key: str
-    seq: int
-    heart_bt_int: bytes
-    reset: bool
-    next_out: int
-
-
-class _Conn:
-    """The state of one connection; changed only by the synchronous handlers."""
-
-    __slots__ = (
-        "api_key", "claimed_key", "conn_id", "done", "dropped", "endpoint", "endpoint_b",
-        "heart_bt_int", "key_b", "last_received", "last_sent", "linger", "logout_deadline",
-        "next_in", "next_out", "outbox", "reason", "received", "sender_field", "silent",
-        "state", "target_field", "test_req_at", "test_req_id",
-    )
-
-    def __init__(self, conn_id: int, endpoint: str, now: float) -> None:
-        self.conn_id = conn_id
-        self.endpoint = endpoint
-        self.endpoint_b = endpoint.encode()
-        self.state = _AWAIT_LOGON
-        self.api_key: str | None = None
-        self.claimed_key: str | None = None
-        self.key_b = b"UNKNOWN"
-        self.sender_field = b""
-        self.target_field = b"\x0156=" + self.endpoint_b + b"\x01"
-        self.next_in = 1
-        self.next_out = 1
-        self.heart_bt_int = 0.0
-        self.last_received = now
-        self.last_sent = now
-        self.logout_deadline = now + LOGON_TIMEOUT_S  # until the Logon: the Logon deadline
-        self.test_req_id: bytes | None = None
-        self.test_req_at = 0.0
-        self.received = 0
-        self.silent = False
-        self.outbox: list[bytes] = []
-        self.done = False
-        self.linger = False
-        self.reason = ""
-        self.dropped: DropStyle | None = None
-        """Set when the drop fault fired: how the connection is to end."""
-
-
-def _show(value: bytes | None) -> str:
-    return "missing" if value is None else repr(value.decode("ascii", "replace"))
-
-
-def _name(tag: int) -> str:
-    return f"{_FIELD_NAMES.get(tag, 'tag')} ({tag})"
-
-
-def _sending_time(value: bytes) -> float | None:
-    # Stricter than FIX allows: Kalshi wants milliseconds, so the simulator does too.
-    return parse_utc_timestamp(value) if _SENDING_TIME.fullmatch(value) else None
 
 
 async def _close_gracefully(stream: trio.abc.Stream) -> None:
@@ -317,6 +204,8 @@ async def _close_dropped(stream: trio.abc.Stream, style: DropStyle) -> None:
     await trio.aclose_forcefully(stream)
 
 
+
+
 class SimGateway:
     """The simulated gateway: serves every configured endpoint until cancelled.
 
@@ -335,26 +224,32 @@ class SimGateway:
         """
         self.config = config
         self.ssl_context = ssl_context
+        faults = config.faults
+        self.venue = Venue(VenueRules(
+            keys=config.keys, max_skew=config.max_skew, reset_required=config.reset_required,
+            refuse_logon_text=faults.refuse_logon_text,
+            drop_after_messages=faults.drop_after_messages,
+            answer_dropped_message=faults.drop_style == "truncate",
+            silent_after_messages=faults.silent_after_messages,
+            logout_after_messages=faults.logout_after_messages))
         self.events: deque[SimEvent] = deque(maxlen=config.max_events)
-        self.last_logon: dict[str, bytes] = {}
         self.closed: dict[int, str] = {}
         self.addresses: dict[str, tuple[str, int]] = {}
         self._counts: dict[tuple[Direction, bytes], int] = {}
-        self._live: dict[str, _Conn] = {}
-        self._seqs: dict[tuple[str, str], tuple[int, int]] = {}
         self._conn_ids = itertools.count(1)
-        self._order_ids = itertools.count(1)
-        self._exec_ids = itertools.count(1)
-        self._test_ids = itertools.count(1)
         self._changed: trio.Event | None = None
-        self._stamp = SendingTimeClock()
 
     # ----- inspection ---------------------------------------------------------------------
 
     @property
+    def last_logon(self) -> dict[str, bytes]:
+        """SenderCompID -> the Logon last received from it, signature included."""
+        return self.venue.last_logon
+
+    @property
     def live_sessions(self) -> dict[str, str]:
         """API key -> endpoint of every logged-on session."""
-        return {key: conn.endpoint for key, conn in self._live.items()}
+        return {key: session.endpoint for key, session in self.venue.live.items()}
 
     def message_count(self, msg_type: bytes | str, direction: Direction = "in") -> int:
         """How many messages of ``msg_type`` were received (or sent) so far."""
@@ -391,13 +286,21 @@ class SimGateway:
             self._changed.set()
             self._changed = None
 
-    def _record(self, conn: _Conn, direction: Direction, raw: bytes, msg_type: bytes) -> None:
-        self.events.append(SimEvent(conn.conn_id, conn.api_key or conn.claimed_key,
-                                    conn.endpoint, direction, raw, msg_type))
+    def _record(self, session: VenueSession, direction: Direction, raw: bytes, msg_type: bytes,
+                api_key: str | None) -> None:
+        self.events.append(SimEvent(session.conn_id, api_key, session.endpoint, direction, raw,
+                                    msg_type))
         counter = (direction, msg_type)
         self._counts[counter] = self._counts.get(counter, 0) + 1
         if self._changed is not None:
             self._notify()
+
+    def _queue(self, session: VenueSession, answers: list[Answer], outbox: list[bytes]) -> None:
+        """Record the session's answers and queue their bytes for the next write."""
+        api_key = session.api_key or session.claimed_key
+        for raw, msg_type in answers:
+            outbox.append(raw)
+            self._record(session, "out", raw, msg_type, api_key)
 
     # ----- I/O ----------------------------------------------------------------------------
 
@@ -466,416 +369,72 @@ class SimGateway:
         """
         if endpoint not in ENDPOINTS:
             raise ConfigError(f"unknown endpoint {endpoint!r}", key="endpoint")
-        conn = _Conn(next(self._conn_ids), endpoint, trio.current_time())
-        LOG.debug("connection %d opened on %s", conn.conn_id, endpoint)
+        session = self.venue.open_session(next(self._conn_ids), endpoint, trio.current_time())
+        LOG.debug("connection %d opened on %s", session.conn_id, endpoint)
         try:
-            await self._converse(conn, stream)
+            await self._converse(session, stream)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            self._end(conn, f"transport failed: {exc.__cause__ or exc}", linger=False)
+            session.close(f"transport failed: {exc.__cause__ or exc}")
         finally:
-            self._forget(conn)
-            if conn.linger:
+            self._forget(session)
+            if session.ending is not None and session.ending.linger:
                 await _close_gracefully(stream)
-            elif conn.dropped is not None:
-                await _close_dropped(stream, conn.dropped)
+            elif session.dropped_after is not None:
+                await _close_dropped(stream, self.config.faults.drop_style)
             else:
                 await trio.aclose_forcefully(stream)
 
-    async def _converse(self, conn: _Conn, stream: trio.abc.Stream) -> None:
+    async def _converse(self, session: VenueSession, stream: trio.abc.Stream) -> None:
         framer = FixFramer()
-        while not conn.done:
+        style = self.config.faults.drop_style
+        truncate = style == "truncate"  # the dropped message is answered, in part
+        outbox: list[bytes] = []
+        while session.ending is None:
             data: bytes | bytearray | None = None
-            with trio.move_on_at(self._deadline(conn)):
+            with trio.move_on_at(session.deadline()):
                 data = await stream.receive_some(RECEIVE_SIZE)
             now = trio.current_time()
             if data is None:
-                self._on_timer(conn, now)
+                self._queue(session, session.on_timer(now), outbox)
             elif not data:
-                self._end(conn, "peer closed the connection" + (
-                    f" inside a message ({framer.buffered} bytes)" if framer.buffered else ""),
-                    linger=False)
+                session.close("peer closed the connection" + (
+                    f" inside a message ({framer.buffered} bytes)" if framer.buffered else ""))
             else:
-                conn.last_received = now
-                conn.test_req_id = None
+                session.note_received(now)
                 try:
                     framer.receive_data(data)
-                    while not conn.done and conn.dropped is None:
+                    while session.ending is None and session.dropped_after is None:
                         frame = framer.next_message()
                         if frame is None:
                             break
-                        self._on_frame(conn, frame, now)
+                        answers = session.receive(frame, now)
+                        self._record(session, "in", frame.raw, frame.msg_type, session.sender)
+                        self._queue(session, answers, outbox)
                 except FramingError as exc:
-                    LOG.info("connection %d: invalid FIX: %s", conn.conn_id, exc)
-                    self._logout(conn, f"invalid FIX message: {exc}")
-            if conn.outbox:
-                out = b"".join(conn.outbox)
-                conn.outbox.clear()
-                if conn.dropped == "truncate":
+                    self._queue(session, session.framing_failed(exc), outbox)
+            dropped = session.dropped_after
+            if dropped is not None and not truncate:
+                session.close(_drop_reason(dropped, style))
+            if outbox:
+                out = b"".join(outbox)
+                outbox.clear()
+                if dropped is not None and truncate:
                     out = out[: len(out) // 2]
                 with trio.move_on_after(SEND_TIMEOUT_S) as scope:
                     await stream.send_all(out)
                 if scope.cancelled_caught:
-                    self._end(conn, "peer stopped reading", linger=False)
-                conn.last_sent = trio.current_time()
-            if conn.dropped == "truncate":
-                self._end(conn, _drop_reason(conn.received, "truncate"), linger=False)
+                    session.close("peer stopped reading")
+                session.note_sent(trio.current_time())
+            if dropped is not None and truncate:
+                session.close(_drop_reason(dropped, "truncate"))
 
-    def _forget(self, conn: _Conn) -> None:
-        if conn.api_key is not None and self._live.get(conn.api_key) is conn:
-            del self._live[conn.api_key]
-            self._seqs[(conn.api_key, conn.endpoint)] = (conn.next_in, conn.next_out)
-        reason = conn.reason or "closed"
-        self.closed[conn.conn_id] = reason
-        LOG.info("connection %d (%s on %s) ended: %s", conn.conn_id,
-                 conn.api_key or conn.claimed_key or "no Logon", conn.endpoint, reason)
+    def _forget(self, session: VenueSession) -> None:
+        session.release()
+        reason = session.ending.reason if session.ending is not None else "closed"
+        self.closed[session.conn_id] = reason
+        LOG.info("connection %d (%s on %s) ended: %s", session.conn_id,
+                 session.api_key or session.claimed_key or "no Logon", session.endpoint, reason)
         self._notify()
-
-    # ----- protocol (synchronous) ---------------------------------------------------------
-
-    def _end(self, conn: _Conn, reason: str, *, linger: bool) -> None:
-        if not conn.done:
-            conn.done = True
-            conn.linger = linger
-            conn.reason = reason
-
-    def _drop(self, conn: _Conn, count: int) -> None:
-        """The drop fault fires on the ``count``-th message (0: right after the Logon)."""
-        style = self.config.faults.drop_style
-        if conn.done or conn.dropped is not None:
-            return
-        conn.dropped = style
-        if style != "truncate":  # a truncated answer is written first; _converse ends it
-            self._end(conn, _drop_reason(count, style), linger=False)
-
-    def _send(self, conn: _Conn, msg_type: bytes, body: Iterable[tuple[int, FieldValue]],
-              stamp: bytes | None = None) -> None:
-        if conn.silent:
-            return
-        raw = encode([
-            (tags.MSG_TYPE, msg_type),
-            (tags.SENDER_COMP_ID, conn.endpoint_b),
-            (tags.TARGET_COMP_ID, conn.key_b),
-            (tags.MSG_SEQ_NUM, conn.next_out),
-            (tags.SENDING_TIME, stamp or self._stamp()),
-            *body,
-        ])
-        conn.next_out += 1
-        conn.outbox.append(raw)
-        self._record(conn, "out", raw, msg_type)
-        if LOG.isEnabledFor(logging.DEBUG):
-            LOG.debug("connection %d out: %s", conn.conn_id, render(raw))
-
-    def _logout(self, conn: _Conn, text: str, *, wait_answer: bool = False) -> None:
-        """Send a Logout; close now, or once the peer answers it."""
-        self._send(conn, tags.MT_LOGOUT, [(tags.TEXT, text)])
-        if wait_answer:
-            conn.state = _LOGOUT_SENT
-            conn.logout_deadline = trio.current_time() + LOGOUT_TIMEOUT_S
-        else:
-            self._end(conn, f"sent Logout: {text}", linger=True)
-
-    def _reject(self, conn: _Conn, ref_seq: int, ref_type: bytes, reason: int, text: str, *,
-                ref_tag: int | None = None) -> None:
-        body: list[tuple[int, FieldValue]] = [(tags.REF_SEQ_NUM, ref_seq)]
-        if ref_tag is not None:
-            body.append((371, ref_tag))
-        body += [(tags.REF_MSG_TYPE, ref_type), (tags.SESSION_REJECT_REASON, reason),
-                 (tags.TEXT, text)]
-        self._send(conn, tags.MT_REJECT, body)
-
-    def _deadlines(self, conn: _Conn) -> tuple[float, float]:
-        """(receive deadline, send deadline) of a logged-on session."""
-        interval = conn.heart_bt_int
-        if conn.test_req_id is not None:
-            receive = conn.test_req_at + interval
-        else:
-            receive = conn.last_received + interval * (1 + TEST_REQUEST_GRACE)
-        send = math.inf if conn.silent else conn.last_sent + interval
-        return receive, send
-
-    def _deadline(self, conn: _Conn) -> float:
-        if conn.state == _ACTIVE:
-            return min(self._deadlines(conn))
-        return conn.logout_deadline
-
-    def _on_timer(self, conn: _Conn, now: float) -> None:
-        if conn.state != _ACTIVE:
-            if now >= conn.logout_deadline:
-                self._end(conn, "no Logon received in time" if conn.state == _AWAIT_LOGON
-                          else "the peer did not answer our Logout", linger=False)
-            return
-        receive, send = self._deadlines(conn)
-        if now >= receive:
-            if conn.test_req_id is not None:
-                self._logout(conn, f"no message received for {now - conn.last_received:.0f} s "
-                                   f"and the TestRequest went unanswered")
-                return
-            conn.test_req_id = b"SIM-TEST-%d" % next(self._test_ids)
-            conn.test_req_at = now
-            self._send(conn, tags.MT_TEST_REQUEST, [(tags.TEST_REQ_ID, conn.test_req_id)])
-        elif now >= send:
-            self._send(conn, tags.MT_HEARTBEAT, ())
-
-    def _on_frame(self, conn: _Conn, frame: Frame, now: float) -> None:
-        raw, msg_type = frame
-        state = conn.state
-        if state == _AWAIT_LOGON:
-            claimed = header_value(raw, tags.SENDER_COMP_ID)
-            if claimed:
-                conn.claimed_key = claimed.decode("ascii", "replace")
-                conn.key_b = claimed
-        self._record(conn, "in", raw, msg_type)
-        if LOG.isEnabledFor(logging.DEBUG):
-            LOG.debug("connection %d in: %s", conn.conn_id, render(raw))
-        if state == _ACTIVE:
-            self._on_message(conn, raw, msg_type)
-        elif state == _AWAIT_LOGON:
-            self._on_logon(conn, raw, msg_type, now)
-        elif msg_type == tags.MT_LOGOUT:
-            self._end(conn, "logged out at the simulator's request", linger=True)
-
-    # ----- Logon --------------------------------------------------------------------------
-
-    def _on_logon(self, conn: _Conn, raw: bytes, msg_type: bytes, now: float) -> None:
-        try:
-            logon = self._admit(conn, raw, msg_type)
-        except LogonRefused as refused:
-            LOG.info("connection %d: Logon on %s refused: %s", conn.conn_id, conn.endpoint,
-                     refused.text)
-            self._logout(conn, refused.text)
-            return
-        conn.state = _ACTIVE
-        conn.api_key = logon.key
-        conn.sender_field = b"\x0149=" + conn.key_b + b"\x01"
-        conn.heart_bt_int = float(int(logon.heart_bt_int))
-        conn.next_in = logon.seq + 1
-        conn.next_out = logon.next_out
-        conn.last_received = now
-        self._live[logon.key] = conn
-        body: list[tuple[int, FieldValue]] = [(tags.ENCRYPT_METHOD, b"0"),
-                                              (tags.HEART_BT_INT, logon.heart_bt_int)]
-        if logon.reset:
-            body.append((tags.RESET_SEQ_NUM_FLAG, b"Y"))
-        body.append((tags.DEFAULT_APPL_VER_ID, b"9"))
-        self._send(conn, tags.MT_LOGON, body)
-        LOG.info("connection %d: %s logged on to %s (HeartBtInt %s, %s)", conn.conn_id,
-                 logon.key, conn.endpoint, logon.heart_bt_int.decode(),
-                 "reset" if logon.reset else f"continuing at {logon.seq}")
-        faults = self.config.faults
-        if faults.drop_after_messages == 0:
-            self._drop(conn, 0)
-        if faults.silent_after_messages == 0:
-            conn.silent = True
-        if faults.logout_after_messages == 0 and not conn.done:
-            self._logout(conn, "sim: logout after 0 messages", wait_answer=True)
-
-    def _admit(self, conn: _Conn, raw: bytes, msg_type: bytes) -> _Logon:
-        """Apply every Logon rule; raises LogonRefused with the Text to send."""
-        if msg_type != tags.MT_LOGON:
-            raise LogonRefused(f"the first message must be a Logon (35=A), got "
-                               f"35={msg_type.decode('ascii', 'replace')}")
-        if conn.claimed_key is not None:
-            self.last_logon[conn.claimed_key] = raw
-        if self.config.faults.refuse_logon_text is not None:
-            raise LogonRefused(self.config.faults.refuse_logon_text)
-        try:
-            fields = list(iter_fields(raw))
-        except FramingError as exc:
-            raise LogonRefused(f"malformed Logon: {exc}") from exc
-        values: dict[int, bytes] = {}
-        order: list[int] = []
-        for tag, value in fields:
-            if tag in values and tag in _LOGON_UNIQUE:
-                raise LogonRefused(f"{_name(tag)} appears more than once in the Logon")
-            values.setdefault(tag, value)
-            order.append(tag)
-
-        if values.get(tags.BEGIN_STRING) != tags.BEGIN_STRING_FIXT11:
-            raise LogonRefused(f"BeginString (8) must be FIXT.1.1, got "
-                               f"{_show(values.get(tags.BEGIN_STRING))}")
-        appl_ver = values.get(tags.DEFAULT_APPL_VER_ID)
-        if appl_ver != b"9":
-            raise LogonRefused(
-                f"{_name(tags.DEFAULT_APPL_VER_ID)} must be 9 (FIX50SP2), got {_show(appl_ver)}")
-        encrypt = values.get(tags.ENCRYPT_METHOD)
-        if encrypt != b"0":
-            raise LogonRefused(f"{_name(tags.ENCRYPT_METHOD)} must be 0, got {_show(encrypt)}")
-        heartbeat = values.get(tags.HEART_BT_INT)
-        if heartbeat is None or not heartbeat.isdigit() or int(heartbeat) <= 3:
-            raise LogonRefused(f"{_name(tags.HEART_BT_INT)} must be an integer greater than 3, "
-                               f"got {_show(heartbeat)}")
-
-        sender = values.get(tags.SENDER_COMP_ID)
-        key = sender.decode("ascii", "replace") if sender is not None else ""
-        public_key = self.config.keys.get(key)
-        if public_key is None:
-            raise LogonRefused(f"CompID problem: {_name(tags.SENDER_COMP_ID)} {_show(sender)} "
-                               f"is not a registered API key")
-        target = values.get(tags.TARGET_COMP_ID)
-        if target != conn.endpoint_b:
-            raise LogonRefused(f"CompID problem: {_name(tags.TARGET_COMP_ID)} is "
-                               f"{_show(target)} but this port serves {conn.endpoint}")
-
-        seq_text = values.get(tags.MSG_SEQ_NUM)
-        if seq_text is None or not seq_text.isdigit() or int(seq_text) < 1:
-            raise LogonRefused(f"{_name(tags.MSG_SEQ_NUM)} must be a positive integer, got "
-                               f"{_show(seq_text)}")
-        seq = int(seq_text)
-        reset_flag = values.get(tags.RESET_SEQ_NUM_FLAG)
-        if reset_flag not in (None, b"Y", b"N"):
-            raise LogonRefused(f"{_name(tags.RESET_SEQ_NUM_FLAG)} must be Y or N, got "
-                               f"{_show(reset_flag)}")
-        reset = reset_flag == b"Y"
-        if not reset and conn.endpoint in self.config.reset_required:
-            raise LogonRefused(f"141=Y required: {conn.endpoint} has no retransmission, so "
-                               f"ResetSeqNumFlag (141) must be Y on every Logon")
-        if reset and seq != 1:
-            raise LogonRefused(f"{_name(tags.MSG_SEQ_NUM)} must be 1 with ResetSeqNumFlag "
-                               f"(141) Y, got {seq}")
-
-        sending_time = values.get(tags.SENDING_TIME)
-        stamp = _sending_time(sending_time) if sending_time is not None else None
-        if sending_time is None or stamp is None:
-            raise LogonRefused(f"{_name(tags.SENDING_TIME)} must be a UTC timestamp "
-                               f"YYYYMMDD-HH:MM:SS.sss, got {_show(sending_time)}")
-        skew = stamp - time.time()
-        if abs(skew) > self.config.max_skew:
-            raise LogonRefused(
-                f"SendingTime accuracy problem: {_name(tags.SENDING_TIME)} "
-                f"{sending_time.decode()} is {skew:+.1f} s from the gateway's clock (limit "
-                f"{self.config.max_skew:g} s)")
-
-        length = values.get(tags.RAW_DATA_LENGTH)
-        signature = values.get(tags.RAW_DATA)
-        if length is None or signature is None:
-            missing = tags.RAW_DATA_LENGTH if length is None else tags.RAW_DATA
-            raise LogonRefused(f"{_name(missing)} is missing; the Logon must carry the "
-                               f"signature in 95/96")
-        at = order.index(tags.RAW_DATA_LENGTH)
-        if at + 1 >= len(order) or order[at + 1] != tags.RAW_DATA:
-            raise LogonRefused(f"{_name(tags.RAW_DATA_LENGTH)} must immediately precede "
-                               f"{_name(tags.RAW_DATA)}")
-        if length != b"%d" % len(signature):
-            raise LogonRefused(f"{_name(tags.RAW_DATA_LENGTH)} is {_show(length)} but "
-                               f"{_name(tags.RAW_DATA)} is {len(signature)} bytes long")
-        payload = b"\x01".join((sending_time, tags.MT_LOGON, seq_text, sender or b"", target))
-        if not verify_signature(public_key, payload, signature):
-            raise LogonRefused("signature verification failed")
-
-        if key in self._live:
-            raise LogonRefused("already exists")
-        next_out = 1
-        if not reset:
-            expected, next_out = self._seqs.get((key, conn.endpoint), (1, 1))
-            if seq < expected:
-                raise LogonRefused(f"MsgSeqNum too low, expecting {expected} but received {seq}")
-            if seq > expected:
-                raise LogonRefused(f"MsgSeqNum too high on Logon, 141=Y required: expecting "
-                                   f"{expected} but received {seq}")
-        return _Logon(key, seq, heartbeat, reset, next_out)
-
-    # ----- logged-on session --------------------------------------------------------------
-
-    def _on_message(self, conn: _Conn, raw: bytes, msg_type: bytes) -> None:
-        conn.received += 1
-        count = conn.received
-        faults = self.config.faults
-        if faults.drop_after_messages is not None and count >= faults.drop_after_messages:
-            self._drop(conn, count)
-            if faults.drop_style != "truncate":
-                return  # the message is not answered
-        if faults.silent_after_messages is not None and count >= faults.silent_after_messages \
-                and not conn.silent:
-            LOG.info("connection %d: fault: silent after %d messages", conn.conn_id, count)
-            conn.silent = True
-
-        seq_text = header_value(raw, tags.MSG_SEQ_NUM)
-        if seq_text is None or not seq_text.isdigit():
-            self._logout(conn, f"{_name(tags.MSG_SEQ_NUM)} missing or invalid: "
-                               f"{_show(seq_text)}")
-            return
-        seq = int(seq_text)
-        if seq != conn.next_in:
-            if seq < conn.next_in:
-                if b"\x0143=Y\x01" in raw:
-                    return  # a possible duplicate already seen: FIX says ignore it
-                self._logout(conn, f"MsgSeqNum too low, expecting {conn.next_in} but received "
-                                   f"{seq}")
-            else:
-                self._logout(conn, f"MsgSeqNum too high, expecting {conn.next_in} but received "
-                                   f"{seq}; the simulator does not resend, log on again with "
-                                   f"141=Y")
-            return
-        conn.next_in = seq + 1
-        if conn.sender_field not in raw or conn.target_field not in raw:
-            self._logout(conn, f"CompID problem: expected 49={conn.api_key} and "
-                               f"56={conn.endpoint}")
-            return
-
-        if msg_type == tags.MT_HEARTBEAT:
-            pass
-        elif msg_type == tags.MT_TEST_REQUEST:
-            test_req_id = header_value(raw, tags.TEST_REQ_ID)
-            if test_req_id is None:
-                self._reject(conn, seq, msg_type, 1, "Required tag missing",
-                             ref_tag=tags.TEST_REQ_ID)
-            else:
-                self._send(conn, tags.MT_HEARTBEAT, [(tags.TEST_REQ_ID, test_req_id)])
-        elif msg_type == tags.MT_NEW_ORDER_SINGLE:
-            self._new_order(conn, raw, seq)
-        elif msg_type == b"F":
-            self._cancel_order(conn, raw, seq)
-        elif msg_type == tags.MT_LOGOUT:
-            self._send(conn, tags.MT_LOGOUT, ())
-            self._end(conn, "peer logged out", linger=True)
-            return
-        elif msg_type == tags.MT_LOGON:
-            self._logout(conn, "Logon (35=A) received on a session already logged on")
-            return
-        elif msg_type in (tags.MT_RESEND_REQUEST, tags.MT_SEQUENCE_RESET):
-            self._reject(conn, seq, msg_type, 11,
-                         "ResendRequest and SequenceReset are not supported by the simulator")
-        elif msg_type == tags.MT_REJECT:
-            LOG.info("connection %d: peer rejected a message: %s", conn.conn_id, render(raw))
-        else:
-            self._send(conn, tags.MT_BUSINESS_REJECT, [
-                (tags.REF_SEQ_NUM, seq), (tags.REF_MSG_TYPE, msg_type),
-                (tags.BUSINESS_REJECT_REASON, 3), (tags.TEXT, "Unsupported message type"),
-            ])
-        if faults.logout_after_messages is not None and count == faults.logout_after_messages:
-            self._logout(conn, f"sim: logout after {count} messages", wait_answer=True)
-
-    def _new_order(self, conn: _Conn, raw: bytes, seq: int) -> None:
-        order = dict(iter_fields(raw))
-        cl_ord_id = order.get(11)
-        if cl_ord_id is None:
-            self._reject(conn, seq, tags.MT_NEW_ORDER_SINGLE, 1, "Required tag missing",
-                         ref_tag=11)
-            return
-        stamp = self._stamp()
-        body: list[tuple[int, FieldValue]] = [
-            (37, b"SIM-%d" % next(self._order_ids)), (11, cl_ord_id),
-            (17, b"SIM-E-%d" % next(self._exec_ids)), (150, b"0"), (39, b"0"),
-        ]
-        body += [(tag, order[tag]) for tag in _ORDER_ECHO if tag in order]
-        body += [(14, b"0"), (151, order.get(38, b"0")), (6, b"0"), (60, stamp)]
-        self._send(conn, tags.MT_EXECUTION_REPORT, body, stamp)
-
-    def _cancel_order(self, conn: _Conn, raw: bytes, seq: int) -> None:
-        request = dict(iter_fields(raw))
-        cl_ord_id = request.get(11)
-        if cl_ord_id is None:
-            self._reject(conn, seq, b"F", 1, "Required tag missing",
-                         ref_tag=11)
-            return
-        stamp = self._stamp()
-        body: list[tuple[int, FieldValue]] = [
-            (37, request.get(37) or b"SIM-%d" % next(self._order_ids)), (11, cl_ord_id),
-            (17, b"SIM-E-%d" % next(self._exec_ids)), (150, b"4"), (39, b"4"),
-        ]
-        body += [(tag, request[tag]) for tag in _CANCEL_ECHO if tag in request]
-        body += [(14, b"0"), (151, b"0"), (6, b"0"), (60, stamp)]
-        self._send(conn, tags.MT_EXECUTION_REPORT, body, stamp)
 
 
 def load_sim_keys(specs: Iterable[str]) -> dict[str, RSAPublicKey]:
