@@ -21,7 +21,7 @@ from pathlib import Path
 
 import trio
 
-from fixproxy.config.loader import TLSPolicy
+from fixproxy.config.model import TLSPolicy
 from fixproxy.net.streams import RECEIVE_SIZE, RawSocketStream
 from fixproxy.net.tls import (
     GatewayTrust,

@@ -25,7 +25,8 @@ from typing import Final
 from bench import BenchError
 from bench.proc import Child, free_port
 from bench.wire import ENDPOINT
-from fixproxy.config.loader import Config, load_config
+from fixproxy.config.loader import load_config
+from fixproxy.config.model import Config
 from fixproxy.signing import generate_key_pair
 from fixproxy.sim.certs import CertificateFiles, generate_certificates
 

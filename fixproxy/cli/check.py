@@ -7,7 +7,7 @@ from collections.abc import Callable
 import trio
 from prometheus_client import CollectorRegistry
 
-from fixproxy.config.loader import Config
+from fixproxy.config.model import Config
 from fixproxy.errors import FixProxyError, PinMismatchError, UpstreamError
 from fixproxy.ops.metrics import Metrics
 from fixproxy.proxy.runtime import build_runtime

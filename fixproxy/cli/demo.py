@@ -17,7 +17,7 @@ from typing import Final
 import trio
 from prometheus_client import CollectorRegistry
 
-from fixproxy.config.loader import Config, GatewayConfig, MetricsConfig, SessionConfig, TLSPolicy
+from fixproxy.config.model import Config, GatewayConfig, MetricsConfig, SessionConfig, TLSPolicy
 from fixproxy.errors import FixProxyError
 from fixproxy.fix import tags
 from fixproxy.fix.codec import FixMessage, render

@@ -12,7 +12,8 @@ import click
 import trio
 
 from fixproxy import __version__
-from fixproxy.config.loader import ENV_CONFIG, Config, config_path_from, load_config
+from fixproxy.config.loader import ENV_CONFIG, config_path_from, load_config
+from fixproxy.config.model import Config
 from fixproxy.errors import FixProxyError
 from fixproxy.ops.logs import LOG_FORMATS, setup_logging
 from fixproxy.ops.metrics import Metrics

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, is_dataclass, replace
 from typing import Any, Final
 
-from fixproxy.config.loader import Config, ProxyConfig
+from fixproxy.config.model import Config, ProxyConfig
 
 
 @dataclass(frozen=True, slots=True)

@@ -68,7 +68,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
-from fixproxy.config.loader import TLSPolicy, VerifyMode
+from fixproxy.config.model import TLSPolicy, VerifyMode
 from fixproxy.errors import (
     ConfigError,
     ConnectError,

@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Final
 
-from fixproxy.config.loader import ProxyConfig
+from fixproxy.config.model import ProxyConfig
 from fixproxy.errors import FixProxyError, FramingError
 from fixproxy.fix import tags
 from fixproxy.fix.codec import iter_fields

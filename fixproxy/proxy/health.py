@@ -42,7 +42,7 @@ import trio
 from prometheus_client import CollectorRegistry, Counter
 
 from fixproxy import __version__
-from fixproxy.config.loader import DEFAULT_READINESS_INTERVAL
+from fixproxy.config.model import DEFAULT_READINESS_INTERVAL
 from fixproxy.errors import FixProxyError, PinMismatchError, UpstreamError
 from fixproxy.ops.metrics import Metrics
 from fixproxy.ops.status import Clocks, iso

@@ -50,7 +50,8 @@ from pathlib import Path
 import trio
 
 from fixproxy.config.diff import ConfigChanges, compare_sessions, keep_restart_only_settings
-from fixproxy.config.loader import Config, SessionConfig, load_config
+from fixproxy.config.loader import load_config
+from fixproxy.config.model import Config, SessionConfig
 from fixproxy.errors import FixProxyError
 from fixproxy.ops.control import ReloadOutcome
 from fixproxy.ops.metrics import Metrics

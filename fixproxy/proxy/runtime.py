@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import trio
 
-from fixproxy.config.loader import ProxyConfig, SessionConfig
+from fixproxy.config.model import ProxyConfig, SessionConfig
 from fixproxy.fix.logon import LogonPolicy, Signer
 from fixproxy.net import tls
 from fixproxy.net.tls import HandshakeInfo

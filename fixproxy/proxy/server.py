@@ -31,7 +31,7 @@ from typing import Final
 import trio
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from fixproxy.config.loader import Config
+from fixproxy.config.model import Config
 from fixproxy.ops.control import PidFile, ReloadRecord, write_reload_record
 from fixproxy.ops.metrics import Metrics
 from fixproxy.ops.seqstore import SequenceStore

@@ -269,13 +269,7 @@ async def test_sim_command_serves_every_endpoint_to_a_proxy(tmp_path: Path,
                                                             nursery: trio.Nursery) -> None:
     from prometheus_client import CollectorRegistry
 
-    from fixproxy.config.loader import (
-        Config,
-        GatewayConfig,
-        MetricsConfig,
-        SessionConfig,
-        TLSPolicy,
-    )
+    from fixproxy.config.model import Config, GatewayConfig, MetricsConfig, SessionConfig, TLSPolicy
     from fixproxy.kalshi import ENDPOINTS
     from fixproxy.ops.metrics import Metrics
     from fixproxy.proxy.server import serve_proxy

@@ -1,117 +1,43 @@
-"""The configuration loader: every rule, the line it reports, host/TLS resolution, the example."""
+"""The configuration loader: every rule and the line it reports, accepted values, the optional
+tables and session lifecycle keys, and choosing the file."""
 
 from __future__ import annotations
 
-import re
-import shutil
-from dataclasses import dataclass, replace
 from datetime import UTC, datetime, time
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+from support.config_files import (
+    API_KEYS,
+    MARK,
+    PIN_A,
+    PIN_B,
+    Case,
+    backoff,
+    expected_line,
+    gateway,
+    load,
+    load_one,
+    maintenance,
+    metrics,
+    proxy,
+    session,
+    write,
+)
 
-from fixproxy.config.loader import (
-    BACKOFF_KEYS,
-    ENV_CONFIG,
-    MAINTENANCE_KEYS,
-    PROXY_KEYS,
+from fixproxy.config.loader import ENV_CONFIG, config_path_from, load_config
+from fixproxy.config.model import (
     BackoffConfig,
     Config,
     GatewayConfig,
     MetricsConfig,
     ProxyConfig,
     SessionConfig,
-    config_path_from,
-    load_config,
 )
 from fixproxy.errors import ConfigError, FixProxyError
-from fixproxy.fix import tags
 from fixproxy.kalshi import ENDPOINTS
-from fixproxy.session.peers import ANY_PEER, PeerFilter
 from fixproxy.session.schedule import DEFAULT_SCHEDULE
-from fixproxy.signing import PassphraseSource
-
-EXAMPLE: Path = Path(__file__).resolve().parents[2] / "conf" / "fixproxy.toml"
-
-API_KEYS = (
-    "11111111-1111-4111-8111-111111111111",
-    "22222222-2222-4222-8222-222222222222",
-    "33333333-3333-4333-8333-333333333333",
-)
-PIN_A = "sha256/" + "A" * 43 + "="
-PIN_B = "sha256/" + "B" * 43 + "="
-MARK = "#<"
-"""Marks the line a case expects the error on."""
-FILES = ("k0.key", "k1.key", "k2.key", "cert.pem", "other.pem", "ca.pem")
-
-
-def session(index: int, *lines: str, drop: tuple[str, ...] = (), header: str = "") -> str:
-    """A valid [[session]] number ``index``, with ``lines`` replacing or adding keys."""
-    base = {
-        "name": f'"s{index}"',
-        "listen": f'"127.0.0.1:{9878 + index}"',
-        "endpoint": '"KalshiNR"',
-        "api_key": f'"{API_KEYS[index]}"',
-        "private_key": f'"k{index}.key"',
-    }
-    given = {line.split("=", 1)[0].strip() for line in lines}
-    kept = [f"{key} = {value}" for key, value in base.items()
-            if key not in drop and key not in given]
-    return "\n".join([f"[[session]] {header}".rstrip(), *kept, *lines]) + "\n"
-
-
-def gateway(*lines: str) -> str:
-    return "\n".join(["[gateway]", *lines]) + "\n"
-
-
-def metrics(*lines: str) -> str:
-    return "\n".join(["[metrics]", *lines]) + "\n"
-
-
-def maintenance(*lines: str) -> str:
-    return "\n".join(["[maintenance]", *lines]) + "\n"
-
-
-def backoff(*lines: str) -> str:
-    return "\n".join(["[backoff]", *lines]) + "\n"
-
-
-def proxy(*lines: str) -> str:
-    return "\n".join(["[proxy]", *lines]) + "\n"
-
-
-@pytest.fixture
-def confdir(tmp_path: Path) -> Path:
-    """A directory holding the files the cases refer to (empty: they are never opened)."""
-    for name in FILES:
-        (tmp_path / name).write_bytes(b"")
-    return tmp_path
-
-
-def write(directory: Path, text: str) -> Path:
-    path = directory / "fixproxy.toml"
-    path.write_text(text, encoding="utf-8")
-    return path
-
-
-def load(directory: Path, text: str) -> Config:
-    return load_config(write(directory, text))
-
-
-def load_one(directory: Path, text: str) -> SessionConfig:
-    config = load(directory, text)
-    assert len(config.sessions) == 1
-    return config.sessions[0]
-
-
-@dataclass(frozen=True)
-class Case:
-    id: str
-    text: str
-    key: str
-    message: str
-
 
 ERROR_CASES = [
     # --- TOML syntax ---
@@ -382,11 +308,6 @@ ERROR_CASES = [
 ]
 
 
-def expected_line(text: str) -> int:
-    lines = [number for number, line in enumerate(text.splitlines(), start=1) if MARK in line]
-    assert len(lines) == 1, "each case marks exactly one line"
-    return lines[0]
-
 
 @pytest.mark.parametrize("case", ERROR_CASES, ids=[case.id for case in ERROR_CASES])
 def test_rejects_with_key_and_line(confdir: Path, case: Case) -> None:
@@ -545,10 +466,6 @@ def test_timeouts(confdir: Path) -> None:
 
 # --- maintenance, backoff, proxy and session lifecycle ------------------------------------------
 
-LIFECYCLE_KEYS = ("logout_on_engine_disconnect", "liveness_grace", "logout_wait",
-                  "translate_sequence")
-
-
 def test_lifecycle_defaults(confdir: Path) -> None:
     config = load(confdir, session(0))
     assert config.maintenance == DEFAULT_SCHEDULE
@@ -671,233 +588,6 @@ def test_session_lifecycle_settings(confdir: Path) -> None:
     assert second.translate_sequence is True
 
 
-# --- host, port, server name and pins -------------------------------------------------------
-
-
-@pytest.mark.parametrize(("gateway_lines", "session_lines", "host", "port"), [
-    ((), (), "fix.elections.kalshi.com", 8228),
-    (('environment = "demo"',), ('endpoint = "KalshiRT"',), "fix.demo.kalshi.co", 8230),
-    ((), ('endpoint = "KalshiMD"',), "marketdata.fix.elections.kalshi.com", 8233),
-    (('environment = "demo"',), ('endpoint = "KalshiMD"',), "marketdata.fix.demo.kalshi.co",
-     8233),
-    (('host = "mm.fix.elections.kalshi.com"',), ('endpoint = "KalshiPT"',),
-     "mm.fix.elections.kalshi.com", 8231),
-    (('host = "mm.fix.elections.kalshi.com"',), ('host = "fix.private.example"',),
-     "fix.private.example", 8228),
-    ((), ('endpoint = "KalshiDC"', "port = 443"), "fix.elections.kalshi.com", 443),
-    ((), ('host = "10.0.0.7"', 'endpoint = "KalshiRFQ"'), "10.0.0.7", 8232),
-])
-def test_host_and_port_resolution(confdir: Path, gateway_lines: tuple[str, ...],
-                                  session_lines: tuple[str, ...], host: str, port: int) -> None:
-    loaded = load_one(confdir, gateway(*gateway_lines) + session(0, *session_lines))
-    assert (loaded.host, loaded.port) == (host, port)
-
-
-@pytest.mark.parametrize(("gateway_lines", "session_lines", "server_name"), [
-    ((), (), "fix.elections.kalshi.com"),
-    (('server_name = "gw.sni"',), (), "gw.sni"),
-    (('host = "10.0.0.7"', 'server_name = "mm.fix.elections.kalshi.com"'), (),
-     "mm.fix.elections.kalshi.com"),
-    # A session with its own host does not inherit the gateway's server name.
-    (('server_name = "gw.sni"',), ('host = "fix.private.example"',), "fix.private.example"),
-    # Even when it names the gateway's host: overriding host means choosing its name too.
-    (('host = "mm.fix.elections.kalshi.com"', 'server_name = "gw.sni"'),
-     ('host = "mm.fix.elections.kalshi.com"',), "mm.fix.elections.kalshi.com"),
-    # Nor does a session that goes to the market-data host.
-    (('server_name = "gw.sni"',), ('endpoint = "KalshiMD"',),
-     "marketdata.fix.elections.kalshi.com"),
-    # Unless the gateway's host is where the market-data session goes too.
-    (('host = "10.0.0.7"', 'server_name = "gw.sni"'), ('endpoint = "KalshiMD"',), "gw.sni"),
-    (('server_name = "gw.sni"',), ('host = "10.0.0.8"', 'server_name = "s.sni"'), "s.sni"),
-    ((), ('server_name = "s.sni"',), "s.sni"),
-])
-def test_server_name_resolution(confdir: Path, gateway_lines: tuple[str, ...],
-                                session_lines: tuple[str, ...], server_name: str) -> None:
-    loaded = load_one(confdir, gateway(*gateway_lines) + session(0, *session_lines))
-    assert loaded.tls.server_name == server_name
-
-
-@pytest.mark.parametrize(
-    ("gateway_lines", "session_lines", "expected"), [
-        ((f'pins = ["{PIN_A}"]',), (), ((PIN_A,), None, "ca+pin")),
-        (('pinned_cert = "cert.pem"',), (), ((), "cert.pem", "ca+pin")),
-        ((f'pins = ["{PIN_A}"]',), (f'pins = ["{PIN_B}"]',), ((PIN_B,), None, "ca+pin")),
-        # The session's pin set replaces the gateway's whole set, pinned_cert included.
-        ((f'pins = ["{PIN_A}"]', 'pinned_cert = "cert.pem"'), (f'pins = ["{PIN_B}"]',),
-         ((PIN_B,), None, "ca+pin")),
-        (('pinned_cert = "cert.pem"',), ('pinned_cert = "other.pem"',),
-         ((), "other.pem", "ca+pin")),
-        ((f'pins = ["{PIN_A}"]',), ("pins = []",), ((), None, "ca")),
-        ((f'pins = ["{PIN_A}", "{PIN_B}"]', 'verify = "pin"'), (),
-         ((PIN_A, PIN_B), None, "pin")),
-        ((f'pins = ["{PIN_A}"]',), ('verify = "pin"',), ((PIN_A,), None, "pin")),
-        ((f'pins = ["{PIN_A}"]', 'verify = "pin"'), ('verify = "ca+pin"',),
-         ((PIN_A,), None, "ca+pin")),
-        ((), (f'pins = ["{PIN_B}"]',), ((PIN_B,), None, "ca+pin")),
-        ((), ('verify = "ca"',), ((), None, "ca")),
-    ])
-def test_pin_resolution(confdir: Path, gateway_lines: tuple[str, ...],
-                        session_lines: tuple[str, ...],
-                        expected: tuple[tuple[str, ...], str | None, str]) -> None:
-    pins, pinned_cert, verify = expected
-    loaded = load_one(confdir, gateway(*gateway_lines) + session(0, *session_lines))
-    assert loaded.tls.pins == pins
-    expected_cert = None if pinned_cert is None else confdir.absolute() / pinned_cert
-    assert loaded.tls.pinned_cert == expected_cert
-    assert loaded.tls.verify == verify
-
-
-def test_ca_file_per_session(confdir: Path) -> None:
-    config = load(confdir, gateway('ca_file = "ca.pem"') + session(0)
-                  + session(1, 'ca_file = "other.pem"'))
-    assert [s.tls.ca_file for s in config.sessions] == [confdir.absolute() / "ca.pem",
-                                                        confdir.absolute() / "other.pem"]
-
-
-# --- Logon flags and policy -----------------------------------------------------------------
-
-
-@pytest.mark.parametrize(("session_lines", "flags"), [
-    ((), ()),
-    (("cancel_orders_on_disconnect = false",), ((tags.CANCEL_ORDERS_ON_DISCONNECT, b"N"),)),
-    (("listener = true",), ((tags.LISTENER_SESSION, b"Y"),
-                            (tags.SKIP_PENDING_EXEC_REPORTS, b"Y"))),
-    (("listener = true", "cancel_orders_on_disconnect = false"),
-     ((tags.CANCEL_ORDERS_ON_DISCONNECT, b"N"), (tags.LISTENER_SESSION, b"Y"),
-      (tags.SKIP_PENDING_EXEC_REPORTS, b"Y"))),
-    (('endpoint = "KalshiRT"', "message_retention_hours = 72", "use_dollars = true",
-      "receive_settlement_reports = false", "cancel_orders_on_disconnect = true"),
-     ((tags.CANCEL_ORDERS_ON_DISCONNECT, b"Y"), (tags.USE_DOLLARS, b"Y"),
-      (tags.RECEIVE_SETTLEMENT_REPORTS, b"N"), (tags.MESSAGE_RETENTION_PERIOD, b"72"))),
-    (("message_retention_hours = 1",), ((tags.MESSAGE_RETENTION_PERIOD, b"1"),)),
-])
-def test_kalshi_flags(confdir: Path, session_lines: tuple[str, ...],
-                      flags: tuple[tuple[int, bytes], ...]) -> None:
-    assert load_one(confdir, session(0, *session_lines)).kalshi_flags() == flags
-
-
-def test_flag_tags_are_kalshis() -> None:
-    # The tag numbers the flags above are written with, as Kalshi's Logon table gives them.
-    assert (tags.CANCEL_ORDERS_ON_DISCONNECT, tags.LISTENER_SESSION,
-            tags.SKIP_PENDING_EXEC_REPORTS, tags.USE_DOLLARS, tags.RECEIVE_SETTLEMENT_REPORTS,
-            tags.MESSAGE_RETENTION_PERIOD) == (8013, 20126, 21011, 21005, 20127, 20200)
-
-
-@pytest.mark.parametrize(("endpoint", "reset_on_logon", "force_reset"), [
-    ("KalshiNR", None, True),
-    ("KalshiDC", None, True),
-    ("KalshiPT", None, True),
-    ("KalshiRFQ", None, True),
-    ("KalshiMD", None, True),
-    ("KalshiRT", None, False),
-    ("KalshiRT", "always", True),
-    ("KalshiPT", "engine", False),
-])
-def test_logon_policy(confdir: Path, endpoint: str, reset_on_logon: str | None,
-                      force_reset: bool) -> None:
-    lines = [f'endpoint = "{endpoint}"', "use_dollars = true"]
-    if reset_on_logon is not None:
-        lines.append(f'reset_on_logon = "{reset_on_logon}"')
-    loaded = load_one(confdir, session(0, *lines))
-    policy = loaded.logon_policy()
-    assert policy.session_name == "s0"
-    assert policy.api_key == API_KEYS[0]
-    assert policy.target_comp_id == endpoint
-    assert policy.force_reset is force_reset
-    assert loaded.reset_policy == ("always" if force_reset else "engine")
-    assert policy.kalshi_flags == ((tags.USE_DOLLARS, b"Y"),)
-
-
-# --- the shipped example --------------------------------------------------------------------
-
-
-def test_example_config_loads() -> None:
-    config = load_config(EXAMPLE, check_files=False)
-    assert config.path == EXAMPLE
-    assert config.gateway.environment == "prod"
-    assert config.metrics.listen == ("127.0.0.1", 9464)
-    summary = [(s.endpoint.target_comp_id, s.listen, s.host, s.port) for s in config.sessions]
-    assert summary == [
-        ("KalshiNR", ("127.0.0.1", 9878), "fix.elections.kalshi.com", 8228),
-        ("KalshiRT", ("127.0.0.1", 9879), "fix.elections.kalshi.com", 8230),
-        ("KalshiDC", ("127.0.0.1", 9880), "fix.elections.kalshi.com", 8229),
-        ("KalshiPT", ("127.0.0.1", 9881), "fix.elections.kalshi.com", 8231),
-        ("KalshiRFQ", ("127.0.0.1", 9882), "fix.elections.kalshi.com", 8232),
-    ]
-    assert len({s.api_key for s in config.sessions}) == 5
-    assert len({s.name for s in config.sessions}) == 5
-    for one in config.sessions:
-        assert one.private_key == EXAMPLE.parent / ".." / "keys" / f"{one.name}.key"
-        assert one.tls.server_name == one.host
-        assert not one.listener
-    flags = {s.endpoint.target_comp_id: s.kalshi_flags() for s in config.sessions}
-    assert flags["KalshiNR"] == ((tags.CANCEL_ORDERS_ON_DISCONNECT, b"Y"),
-                                 (tags.USE_DOLLARS, b"Y"))
-    assert flags["KalshiRT"] == ((tags.USE_DOLLARS, b"Y"), (tags.RECEIVE_SETTLEMENT_REPORTS, b"Y"),
-                                 (tags.MESSAGE_RETENTION_PERIOD, b"72"))
-    assert flags["KalshiDC"] == ()
-    assert flags["KalshiPT"] == ((tags.MESSAGE_RETENTION_PERIOD, b"24"),)
-    assert flags["KalshiRFQ"] == ((tags.USE_DOLLARS, b"Y"),)
-
-
-def test_example_config_with_its_keys_in_place(tmp_path: Path) -> None:
-    # Installed as documented (conf/ beside keys/), the example passes the file checks too.
-    (tmp_path / "conf").mkdir()
-    (tmp_path / "keys").mkdir()
-    path = Path(shutil.copy(EXAMPLE, tmp_path / "conf" / "fixproxy.toml"))
-    with pytest.raises(ConfigError) as info:
-        load_config(path)
-    assert info.value.key == "session[0].private_key"
-    assert info.value.line is not None
-    assert 'private_key = "../keys/' in path.read_text().splitlines()[info.value.line - 1]
-    for name in ("order-entry", "order-entry-rt", "drop-copy", "post-trade", "rfq"):
-        (tmp_path / "keys" / f"{name}.key").write_bytes(b"")
-    assert len(load_config(path).sessions) == 5
-
-
-def test_example_documents_every_newer_key() -> None:
-    text = EXAMPLE.read_text(encoding="utf-8")
-    for key in MAINTENANCE_KEYS | BACKOFF_KEYS | PROXY_KEYS:
-        assert f"\n# {key} = " in text, key
-    for key in LIFECYCLE_KEYS:
-        assert f"\n#   {key} " in text, key
-
-
-def test_example_defaults_are_the_defaults(tmp_path: Path) -> None:
-    # Uncommenting every "# key = value" of the [proxy], [maintenance] and [backoff] tables must
-    # change nothing: the values shown are the real defaults.
-    lines = EXAMPLE.read_text(encoding="utf-8").splitlines()
-    start = lines.index("[proxy]")
-    end = next(i for i, line in enumerate(lines) if i > start and "[[session]]" in line)
-    uncommented = 0
-    for index in range(start, end):
-        if re.fullmatch(r"# [a-z_]+ = .+", lines[index]):
-            lines[index] = lines[index][2:]
-            uncommented += 1
-    assert uncommented == len(MAINTENANCE_KEYS | BACKOFF_KEYS | PROXY_KEYS)
-    conf = tmp_path / "conf"
-    conf.mkdir()
-    path = conf / "fixproxy.toml"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    shown = load_config(path, check_files=False)
-    default = load_config(Path(shutil.copy(EXAMPLE, conf / "plain.toml")), check_files=False)
-    assert shown.maintenance == default.maintenance == DEFAULT_SCHEDULE
-    assert shown.backoff == default.backoff == BackoffConfig()
-    # Except journal_dir, which has no default (no journal): the example names a directory.
-    assert shown.proxy.journal_dir == conf / "journal"
-    assert default.proxy.journal_dir is None
-    assert replace(shown.proxy, journal_dir=None) == default.proxy \
-        == ProxyConfig(state_dir=conf / "state")
-    assert shown.sessions == default.sessions
-
-
-def test_example_mentions_both_production_hosts_and_pinning() -> None:
-    text = EXAMPLE.read_text(encoding="utf-8")
-    assert "fix.elections.kalshi.com" in text
-    assert "mm.fix.elections.kalshi.com" in text
-    assert "fixproxy pin " in text
-
-
 # --- choosing the file ----------------------------------------------------------------------
 
 
@@ -922,101 +612,3 @@ def test_config_path_from_process_environment(monkeypatch: pytest.MonkeyPatch) -
 def test_config_path_from_nothing(environ: dict[str, str]) -> None:
     with pytest.raises(ConfigError, match=ENV_CONFIG):
         config_path_from(None, environ)
-
-
-# --- access control and key passphrases -----------------------------------------------------
-
-
-SECURITY_ERROR_CASES = [
-    Case("allow-peers-bad-entry", proxy('allow_peers = ["10.0.0.0/8", "bogus"] #<') + session(0),
-         "proxy.allow_peers[1]", "not an IP address or network"),
-    Case("allow-peers-host-bits", session(0, 'allow_peers = ["127.0.0.1/8"] #<'),
-         "session[0].allow_peers[0]", 'write the network as "127.0.0.0/8"'),
-    Case("allow-peers-host-name", session(0, 'allow_peers = ["engine.local"] #<'),
-         "session[0].allow_peers[0]", "host names are not accepted"),
-    Case("allow-peers-empty", session(0, "allow_peers = [] #<"), "session[0].allow_peers",
-         "would refuse every engine"),
-    Case("allow-peers-string", session(0, 'allow_peers = "10.0.0.1" #<'),
-         "session[0].allow_peers", "expected an array of strings"),
-    Case("allow-peers-number", session(0, "allow_peers = [10] #<"),
-         "session[0].allow_peers[0]", "expected a string"),
-    Case("allow-peers-shuts-out-loopback", session(0, 'allow_peers = ["10.0.0.0/8"] #<'),
-         "session[0].allow_peers", "no engine could ever connect"),
-    Case("proxy-allow-peers-shuts-out-loopback",
-         proxy('allow_peers = ["10.0.0.0/8"] #<') + session(0), "proxy.allow_peers",
-         "[[session]] number 1 (s0) listens on loopback"),
-    Case("passphrase-both", session(0, 'private_key_passphrase_env = "P"',
-                                    'private_key_passphrase_file = "cert.pem" #<'),
-         "session[0].private_key_passphrase_file", "not both"),
-    Case("passphrase-env-not-a-name", session(0, 'private_key_passphrase_env = "$P" #<'),
-         "session[0].private_key_passphrase_env", "not an environment variable name"),
-    Case("passphrase-env-number", session(0, "private_key_passphrase_env = 1 #<"),
-         "session[0].private_key_passphrase_env", "expected a string"),
-    Case("passphrase-file-absent", session(0, 'private_key_passphrase_file = "nope" #<'),
-         "session[0].private_key_passphrase_file", "does not exist"),
-    Case("passphrase-file-empty-path", session(0, 'private_key_passphrase_file = "" #<'),
-         "session[0].private_key_passphrase_file", "empty path"),
-    Case("passphrase-key-misspelt", session(0, 'private_key_passphrase = "P" #<'),
-         "session[0].private_key_passphrase", "did you mean"),
-    Case("verify-off", gateway('verify = "off" #<') + session(0), "gateway.verify",
-         "never disables certificate verification"),
-    Case("verify-none-capitals", session(0, 'verify = "None" #<'), "session[0].verify",
-         "never disables certificate verification"),
-    Case("verify-insecure", session(0, 'verify = "insecure" #<'), "session[0].verify",
-         "never disables certificate verification"),
-]
-
-
-@pytest.mark.parametrize("case", SECURITY_ERROR_CASES,
-                         ids=[case.id for case in SECURITY_ERROR_CASES])
-def test_security_keys_reject_with_key_and_line(confdir: Path, case: Case) -> None:
-    path = write(confdir, case.text)
-    with pytest.raises(ConfigError) as info:
-        load_config(path)
-    error = info.value
-    assert error.key == case.key
-    assert error.line == expected_line(case.text)
-    assert case.message in error.detail
-
-
-def test_a_passphrase_written_as_the_variable_name_is_not_repeated(confdir: Path) -> None:
-    secret = "hunter2 is my passphrase"
-    with pytest.raises(ConfigError) as info:
-        load(confdir, session(0, f'private_key_passphrase_env = "{secret}"'))
-    assert "hunter2" not in str(info.value)
-
-
-def test_allow_peers_default_and_override(confdir: Path) -> None:
-    assert load_one(confdir, session(0)).allow_peers == ANY_PEER
-    assert load(confdir, session(0)).proxy.allow_peers == ANY_PEER
-    config = load(confdir, proxy('allow_peers = ["127.0.0.1", "10.1.0.0/16"]')
-                  + session(0) + session(1, 'allow_peers = ["::1", "fd00::/8"]'))
-    inherited, own = config.sessions
-    assert inherited.allow_peers == PeerFilter.parse(["127.0.0.1", "10.1.0.0/16"])
-    assert inherited.allow_peers.allows("10.1.9.9")
-    assert not inherited.allow_peers.allows("::1")
-    assert own.allow_peers == PeerFilter.parse(["::1", "fd00::/8"])
-    assert own.allow_peers.allows("::1")
-    assert not own.allow_peers.allows("10.1.9.9")
-
-
-def test_allow_peers_with_a_remote_listener(confdir: Path) -> None:
-    loaded = load_one(confdir, session(0, 'listen = "10.1.2.3:9878"', "allow_remote = true",
-                                       'allow_peers = ["10.1.0.0/16"]'))
-    assert loaded.allow_peers.allows("10.1.7.7")
-    assert not loaded.allow_peers.allows("127.0.0.1")
-
-
-def test_passphrase_sources(confdir: Path) -> None:
-    assert load_one(confdir, session(0)).private_key_passphrase is None
-    from_env = load_one(confdir, session(0, 'private_key_passphrase_env = "FIX_KEY_PASS"'))
-    assert from_env.private_key_passphrase == PassphraseSource(env="FIX_KEY_PASS")
-    from_file = load_one(confdir, session(0, 'private_key_passphrase_file = "other.pem"'))
-    assert from_file.private_key_passphrase == PassphraseSource(file=confdir / "other.pem")
-
-
-def test_example_documents_the_security_keys() -> None:
-    text = EXAMPLE.read_text(encoding="utf-8")
-    for key in ("allow_peers", "private_key_passphrase_env", "private_key_passphrase_file"):
-        assert f"\n#   {key} " in text, key
-    assert "\n# allow_peers = " in text

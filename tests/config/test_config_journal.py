@@ -7,15 +7,17 @@ from pathlib import Path
 import pytest
 
 from fixproxy.config.loader import (
-    DEFAULT_JOURNAL_BACKUPS,
-    DEFAULT_JOURNAL_MAX_BYTES,
     MAX_JOURNAL_BACKUPS,
     MAX_JOURNAL_MAX_BYTES,
     MIN_JOURNAL_MAX_BYTES,
     PROXY_KEYS,
+    load_config,
+)
+from fixproxy.config.model import (
+    DEFAULT_JOURNAL_BACKUPS,
+    DEFAULT_JOURNAL_MAX_BYTES,
     Config,
     ProxyConfig,
-    load_config,
 )
 from fixproxy.errors import ConfigError
 

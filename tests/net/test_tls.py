@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
 
-from fixproxy.config.loader import TLSPolicy, VerifyMode
+from fixproxy.config.model import TLSPolicy, VerifyMode
 from fixproxy.errors import (
     ConfigError,
     ConnectError,

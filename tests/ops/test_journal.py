@@ -17,7 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from support.frames import MakeFrame
 
-from fixproxy.config.loader import ProxyConfig
+from fixproxy.config.model import ProxyConfig
 from fixproxy.errors import FixProxyError
 from fixproxy.fix import tags
 from fixproxy.fix.codec import encode

@@ -27,15 +27,11 @@ import trio.testing
 from click.testing import CliRunner
 from cryptography import x509
 from prometheus_client import CollectorRegistry
-from support.e2e import (  # e2e_material_fixture: a pytest fixture, found by its name
-    LOOPBACK,
-    SESSION_NAME,
-    E2EMaterial,
-    e2e_material_fixture,  # noqa: F401
-)
+from support.e2e import LOOPBACK, SESSION_NAME, E2EMaterial
 
 from fixproxy.cli.main import main
-from fixproxy.config.loader import Config, GatewayConfig, MetricsConfig, SessionConfig, load_config
+from fixproxy.config.loader import load_config
+from fixproxy.config.model import Config, GatewayConfig, MetricsConfig, SessionConfig
 from fixproxy.errors import ConfigError, ConnectError, FixProxyError, PinMismatchError
 from fixproxy.fix import tags
 from fixproxy.kalshi import ENDPOINTS

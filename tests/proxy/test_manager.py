@@ -10,11 +10,7 @@ from zoneinfo import ZoneInfo
 import pytest
 import trio.testing
 from prometheus_client import generate_latest
-from support.e2e import (  # e2e_material_fixture: a pytest fixture, found by its name
-    E2EMaterial,
-    e2e_material_fixture,  # noqa: F401
-    open_proxy_pair,
-)
+from support.e2e import E2EMaterial, open_proxy_pair
 
 from fixproxy.fix import tags
 from fixproxy.fix.codec import FixMessage, utc_timestamp

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from prometheus_client import CollectorRegistry
 from support.relay import drive_in_trio, socket_stream_pair
 
-from fixproxy.config.loader import SessionConfig, TLSPolicy
+from fixproxy.config.model import SessionConfig, TLSPolicy
 from fixproxy.fix import tags
 from fixproxy.fix.codec import FieldValue, FixMessage, encode, utc_timestamp
 from fixproxy.fix.framer import FixFramer

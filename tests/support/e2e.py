@@ -8,8 +8,9 @@ the endpoint, the TLS policy, the gateway address (a dead port), session fields 
 endpoint.
 
 The certificates and the RSA key pair are made once per run (:func:`make_material`, exposed as
-the session fixture ``e2e_material``; import :func:`e2e_material_fixture` into a test module to
-use it). Everything is written under pytest's temporary directory; the private key is 0600.
+the session fixture ``e2e_material``, which ``tests/conftest.py`` registers for every test
+through ``pytest_plugins``). Everything is written under pytest's temporary directory; the
+private key is 0600.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import trio
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from prometheus_client import CollectorRegistry
 
-from fixproxy.config.loader import Config, GatewayConfig, MetricsConfig, SessionConfig, TLSPolicy
+from fixproxy.config.model import Config, GatewayConfig, MetricsConfig, SessionConfig, TLSPolicy
 from fixproxy.fix import tags
 from fixproxy.fix.codec import FixMessage, checksum
 from fixproxy.kalshi import ENDPOINTS

@@ -32,7 +32,7 @@ import trio
 import trio.testing
 from prometheus_client import CollectorRegistry
 
-from fixproxy.config.loader import SessionConfig, TLSPolicy
+from fixproxy.config.model import SessionConfig, TLSPolicy
 from fixproxy.fix import tags
 from fixproxy.fix.codec import FieldValue, FixMessage, encode, utc_timestamp
 from fixproxy.fix.framer import FixFramer

@@ -37,7 +37,7 @@ from support.quickfix_engine import (
     session_registered,
 )
 
-from fixproxy.config.loader import (
+from fixproxy.config.model import (
     Config,
     GatewayConfig,
     MetricsConfig,

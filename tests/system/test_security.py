@@ -23,15 +23,10 @@ from typing import Final
 import pytest
 from cryptography.hazmat.primitives import serialization
 from prometheus_client import CollectorRegistry
-from support.e2e import (  # e2e_material_fixture: a pytest fixture, found by its name
-    E2EMaterial,
-    ProxyPair,
-    e2e_material_fixture,  # noqa: F401
-    open_proxy_pair,
-)
+from support.e2e import E2EMaterial, ProxyPair, open_proxy_pair
 
 from fixproxy.cli.check import preflight
-from fixproxy.config.loader import Config, GatewayConfig, MetricsConfig, SessionConfig
+from fixproxy.config.model import Config, GatewayConfig, MetricsConfig, SessionConfig
 from fixproxy.errors import SigningError
 from fixproxy.fix import tags
 from fixproxy.fix.codec import FixMessage
