@@ -1,4 +1,10 @@
-"""Fixtures shared by the test modules: one RSA key per run, and a FIX message builder."""
+"""Fixtures shared by the test modules: one RSA key per run, a FIX message builder, and the
+close of the socket pairs a test left open.
+
+Fixtures defined in ``support`` modules reach the tests from here, through
+``pytest_plugins``, never by importing them into a test module by name: an imported fixture
+looks unused to linters, and shadows the parameter that receives it.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from support.frames import MakeFrame
 from support.frames import make_frame as _make_frame
 from support.relay import close_socket_pairs
+
+pytest_plugins = ("support.config_files", "support.e2e")
 
 
 @pytest.fixture(scope="session")

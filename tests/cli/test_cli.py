@@ -269,8 +269,9 @@ async def test_demo_serve_keeps_a_session_up_for_a_real_engine() -> None:
 async def test_sim_command_serves_every_endpoint_to_a_proxy(tmp_path: Path,
                                                             nursery: trio.Nursery) -> None:
     from prometheus_client import CollectorRegistry
+    from support.config import config_with, session_config
 
-    from fixproxy.config.model import Config, GatewayConfig, MetricsConfig, SessionConfig, TLSPolicy
+    from fixproxy.config.model import TLSPolicy
     from fixproxy.kalshi import ENDPOINTS
     from fixproxy.ops.metrics import Metrics
     from fixproxy.proxy.server import serve_proxy
@@ -289,15 +290,13 @@ async def test_sim_command_serves_every_endpoint_to_a_proxy(tmp_path: Path,
                      for line in output.splitlines() if line.startswith("Kalshi")}
             assert set(ports) == set(ENDPOINTS)
             pin = output.split("pin: ", 1)[1].split()[0]
-            session = SessionConfig(
-                name="to-sim", listen=("127.0.0.1", 0), endpoint=ENDPOINTS["KalshiDC"],
-                host="127.0.0.1", port=ports["KalshiDC"], api_key=api_key,
-                private_key=key_path,
+            session = session_config(
+                name="to-sim", endpoint=ENDPOINTS["KalshiDC"], host="127.0.0.1",
+                port=ports["KalshiDC"], api_key=api_key, private_key=key_path,
                 tls=TLSPolicy(server_name="localhost", verify="ca+pin",
                               ca_file=tmp_path / "simcerts" / "ca.pem", pins=(pin,),
                               pinned_cert=None))
-            config = Config(gateway=GatewayConfig(), metrics=MetricsConfig(listen=None),
-                            sessions=(session,))
+            config = config_with(session)
             bound = await nursery.start(serve_proxy, config, Metrics(CollectorRegistry()))
             engine = await ScriptedEngine.connect(*bound.sessions["to-sim"], sender=api_key,
                                                   target="KalshiDC")

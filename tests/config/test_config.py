@@ -8,14 +8,13 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
-from support.config_files import (  # confdir_fixture: a pytest fixture, found by its name
+from support.config_files import (
     API_KEYS,
     MARK,
     PIN_A,
     PIN_B,
     Case,
     backoff,
-    confdir_fixture,  # noqa: F401
     expected_line,
     gateway,
     load,

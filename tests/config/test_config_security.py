@@ -7,10 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from support.config_files import (  # confdir_fixture: a pytest fixture, found by its name
+from support.config_files import (
     EXAMPLE,
     Case,
-    confdir_fixture,  # noqa: F401
     expected_line,
     gateway,
     load,

@@ -8,11 +8,10 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-from support.config_files import (  # confdir_fixture: a pytest fixture, found by its name
+from support.config_files import (
     API_KEYS,
     PIN_A,
     PIN_B,
-    confdir_fixture,  # noqa: F401
     gateway,
     load,
     load_one,

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from support.e2e import (  # e2e_material_fixture: a pytest fixture, found by its name
-    E2EMaterial,
-    e2e_material_fixture,  # noqa: F401
-)
+from support.e2e import E2EMaterial
 from support.reload_harness import Session, config_text
 
 from fixproxy.config.diff import compare_sessions, keep_restart_only_settings

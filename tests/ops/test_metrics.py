@@ -7,12 +7,7 @@ import math
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
-from support.e2e import (  # e2e_material_fixture: a pytest fixture, found by its name
-    GUARD_SECONDS,
-    E2EMaterial,
-    e2e_material_fixture,  # noqa: F401
-    open_proxy_pair,
-)
+from support.e2e import GUARD_SECONDS, E2EMaterial, open_proxy_pair
 
 from fixproxy import __version__
 from fixproxy.fix import tags

@@ -19,12 +19,7 @@ from typing import Final
 import pytest
 import trio
 import trio.testing
-from support.e2e import (  # e2e_material_fixture: a pytest fixture, found by its name
-    E2EMaterial,
-    check_frame,
-    e2e_material_fixture,  # noqa: F401
-    open_proxy_pair,
-)
+from support.e2e import E2EMaterial, check_frame, open_proxy_pair
 from support.faults import (
     STALL_BUFFER,
     EndlessEngine,

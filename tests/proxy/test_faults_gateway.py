@@ -25,13 +25,7 @@ import trio
 import trio.testing
 from cryptography import x509
 from prometheus_client import generate_latest
-from support.e2e import (  # e2e_material_fixture: a pytest fixture, found by its name
-    E2EMaterial,
-    ProxyPair,
-    check_frame,
-    e2e_material_fixture,  # noqa: F401
-    open_proxy_pair,
-)
+from support.e2e import E2EMaterial, ProxyPair, check_frame, open_proxy_pair
 from support.faults import (
     FakeBehaviour,
     GatewayByHand,

@@ -27,16 +27,12 @@ import trio.testing
 from click.testing import CliRunner
 from cryptography import x509
 from prometheus_client import CollectorRegistry
-from support.e2e import (  # e2e_material_fixture: a pytest fixture, found by its name
-    LOOPBACK,
-    SESSION_NAME,
-    E2EMaterial,
-    e2e_material_fixture,  # noqa: F401
-)
+from support.config import config_with
+from support.e2e import LOOPBACK, SESSION_NAME, E2EMaterial
 
 from fixproxy.cli.main import main
 from fixproxy.config.loader import load_config
-from fixproxy.config.model import Config, GatewayConfig, MetricsConfig, SessionConfig
+from fixproxy.config.model import MetricsConfig
 from fixproxy.errors import ConfigError, ConnectError, FixProxyError, PinMismatchError
 from fixproxy.fix import tags
 from fixproxy.kalshi import ENDPOINTS
@@ -143,15 +139,12 @@ async def open_server(material: E2EMaterial, *, start_sim: bool = True,
             sim = SimControl(material, nursery, faults or SimFaults())
             gateway = await sim.start() if start_sim else (LOOPBACK, 0)
             port = gateway_port if gateway_port is not None else gateway[1]
-            session = SessionConfig(
-                name=SESSION_NAME, listen=(LOOPBACK, 0), endpoint=ENDPOINTS[ENDPOINT],
-                host=LOOPBACK, port=port, api_key=material.api_key,
-                private_key=material.private_key, tls=material.tls_policy(pins=pins),
-                connect_timeout=5.0)
-            config = Config(gateway=GatewayConfig(),
-                            metrics=MetricsConfig(listen=(LOOPBACK, 0),
-                                                  readiness_interval=INTERVAL),
-                            sessions=(session,), maintenance=maintenance)
+            session = material.session_config(
+                name=SESSION_NAME, endpoint=ENDPOINTS[ENDPOINT], host=LOOPBACK, port=port,
+                tls=material.tls_policy(pins=pins), connect_timeout=5.0)
+            config = config_with(session, metrics=MetricsConfig(listen=(LOOPBACK, 0),
+                                                                readiness_interval=INTERVAL),
+                                 maintenance=maintenance)
             server = ProxyServer(config, metrics)
             bound: BoundAddresses = await nursery.start(server.serve, nursery)
             try:
@@ -376,10 +369,8 @@ class FakeGateway:
 
 def fake_runtime(material: E2EMaterial, name: str, connect: FakeGateway,
                  manager: SessionManager, metrics: Metrics) -> SessionRuntime:
-    session = SessionConfig(
-        name=name, listen=(LOOPBACK, 0), endpoint=ENDPOINTS[ENDPOINT], host="gateway.test",
-        port=8228, api_key=material.api_key, private_key=material.private_key,
-        tls=material.tls_policy(), connect_timeout=5.0)
+    session = material.session_config(name=name, endpoint=ENDPOINTS[ENDPOINT],
+                                      host="gateway.test", port=8228, connect_timeout=5.0)
     runtime = build_runtime(session, metrics, manager)
     return dataclasses.replace(runtime, connect=connect)
 

@@ -8,10 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from support.e2e import (  # e2e_material_fixture: a pytest fixture, found by its name
-    E2EMaterial,
-    e2e_material_fixture,  # noqa: F401
-)
+from support.e2e import E2EMaterial
 from support.reload_harness import KEYS, Session, free_port, refused, running, trades
 
 from fixproxy.fix import tags

@@ -1,24 +1,25 @@
 """The session manager over real sockets: maintenance windows, Logon backoff, and the
-sequence reset forced on the first Logon after a window."""
+sequence reset forced on the first Logon after a window; then on its own: one connection per
+API key, when a reset is due, and the drain on shutdown."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from datetime import time as dt_time
 from zoneinfo import ZoneInfo
 
 import pytest
+import trio
 import trio.testing
 from prometheus_client import generate_latest
-from support.e2e import (  # e2e_material_fixture: a pytest fixture, found by its name
-    E2EMaterial,
-    e2e_material_fixture,  # noqa: F401
-    open_proxy_pair,
-)
+from support.e2e import E2EMaterial, open_proxy_pair
 
 from fixproxy.fix import tags
 from fixproxy.fix.codec import FixMessage, utc_timestamp
-from fixproxy.proxy.manager import SessionManager
+from fixproxy.proxy.manager import KeyHolder, SessionManager
 from fixproxy.session.backoff import LogonBackoff
 from fixproxy.session.schedule import ALL_DAYS, MaintenanceSchedule
 from fixproxy.sim.gateway import SimFaults
@@ -171,3 +172,99 @@ async def test_engine_clock_skew_is_warned_about(e2e_material: E2EMaterial,
         assert answer is not None and answer.msg_type == tags.MT_LOGON
     warnings = [r.getMessage() for r in caplog.records if "SendingTime (52)" in r.getMessage()]
     assert any("-12" in text or "-11" in text for text in warnings), warnings
+
+
+# --- the manager itself, without sockets ----------------------------------------------------
+
+KEY = "11111111-1111-4111-8111-111111111111"
+OTHER_KEY = "22222222-2222-4222-8222-222222222222"
+
+
+def test_an_api_key_is_held_by_one_connection_at_a_time() -> None:
+    manager = SessionManager()
+    assert manager.claim(KEY, "nr", 1) is None
+    holder = manager.claim(KEY, "dc", 2)
+    assert holder is not None and (holder.session, holder.conn_id) == ("nr", 1)
+    assert manager.claim(OTHER_KEY, "dc", 2) is None  # keys are independent
+    manager.release(KEY, 2)  # not the holder's connection: nothing changes
+    assert manager.claim(KEY, "dc", 3) == holder
+    manager.release(KEY, 1)
+    assert manager.claim(KEY, "dc", 3) is None
+
+
+def test_the_holder_is_described_for_the_refused_engine() -> None:
+    since = datetime(2025, 3, 4, 5, 6, 7, tzinfo=UTC).timestamp()
+    assert KeyHolder("nr", 7, since).describe() \
+        == "session 'nr' (connection #7) since 2025-03-04 05:06:07 UTC"
+
+
+def test_reset_is_due_only_after_a_window_ended_since_the_last_logon() -> None:
+    now = datetime(2025, 6, 5, 12, 0, tzinfo=UTC)
+    daily = MaintenanceSchedule(days=ALL_DAYS, start=dt_time(3), end=dt_time(5),
+                                timezone=UTC_ZONE)
+    manager = SessionManager(daily)
+    assert not manager.reset_due(KEY, now)  # no Logon yet: nothing to reset from
+    manager.logon_accepted(KEY, now - timedelta(hours=8))  # 04:00, inside today's window
+    assert manager.reset_due(KEY, now)
+    assert not manager.reset_due(OTHER_KEY, now)
+    manager.logon_accepted(KEY, now - timedelta(hours=2))  # 10:00, after it
+    assert not manager.reset_due(KEY, now)
+    for other in (SessionManager(), SessionManager(dataclasses.replace(daily, reset_after=False))):
+        other.logon_accepted(KEY, now - timedelta(hours=8))
+        assert not other.reset_due(KEY, now)
+    assert manager.maintenance_window(now.replace(hour=4)) is not None
+    assert manager.maintenance_window(now) is None
+    assert SessionManager().maintenance_window(now.replace(hour=4)) is None
+
+
+async def test_drain_logs_every_session_out_and_waits_for_the_last(
+        autojump_clock: trio.testing.MockClock) -> None:
+    manager = SessionManager()
+    ended: list[int] = []
+    async with trio.open_nursery() as nursery:
+
+        def shutdown_hook(conn_id: int, seconds: float) -> Callable[[], None]:
+            """A session that takes ``seconds`` to log out once asked (the hook returns at
+            once, as a relay's shutdown does)."""
+            async def log_out() -> None:
+                await trio.sleep(seconds)
+                manager.unregister(conn_id)
+                manager.release(f"key-{conn_id}", conn_id)
+                ended.append(conn_id)
+
+            def shutdown() -> None:
+                nursery.start_soon(log_out)
+            return shutdown
+
+        for conn_id, seconds in ((1, 3.0), (2, 1.0)):
+            assert manager.claim(f"key-{conn_id}", "s", conn_id) is None
+            manager.register(conn_id, shutdown_hook(conn_id, seconds))
+        assert manager.live_sessions == 2
+        start = trio.current_time()
+        await manager.drain()
+        assert trio.current_time() - start == pytest.approx(3.0)
+    assert manager.draining
+    assert ended == [2, 1]
+    assert manager.live_sessions == 0
+
+
+async def test_drain_waits_for_a_connection_still_opening_tls(
+        autojump_clock: trio.testing.MockClock) -> None:
+    manager = SessionManager()
+    await manager.drain()  # nothing live: returns at once
+    assert manager.claim(KEY, "nr", 1) is None  # claimed, not yet logged on
+    async with trio.open_nursery() as nursery:
+
+        async def give_up_after_tls() -> None:
+            await trio.sleep(2.0)
+            manager.release(KEY, 1)
+
+        nursery.start_soon(give_up_after_tls)
+        start = trio.current_time()
+        await manager.drain()
+        assert trio.current_time() - start == pytest.approx(2.0)
+    # The caller bounds the wait for a session that never ends.
+    manager.register(2, lambda: None)
+    with trio.move_on_after(5.0) as bounded:
+        await manager.drain()
+    assert bounded.cancelled_caught

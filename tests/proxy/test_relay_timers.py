@@ -9,18 +9,18 @@ time.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import pytest
 import trio
 import trio.testing
 from cryptography.hazmat.primitives.asymmetric import rsa
 from prometheus_client import CollectorRegistry
+from support.config import session_config
 from support.relay import drive_in_trio, socket_stream_pair
 
 from fixproxy.config.model import SessionConfig, TLSPolicy
@@ -104,15 +104,15 @@ class Harness:
     """Virtual times the relay opened the upstream."""
 
 
-def make_config(**overrides: object) -> SessionConfig:
-    config = SessionConfig(
-        name="timers", listen=("127.0.0.1", 0), endpoint=ENDPOINTS[ENDPOINT],
-        host="fix.elections.kalshi.com", port=ENDPOINTS[ENDPOINT].port, api_key=API_KEY,
-        private_key=Path("unused-private-key.pem"),
-        tls=TLSPolicy(server_name="fix.elections.kalshi.com", verify="ca", ca_file=None,
-                      pins=(), pinned_cert=None),
-        logon_timeout=LOGON_TIMEOUT, liveness_grace=GRACE, logout_wait=LOGOUT_WAIT)
-    return dataclasses.replace(config, **overrides)  # type: ignore[arg-type]  # test knobs
+def make_config(**overrides: Any) -> SessionConfig:
+    return session_config(**({
+        "name": "timers", "endpoint": ENDPOINTS[ENDPOINT], "host": "fix.elections.kalshi.com",
+        "port": ENDPOINTS[ENDPOINT].port, "api_key": API_KEY,
+        "private_key": Path("unused-private-key.pem"),
+        "tls": TLSPolicy(server_name="fix.elections.kalshi.com", verify="ca", ca_file=None,
+                         pins=(), pinned_cert=None),
+        "logon_timeout": LOGON_TIMEOUT, "liveness_grace": GRACE, "logout_wait": LOGOUT_WAIT,
+    } | overrides))
 
 
 def start_relay(nursery: trio.Nursery, key: rsa.RSAPrivateKey, **overrides: object) -> Harness:

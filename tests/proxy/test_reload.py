@@ -21,10 +21,7 @@ from typing import Final
 import pytest
 import trio
 from click.testing import CliRunner
-from support.e2e import (  # e2e_material_fixture: a pytest fixture, found by its name
-    E2EMaterial,
-    e2e_material_fixture,  # noqa: F401
-)
+from support.e2e import E2EMaterial
 from support.reload_harness import (
     KEYS,
     Session,

@@ -1,7 +1,7 @@
 """Configuration files for the config tests: a text builder for each table, a directory holding
 the files they name, loading helpers, and the shape of a case whose error names a key and a line.
 
-Import :func:`confdir_fixture` into a test module to get the ``confdir`` fixture.
+The ``confdir`` fixture reaches every test through ``tests/conftest.py`` (``pytest_plugins``).
 """
 
 from __future__ import annotations

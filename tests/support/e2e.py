@@ -8,13 +8,13 @@ the endpoint, the TLS policy, the gateway address (a dead port), session fields 
 endpoint.
 
 The certificates and the RSA key pair are made once per run (:func:`make_material`, exposed as
-the session fixture ``e2e_material``; import :func:`e2e_material_fixture` into a test module to
-use it). Everything is written under pytest's temporary directory; the private key is 0600.
+the session fixture ``e2e_material``, which ``tests/conftest.py`` registers for every test
+through ``pytest_plugins``). Everything is written under pytest's temporary directory; the
+private key is 0600.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -27,7 +27,7 @@ import trio
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from prometheus_client import CollectorRegistry
 
-from fixproxy.config.model import Config, GatewayConfig, MetricsConfig, SessionConfig, TLSPolicy
+from fixproxy.config.model import MetricsConfig, SessionConfig, TLSPolicy
 from fixproxy.fix import tags
 from fixproxy.fix.codec import FixMessage, checksum
 from fixproxy.kalshi import ENDPOINTS
@@ -38,6 +38,7 @@ from fixproxy.signing import generate_key_pair, load_public_key
 from fixproxy.sim.certs import CertificateFiles, SimCertificates, generate_certificates
 from fixproxy.sim.engine import ScriptedEngine
 from fixproxy.sim.gateway import SimConfig, SimEvent, SimFaults, SimGateway
+from support.config import config_with, session_config
 
 LOOPBACK: Final = "127.0.0.1"
 SESSION_NAME: Final = "e2e"
@@ -68,6 +69,12 @@ class E2EMaterial:
                          ca_file=ca_file if ca_file is not None else self.cert_files.ca_cert,
                          pins=pins if pins is not None else (self.certs.leaf_pin,),
                          pinned_cert=None)
+
+    def session_config(self, **overrides: Any) -> SessionConfig:
+        """:func:`~support.config.session_config` with this material's API key, private key
+        and TLS policy; ``overrides`` win."""
+        return session_config(**({"api_key": self.api_key, "private_key": self.private_key,
+                                  "tls": self.tls_policy()} | dict(overrides)))
 
 
 def make_material(directory: Path) -> E2EMaterial:
@@ -194,19 +201,16 @@ async def open_proxy_pair(
         async with trio.open_nursery() as nursery:
             addresses: dict[str, tuple[str, int]] = await nursery.start(sim.serve)
             sim_host, sim_port = addresses[endpoint]
-            session = SessionConfig(
-                name=SESSION_NAME, listen=(LOOPBACK, 0), endpoint=ENDPOINTS[endpoint],
-                host=sim_host, port=gateway_port if gateway_port is not None else sim_port,
-                api_key=material.api_key, private_key=material.private_key,
-                tls=tls if tls is not None else material.tls_policy(), connect_timeout=5.0)
-            if session_overrides:
-                session = dataclasses.replace(session, **session_overrides)
-            config = Config(gateway=GatewayConfig(),
-                            metrics=MetricsConfig(listen=(LOOPBACK, 0) if metrics_endpoint
-                                                  else None),
-                            sessions=(session,))
-            if config_overrides:
-                config = dataclasses.replace(config, **config_overrides)
+            fields: dict[str, Any] = {
+                "name": SESSION_NAME, "endpoint": ENDPOINTS[endpoint], "host": sim_host,
+                "port": gateway_port if gateway_port is not None else sim_port,
+                "connect_timeout": 5.0}
+            if tls is not None:
+                fields["tls"] = tls
+            session = material.session_config(**(fields | dict(session_overrides or {})))
+            config = config_with(session, **(
+                {"metrics": MetricsConfig(listen=(LOOPBACK, 0) if metrics_endpoint else None)}
+                | dict(config_overrides or {})))
             bound: BoundAddresses = await nursery.start(
                 functools.partial(serve_proxy, config, metrics, manager=manager))
             pair = ProxyPair(material=material, sim=sim, metrics=metrics, session=session,

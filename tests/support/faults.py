@@ -32,7 +32,7 @@ import trio
 import trio.testing
 from prometheus_client import CollectorRegistry
 
-from fixproxy.config.model import SessionConfig, TLSPolicy
+from fixproxy.config.model import TLSPolicy
 from fixproxy.fix import tags
 from fixproxy.fix.codec import FieldValue, FixMessage, encode, utc_timestamp
 from fixproxy.fix.framer import FixFramer
@@ -206,10 +206,8 @@ async def open_memory_proxy(material: E2EMaterial, *, faults: SimFaults | None =
     sim = SimGateway(SimConfig(ports={ENDPOINT: 0}, keys={material.api_key: material.public_key},
                                faults=faults or SimFaults()),
                      ssl.create_default_context(ssl.Purpose.CLIENT_AUTH))
-    config = SessionConfig(
-        name=MEMORY_SESSION, listen=(LOOPBACK, 0), endpoint=ENDPOINTS[ENDPOINT],
-        host=LOOPBACK, port=1, api_key=material.api_key, private_key=material.private_key,
-        tls=material.tls_policy(), **dict(session_overrides or {}))
+    config = material.session_config(name=MEMORY_SESSION, endpoint=ENDPOINTS[ENDPOINT],
+                                     host=LOOPBACK, port=1, **dict(session_overrides or {}))
     async with trio.open_nursery() as nursery:
         connects: list[float] = []
 

@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import pytest
 import trio
-from support.e2e import (  # e2e_material_fixture: a pytest fixture, found by its name
-    E2EMaterial,
-    e2e_material_fixture,  # noqa: F401
-    open_proxy_pair,
-)
+from support.e2e import E2EMaterial, open_proxy_pair
 
 from fixproxy.fix import tags
 from fixproxy.session.peers import PeerFilter

@@ -21,12 +21,11 @@ import pytest
 import trio
 import trio.testing
 from prometheus_client.parser import text_string_to_metric_families
-from support.e2e import (  # e2e_material_fixture: a pytest fixture, found by its name
+from support.e2e import (
     API_KEY,
     E2EMaterial,
     ProxyPair,
     check_frame,
-    e2e_material_fixture,  # noqa: F401
     last_received,
     open_proxy_pair,
     sent_of_type,

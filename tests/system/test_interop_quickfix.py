@@ -21,9 +21,10 @@ import pytest
 import trio
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from prometheus_client import CollectorRegistry
+from support.config import config_with, session_config
 from support.quickfix_engine import EngineSettings, QuickFixEngine, iter_log_text
 
-from fixproxy.config.model import Config, GatewayConfig, MetricsConfig, SessionConfig, TLSPolicy
+from fixproxy.config.model import TLSPolicy
 from fixproxy.fix import tags
 from fixproxy.fix.codec import iter_fields
 from fixproxy.kalshi import ENDPOINTS
@@ -78,16 +79,14 @@ async def running_stack(tmp_path: Path, endpoints: tuple[str, ...]) -> AsyncIter
     async with trio.open_nursery() as nursery:
         gateways: dict[str, tuple[str, int]] = await nursery.start(sim.serve)
         sessions = tuple(
-            SessionConfig(
-                name=endpoint, listen=("127.0.0.1", 0), endpoint=ENDPOINTS[endpoint],
-                host=gateways[endpoint][0], port=gateways[endpoint][1], api_key=api_key,
-                private_key=key_path,
+            session_config(
+                name=endpoint, endpoint=ENDPOINTS[endpoint], host=gateways[endpoint][0],
+                port=gateways[endpoint][1], api_key=api_key, private_key=key_path,
                 tls=TLSPolicy(server_name=certs.hostname, verify="ca+pin",
                               ca_file=cert_files.ca_cert, pins=(certs.leaf_pin,),
                               pinned_cert=None))
             for endpoint in endpoints)
-        config = Config(gateway=GatewayConfig(), metrics=MetricsConfig(listen=None),
-                        sessions=sessions)
+        config = config_with(*sessions)
         bound: BoundAddresses = await nursery.start(
             serve_proxy, config, Metrics(CollectorRegistry()))
         yield Stack(sim, api_key, public_key, dict(bound.sessions))

@@ -27,6 +27,7 @@ import pytest
 import trio
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from prometheus_client import CollectorRegistry
+from support.config import config_with, session_config
 from support.quickfix_engine import (
     Captured,
     EngineRecord,
@@ -37,14 +38,7 @@ from support.quickfix_engine import (
     session_registered,
 )
 
-from fixproxy.config.model import (
-    Config,
-    GatewayConfig,
-    MetricsConfig,
-    ProxyConfig,
-    SessionConfig,
-    TLSPolicy,
-)
+from fixproxy.config.model import ProxyConfig, SessionConfig, TLSPolicy
 from fixproxy.fix import tags
 from fixproxy.fix.codec import iter_fields
 from fixproxy.kalshi import ENDPOINTS
@@ -142,9 +136,9 @@ async def running_gateway(tmp_path: Path) -> AsyncIterator[Gateway]:
     async with trio.open_nursery() as nursery:
         gateways: dict[str, tuple[str, int]] = await nursery.start(sim.serve)
         host, port = gateways[ENDPOINT]
-        session = SessionConfig(
-            name=ENDPOINT, listen=("127.0.0.1", 0), endpoint=ENDPOINTS[ENDPOINT],
-            host=host, port=port, api_key=api_key, private_key=key_path,
+        session = session_config(
+            name=ENDPOINT, endpoint=ENDPOINTS[ENDPOINT], host=host, port=port, api_key=api_key,
+            private_key=key_path,
             tls=TLSPolicy(server_name=certs.hostname, verify="ca+pin",
                           ca_file=cert_files.ca_cert, pins=(certs.leaf_pin,),
                           pinned_cert=None))
@@ -156,9 +150,7 @@ async def running_gateway(tmp_path: Path) -> AsyncIterator[Gateway]:
 async def running_proxy(gateway: Gateway) -> AsyncIterator[Proxy]:
     """Run fixproxy (fresh manager and metrics, as a new process would have) with the
     gateway's state directory; leaving the block stops it."""
-    config = Config(gateway=GatewayConfig(), metrics=MetricsConfig(listen=None),
-                    sessions=(gateway.session,),
-                    proxy=ProxyConfig(state_dir=gateway.state_dir))
+    config = config_with(gateway.session, proxy=ProxyConfig(state_dir=gateway.state_dir))
     manager = ReleaseWatcher()
     async with trio.open_nursery() as nursery:
         bound: BoundAddresses = await nursery.start(functools.partial(

@@ -5,11 +5,7 @@ from __future__ import annotations
 import base64
 from pathlib import Path
 
-from support.e2e import (  # e2e_material_fixture: a pytest fixture, found by its name
-    E2EMaterial,
-    e2e_material_fixture,  # noqa: F401
-    open_proxy_pair,
-)
+from support.e2e import E2EMaterial, open_proxy_pair
 
 from fixproxy.config.model import ProxyConfig
 from fixproxy.fix import tags

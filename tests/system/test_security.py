@@ -23,15 +23,10 @@ from typing import Final
 import pytest
 from cryptography.hazmat.primitives import serialization
 from prometheus_client import CollectorRegistry
-from support.e2e import (  # e2e_material_fixture: a pytest fixture, found by its name
-    E2EMaterial,
-    ProxyPair,
-    e2e_material_fixture,  # noqa: F401
-    open_proxy_pair,
-)
+from support.config import config_with
+from support.e2e import E2EMaterial, ProxyPair, open_proxy_pair
 
 from fixproxy.cli.check import preflight
-from fixproxy.config.model import Config, GatewayConfig, MetricsConfig, SessionConfig
 from fixproxy.errors import SigningError
 from fixproxy.fix import tags
 from fixproxy.fix.codec import FixMessage
@@ -213,13 +208,11 @@ async def test_the_passphrase_reaches_the_key_at_start_and_never_a_message(
         monkeypatch.delenv(PASSPHRASE_ENV, raising=False)
     else:
         monkeypatch.setenv(PASSPHRASE_ENV, passphrase)
-    session = SessionConfig(
-        name="enc", listen=("127.0.0.1", 0), endpoint=ENDPOINTS["KalshiNR"], host="127.0.0.1",
-        port=1, api_key=e2e_material.api_key, private_key=encrypted_copy(e2e_material, tmp_path),
-        tls=e2e_material.tls_policy(),
+    session = e2e_material.session_config(
+        name="enc", endpoint=ENDPOINTS["KalshiNR"], host="127.0.0.1", port=1,
+        private_key=encrypted_copy(e2e_material, tmp_path),
         private_key_passphrase=PassphraseSource(env=PASSPHRASE_ENV))
-    config = Config(gateway=GatewayConfig(), metrics=MetricsConfig(listen=None),
-                    sessions=(session,))
+    config = config_with(session)
     lines: list[str] = []
     ok = await preflight(config, online=False, echo=lines.append)
 
