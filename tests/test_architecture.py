@@ -18,7 +18,9 @@ and, on top of the order:
   never import trio;
 * net/ knows no FIX: it never imports fix/, session/ or proxy/;
 * sim/ never imports session/ or proxy/: the simulated Kalshi must not share our mistakes;
-* only cli/ imports click or calls ``trio.run``.
+* only cli/ imports click or calls ``trio.run``;
+* the session relay (proxy/relay.py, proxy/handover.py), which runs in a thread of its own,
+  never imports trio.
 
 Imports under ``if TYPE_CHECKING:`` count too: a type that lives in a higher layer is still a
 dependency on it. A module outside every listed folder fails the test until it is placed, so
@@ -62,8 +64,12 @@ PURE: Final = ("fixproxy.errors", "fixproxy.kalshi", "fixproxy.fix", "fixproxy.s
 """The protocol layer: synchronous, no trio, no sockets, no TLS. The simulator's venue rules
 are held to it too, so what the simulated Kalshi decides is tested without sockets."""
 
-NO_TRIO: Final = (*PURE, "fixproxy.config", "fixproxy.ops")
-"""Folders that must not import trio (only the I/O layers, sim and cli do)."""
+DATA_PLANE: Final = ("fixproxy.proxy.relay", "fixproxy.proxy.handover")
+"""The session relay and what it exchanges with admission: they run in a session's own thread
+and must never call trio (design.md: the planes meet only through the handover)."""
+
+NO_TRIO: Final = (*PURE, "fixproxy.config", "fixproxy.ops", *DATA_PLANE)
+"""Folders and modules that must not import trio (only the I/O layers, sim and cli do)."""
 
 FORBIDDEN: Final[dict[str, tuple[str, ...]]] = {
     "fixproxy.net": ("fixproxy.fix", "fixproxy.session", "fixproxy.proxy"),
@@ -267,6 +273,10 @@ def test_every_module_is_in_a_layer_and_imports_only_downward() -> None:
 def test_at_most_six_modules_sit_directly_in_the_package() -> None:
     top = [m.name for m in MODULES if m.name.count(".") == 1 and not m.is_package]
     assert len(top) <= 6, top
+
+
+def test_the_data_plane_is_checked() -> None:
+    assert {m.name for m in _of(DATA_PLANE)} == set(DATA_PLANE)
 
 
 def test_pure_and_edge_folders_never_import_trio() -> None:
