@@ -177,6 +177,9 @@ async def test_engine_clock_skew_is_warned_about(e2e_material: E2EMaterial,
 # --- the manager itself, without sockets ----------------------------------------------------
 
 KEY = "11111111-1111-4111-8111-111111111111"
+DRAIN_GUARD = 60.0
+"""Virtual seconds a drain test may take: a drain that never returns fails the test
+instead of hanging it (the autojump clock would wait forever)."""
 OTHER_KEY = "22222222-2222-4222-8222-222222222222"
 
 
@@ -221,28 +224,29 @@ async def test_drain_logs_every_session_out_and_waits_for_the_last(
         autojump_clock: trio.testing.MockClock) -> None:
     manager = SessionManager()
     ended: list[int] = []
-    async with trio.open_nursery() as nursery:
+    with trio.fail_after(DRAIN_GUARD):
+        async with trio.open_nursery() as nursery:
 
-        def shutdown_hook(conn_id: int, seconds: float) -> Callable[[], None]:
-            """A session that takes ``seconds`` to log out once asked (the hook returns at
-            once, as a relay's shutdown does)."""
-            async def log_out() -> None:
-                await trio.sleep(seconds)
-                manager.unregister(conn_id)
-                manager.release(f"key-{conn_id}", conn_id)
-                ended.append(conn_id)
+            def shutdown_hook(conn_id: int, seconds: float) -> Callable[[], None]:
+                """A session that takes ``seconds`` to log out once asked (the hook returns at
+                once, as a relay's shutdown does)."""
+                async def log_out() -> None:
+                    await trio.sleep(seconds)
+                    manager.unregister(conn_id)
+                    manager.release(f"key-{conn_id}", conn_id)
+                    ended.append(conn_id)
 
-            def shutdown() -> None:
-                nursery.start_soon(log_out)
-            return shutdown
+                def shutdown() -> None:
+                    nursery.start_soon(log_out)
+                return shutdown
 
-        for conn_id, seconds in ((1, 3.0), (2, 1.0)):
-            assert manager.claim(f"key-{conn_id}", "s", conn_id) is None
-            manager.register(conn_id, shutdown_hook(conn_id, seconds))
-        assert manager.live_sessions == 2
-        start = trio.current_time()
-        await manager.drain()
-        assert trio.current_time() - start == pytest.approx(3.0)
+            for conn_id, seconds in ((1, 3.0), (2, 1.0)):
+                assert manager.claim(f"key-{conn_id}", "s", conn_id) is None
+                manager.register(conn_id, shutdown_hook(conn_id, seconds))
+            assert manager.live_sessions == 2
+            start = trio.current_time()
+            await manager.drain()
+            assert trio.current_time() - start == pytest.approx(3.0)
     assert manager.draining
     assert ended == [2, 1]
     assert manager.live_sessions == 0
@@ -251,18 +255,19 @@ async def test_drain_logs_every_session_out_and_waits_for_the_last(
 async def test_drain_waits_for_a_connection_still_opening_tls(
         autojump_clock: trio.testing.MockClock) -> None:
     manager = SessionManager()
-    await manager.drain()  # nothing live: returns at once
-    assert manager.claim(KEY, "nr", 1) is None  # claimed, not yet logged on
-    async with trio.open_nursery() as nursery:
+    with trio.fail_after(DRAIN_GUARD):
+        await manager.drain()  # nothing live: returns at once
+        assert manager.claim(KEY, "nr", 1) is None  # claimed, not yet logged on
+        async with trio.open_nursery() as nursery:
 
-        async def give_up_after_tls() -> None:
-            await trio.sleep(2.0)
-            manager.release(KEY, 1)
+            async def give_up_after_tls() -> None:
+                await trio.sleep(2.0)
+                manager.release(KEY, 1)
 
-        nursery.start_soon(give_up_after_tls)
-        start = trio.current_time()
-        await manager.drain()
-        assert trio.current_time() - start == pytest.approx(2.0)
+            nursery.start_soon(give_up_after_tls)
+            start = trio.current_time()
+            await manager.drain()
+            assert trio.current_time() - start == pytest.approx(2.0)
     # The caller bounds the wait for a session that never ends.
     manager.register(2, lambda: None)
     with trio.move_on_after(5.0) as bounded:

@@ -1,5 +1,5 @@
-"""The server on real loopback sockets, without a gateway: what it reports once ready, when it
-stops accepting, and the small HTTP responder of the metrics endpoint.
+"""The server on real loopback sockets, without a gateway: what it reports once ready and when
+it stops accepting. The metrics endpoint's HTTP responder is tested in tests/net/test_http.py.
 
 No session here reaches a gateway (each points at loopback port 1), so an engine that gets as
 far as its Logon is answered by fixproxy's own refusal: enough to show that its connection
