@@ -190,6 +190,13 @@ async def _serve_connection(engine: trio.abc.Stream, runtime: SessionRuntime,
         log.info("engine connection broke before its Logon")
         await engine.aclose()
         return
+    except BaseException:
+        # A fault of fixproxy's own, or a cancellation, while the key was held: give it back,
+        # or every later connection with this key would be refused as a duplicate.
+        if claimed:
+            runtime.manager.release(runtime.policy.api_key, conn_id)
+            status.connection_ended(conn_id, time.time())
+        raise
 
     metrics.engine_connections.labels(session=name, result="ok").inc()
     log.info("connected to gateway %s:%d (%s, %s); sending signed Logon",

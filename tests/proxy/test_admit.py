@@ -196,3 +196,19 @@ async def test_a_fault_in_fixproxy_ends_only_this_connection(
     assert re.fullmatch(rf"\[{SESSION} #\d+\] internal error; this connection is closed, "
                         rf"others carry on", record.getMessage())
     assert record.exc_info is not None and isinstance(record.exc_info[1], RuntimeError)
+
+
+async def test_a_fault_while_opening_the_gateway_gives_the_key_back(
+        rsa_key: rsa.RSAPrivateKey) -> None:
+    """An error of fixproxy's own between the key claim and the session (here the connector
+    raising what no gateway problem raises) ends that connection only, and the key is free
+    again for the engine's next attempt."""
+    with trio.fail_after(GUARD):
+        async with tcp_pair() as (engine_stream, accepted), trio.open_nursery() as nursery:
+            relay = start_relay(nursery, accepted, rsa_key,
+                                connect_error=RuntimeError("a bug in the connector"))
+            engine = ScriptedEngine(engine_stream, sender=API_KEY, target="KalshiNR")
+            await engine.send(tags.MT_LOGON, LOGON_FIELDS)
+            await relay.done.wait()
+    assert relay.connects == 1
+    assert relay.runtime.manager.claim(API_KEY, "again", 99) is None
