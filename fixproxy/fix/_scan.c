@@ -23,18 +23,12 @@ static const char PREFIX[] = "8=FIXT.1.1\x01" "9=";
 #define TRAILER_LEN 7 /* "10=ddd" SOH */
 #define MIN_BODY 5    /* "35=x" SOH */
 
-static PyObject *
-scan(PyObject *self, PyObject *args)
+/* One complete valid frame at buf[pos]: 1 with *end, *type_start, *type_end set, else 0. */
+static int
+check_frame(const unsigned char *buf, Py_ssize_t have, Py_ssize_t pos, Py_ssize_t max_frame,
+            Py_ssize_t max_digits, Py_ssize_t *end_out, Py_ssize_t *type_start_out,
+            Py_ssize_t *type_end_out)
 {
-    Py_buffer view;
-    Py_ssize_t pos, max_frame, max_digits;
-    PyObject *result = NULL;
-
-    if (!PyArg_ParseTuple(args, "y*nnn", &view, &pos, &max_frame, &max_digits))
-        return NULL;
-    const unsigned char *buf = (const unsigned char *)view.buf;
-    Py_ssize_t have = view.len;
-
     if (pos < 0 || max_digits < 1 || max_digits > 9 || pos > have - PREFIX_LEN)
         goto none;
     if (memcmp(buf + pos, PREFIX, PREFIX_LEN) != 0)
@@ -93,19 +87,114 @@ scan(PyObject *self, PyObject *args)
     if ((sum & 0xFF) != stated)
         goto none;
 
-    result = Py_BuildValue("(nnn)", (Py_ssize_t)end, type_start, type_end);
-    PyBuffer_Release(&view);
-    return result;
+    *end_out = (Py_ssize_t)end;
+    *type_start_out = type_start;
+    *type_end_out = type_end;
+    return 1;
 
 none:
+    return 0;
+}
+
+static PyObject *
+scan(PyObject *self, PyObject *args)
+{
+    Py_buffer view;
+    Py_ssize_t pos, max_frame, max_digits, end, type_start, type_end;
+    PyObject *result;
+
+    if (!PyArg_ParseTuple(args, "y*nnn", &view, &pos, &max_frame, &max_digits))
+        return NULL;
+    if (check_frame((const unsigned char *)view.buf, view.len, pos, max_frame, max_digits,
+                    &end, &type_start, &type_end))
+        result = Py_BuildValue("(nnn)", end, type_start, type_end);
+    else
+        result = Py_NewRef(Py_None);
     PyBuffer_Release(&view);
-    Py_RETURN_NONE;
+    return result;
+}
+
+/*
+ * scan_count(buf, pos, max_frame_size, max_digits, counts, known, other, stop)
+ *     -> (end, last_start, count)
+ *
+ * Consecutive complete valid frames from buf[pos], each counted in the dict ``counts`` by its
+ * MsgType (types not in the set ``known`` count as ``other``), up to the first frame that is
+ * incomplete, invalid, or of a MsgType in the set ``stop``, which is left uncounted for the
+ * Python framer. Returns where the counted frames end, where the last of them starts (pos when
+ * none), and how many there were.
+ */
+static PyObject *
+scan_count(PyObject *self, PyObject *args)
+{
+    Py_buffer view;
+    Py_ssize_t pos, max_frame, max_digits, end, type_start, type_end;
+    PyObject *counts, *known, *other, *stop;
+    Py_ssize_t count = 0, last_start;
+
+    if (!PyArg_ParseTuple(args, "y*nnnO!O!SO!", &view, &pos, &max_frame, &max_digits,
+                          &PyDict_Type, &counts, &PyFrozenSet_Type, &known, &other,
+                          &PyFrozenSet_Type, &stop))
+        return NULL;
+    const unsigned char *buf = (const unsigned char *)view.buf;
+    last_start = pos;
+    while (check_frame(buf, view.len, pos, max_frame, max_digits, &end, &type_start,
+                       &type_end)) {
+        PyObject *type = PyBytes_FromStringAndSize((const char *)buf + type_start,
+                                                   type_end - type_start);
+        if (type == NULL)
+            goto error;
+        int stopping = PySet_Contains(stop, type);
+        int is_known = stopping ? 0 : PySet_Contains(known, type);
+        if (stopping < 0 || is_known < 0) {
+            Py_DECREF(type);
+            goto error;
+        }
+        if (stopping) {
+            Py_DECREF(type);
+            break;
+        }
+        PyObject *key = is_known ? type : other;
+        PyObject *old = PyDict_GetItemWithError(counts, key);
+        long long before = 0;
+        if (old != NULL) {
+            before = PyLong_AsLongLong(old);
+            if (before == -1 && PyErr_Occurred()) {
+                Py_DECREF(type);
+                goto error;
+            }
+        } else if (PyErr_Occurred()) {
+            Py_DECREF(type);
+            goto error;
+        }
+        PyObject *after = PyLong_FromLongLong(before + 1);
+        if (after == NULL || PyDict_SetItem(counts, key, after) < 0) {
+            Py_XDECREF(after);
+            Py_DECREF(type);
+            goto error;
+        }
+        Py_DECREF(after);
+        Py_DECREF(type);
+        last_start = pos;
+        pos = end;
+        count++;
+    }
+    PyBuffer_Release(&view);
+    return Py_BuildValue("(nnn)", pos, last_start, count);
+
+error:
+    PyBuffer_Release(&view);
+    return NULL;
 }
 
 static PyMethodDef methods[] = {
     {"scan", scan, METH_VARARGS,
      "scan(buf, pos, max_frame_size, max_digits) -> (end, type_start, type_end) or None\n\n"
      "One complete, valid FIX frame at buf[pos], or None: ask the Python framer."},
+    {"scan_count", scan_count, METH_VARARGS,
+     "scan_count(buf, pos, max_frame_size, max_digits, counts, known, other, stop)\n"
+     "    -> (end, last_start, count)\n\n"
+     "Count consecutive valid frames by MsgType, stopping before one of a type in stop."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -39,21 +39,30 @@ from typing import Final, NamedTuple
 from fixproxy.errors import FramingError
 
 _ScanFunction = Callable[[bytes | bytearray, int, int, int], tuple[int, int, int] | None]
+_CountFunction = Callable[
+    [bytes | bytearray, int, int, int, dict[bytes, int], frozenset[bytes], bytes,
+     frozenset[bytes]],
+    tuple[int, int, int]]
 
 
-def _c_scanner() -> _ScanFunction | None:
+def _c_scanner() -> tuple[_ScanFunction, _CountFunction] | None:
     """The C frame scanner, unless it was not built or ``FIXPROXY_PURE_FRAMER`` is set."""
     if os.environ.get("FIXPROXY_PURE_FRAMER", "") not in ("", "0"):
         return None
     try:
-        from fixproxy.fix._scan import scan  # noqa: PLC0415  optional, compiled at install
+        from fixproxy.fix._scan import (  # noqa: PLC0415  optional, compiled at install
+            scan,
+            scan_count,
+        )
     except ImportError:
         return None
-    return scan
+    return scan, scan_count
 
 
-_scan: Final = _c_scanner()
-SCANNER: Final = "python" if _scan is None else "c"
+_c: Final = _c_scanner()
+_scan: Final = None if _c is None else _c[0]
+_scan_count: Final = None if _c is None else _c[1]
+SCANNER: Final = "python" if _c is None else "c"
 """Which frame scanner this process uses: ``c`` (the accelerator) or ``python``."""
 
 MAX_FRAME_SIZE: Final = 1 << 20
@@ -107,7 +116,8 @@ class FixFramer:
     messages with :meth:`next_message` until it returns ``None``.
     """
 
-    __slots__ = ("_buf", "_eof", "_error", "_max_digits", "_pos", "_scan", "max_frame_size")
+    __slots__ = ("_buf", "_eof", "_error", "_max_digits", "_pos", "_scan", "_scan_count",
+                 "max_frame_size")
 
     def __init__(self, max_frame_size: int = MAX_FRAME_SIZE, *,
                  accelerated: bool = True) -> None:
@@ -125,6 +135,7 @@ class FixFramer:
         self._eof = False
         self._error: FramingError | None = None
         self._scan = _scan if accelerated else None
+        self._scan_count = _scan_count if accelerated else None
 
     @property
     def buffered(self) -> int:
@@ -159,6 +170,33 @@ class FixFramer:
             del buf[:pos]
             buf += data
         self._pos = 0
+
+    def take_counted(self, counts: dict[bytes, int], known: frozenset[bytes], other: bytes,
+                     stop: frozenset[bytes]) -> tuple[bytes | bytearray, int, int, int]:
+        """Take the complete valid frames at hand in one call, counting each by MsgType.
+
+        The relay's fast path: it stops before the first frame that is incomplete, invalid
+        or of a MsgType in ``stop``, which :meth:`next_raw` then returns or refuses as
+        always. Types not in ``known`` are counted under ``other``. Without the C scanner it
+        takes nothing, and the caller goes on frame by frame.
+
+        Returns:
+            (buffer, start, end, last_start): the frames taken are ``buffer[start:end]``,
+            the last of them starting at ``last_start``; ``start == end`` when none.
+        Raises:
+            FramingError: the framer is broken (an earlier call raised).
+        """
+        if self._error is not None:
+            raise FramingError(f"framer is broken: {self._error}") from self._error
+        buf = self._buf
+        pos = self._pos
+        count = self._scan_count
+        if count is None or pos >= len(buf):
+            return buf, pos, pos, pos
+        end, last_start, _ = count(buf, pos, self.max_frame_size, self._max_digits, counts,
+                                   known, other, stop)
+        self._pos = end
+        return buf, pos, end, last_start
 
     def next_message(self) -> Frame | None:
         """Return the next complete message, or ``None`` if more bytes are needed.

@@ -38,7 +38,8 @@ from fixproxy.ops.status import SKEW_SOURCES, STATES, Clocks, StatusBoard
 from fixproxy.session.machine import RELAY_DIRECTIONS, Direction
 
 OTHER_MSG_TYPE: Final = b"other"
-_KNOWN: Final = frozenset(t.encode() for t in KNOWN_MSG_TYPES)
+KNOWN_TYPES: Final = frozenset(t.encode() for t in KNOWN_MSG_TYPES)
+"""MsgTypes counted under their own label; the rest count as ``other`` (bounded labels)."""
 
 _SECONDS_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
                            5.0, 10.0)
@@ -92,7 +93,7 @@ class TrafficCounters:
 
     def count(self, msg_type: bytes) -> None:
         """Count one message; unknown MsgTypes fold into ``other`` so labels stay bounded."""
-        key = msg_type if msg_type in _KNOWN else OTHER_MSG_TYPE
+        key = msg_type if msg_type in KNOWN_TYPES else OTHER_MSG_TYPE
         messages = self.messages
         messages[key] = messages.get(key, 0) + 1
 

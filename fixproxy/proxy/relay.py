@@ -61,7 +61,7 @@ from fixproxy.fix.framer import FixFramer
 from fixproxy.fix.logon import strip_forced_reset
 from fixproxy.fix.logout import logout
 from fixproxy.ops.journal import SessionJournal
-from fixproxy.ops.metrics import TrafficCounters
+from fixproxy.ops.metrics import KNOWN_TYPES, OTHER_MSG_TYPE, TrafficCounters
 from fixproxy.proxy.handover import Command, ControlPlane, RelayResult
 from fixproxy.session.explain import END_CAUSES, classify_gateway_answer, event_text
 from fixproxy.session.machine import Action, Direction, Event, SessionMachine, State
@@ -416,9 +416,20 @@ class SessionRelay:
         # Every message is looked into while the Logon's answer is awaited; after that, only
         # the few noted types (one set lookup per message).
         noted = _EVERY_TYPE if self.awaiting_answer and not from_engine else _NOTED_TYPES
+        # The fast path: runs of messages that need nothing but counting are framed and
+        # counted in one call (the C scanner), and pass as one block of the bytes that came.
+        fast = translate is None and self.journal is None and noted is _NOTED_TYPES
         parts: list[bytes] = []
         last = b""
         while True:
+            if fast:
+                buf, start, end, last_start = framer.take_counted(
+                    messages, KNOWN_TYPES, OTHER_MSG_TYPE, _NOTED_TYPES)
+                if end > start:
+                    block = data if buf is data and start == 0 and end == len(buf) \
+                        else bytes(buf[start:end])
+                    parts.append(block)
+                    last = bytes(buf[last_start:end])
             try:
                 found = next_raw()
             except FramingError as exc:
@@ -440,6 +451,7 @@ class SessionRelay:
                 if not src.readable or self.closing_since is not None:
                     return  # fixproxy logged out for this side, or the session is closing
                 noted = _EVERY_TYPE if self.awaiting_answer and not from_engine else _NOTED_TYPES
+                fast = translate is None and self.journal is None and noted is _NOTED_TYPES
                 continue
             last = raw
             if translate is not None:

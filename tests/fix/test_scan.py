@@ -123,3 +123,59 @@ def test_scanner_finds_a_valid_frame_and_defers_on_a_bad_checksum() -> None:
 def test_the_framer_says_which_scanner_runs() -> None:
     expected = "python" if SCAN is None else "c"
     assert expected == framer_module.SCANNER
+
+
+STOP: Final = frozenset({b"5", b"3"})
+KNOWN: Final = frozenset({b"0", b"5", b"8", b"D", b"A", b"3"})
+
+
+def _count_frame_by_frame(chunks: list[bytes], *, eof: bool, fast: bool
+                          ) -> tuple[bytes, dict[bytes, int], list[object]]:
+    """Bytes taken, counts by MsgType and the sequence of stops (noted frames, the error or
+    the end) of a framer read as the relay reads it, with or without the fast path."""
+    framer = FixFramer(SMALL_FRAME, accelerated=fast)
+    counts: dict[bytes, int] = {}
+    taken = bytearray()
+    stops: list[object] = []
+    try:
+        for chunk in [*chunks, *([b""] if eof else [])]:
+            framer.receive_data(chunk)
+            while True:
+                buf, start, end, _ = framer.take_counted(counts, KNOWN, b"other", STOP)
+                taken += buf[start:end]
+                found = framer.next_raw()
+                if found is None:
+                    break
+                raw, msg_type = found
+                key = msg_type if msg_type in KNOWN else b"other"
+                counts[key] = counts.get(key, 0) + 1
+                taken += raw
+                if msg_type in STOP:
+                    stops.append(raw)
+        stops.append(("buffered", framer.buffered))
+    except FramingError as exc:
+        stops.append(("error", str(exc)))
+    return bytes(taken), counts, stops
+
+
+@needs_scanner
+@settings(max_examples=400)
+@given(st.data(), streams(), st.booleans())
+def test_taking_runs_at_once_counts_and_stops_like_frame_by_frame(
+        data: st.DataObject, stream: bytes, eof: bool) -> None:
+    chunks = data.draw(chunkings(stream))
+    assert _count_frame_by_frame(chunks, eof=eof, fast=True) == \
+        _count_frame_by_frame(chunks, eof=eof, fast=False)
+
+
+@needs_scanner
+def test_take_counted_stops_before_a_noted_message() -> None:
+    order, logout = encode([(35, b"D")]), encode([(35, b"5")])
+    framer = FixFramer()
+    framer.receive_data(order + order + logout + order)
+    counts: dict[bytes, int] = {}
+    buf, start, end, last = framer.take_counted(counts, KNOWN, b"other", STOP)
+    assert (start, end, last) == (0, 2 * len(order), len(order))
+    assert buf[start:end] == order + order
+    assert counts == {b"D": 2}
+    assert framer.next_raw() == (logout, b"5")
