@@ -2,15 +2,17 @@
 
 trio's ``SocketStream`` yields to the scheduler after every call that succeeds at once, and
 ``SSLStream`` drives OpenSSL through memory BIOs in Python, with locks and a copy each way.
-On the relay those cost more CPU per order round trip than everything fixproxy does with the
-FIX itself. Here the socket (or OpenSSL on the socket) is called directly; a call that
-succeeds at once only checks for cancellation, and trio is asked to wait only when the call
-would block. Fairness is kept by the relay itself: each pump writes what it read before
-reading again, and a write to a slower peer blocks.
+Here the socket (or OpenSSL on the socket) is called directly; a call that succeeds at once
+only checks for cancellation, and trio is asked to wait only when the call would block.
 
-One task may receive while another sends (the relay's two pumps). TLS rarely needs the
-opposite direction (a TLS 1.3 KeyUpdate while writing); trio allows one waiter per
-direction, so that rare case polls briefly instead of waiting on the other task's fd.
+These streams carry a connection through admission (the engine's Logon, fixproxy's refusals,
+the TLS handshake and pin check). Once a session starts, its relay takes the underlying
+socket (:attr:`NonBlockingSocketStream.socket`) into a thread of its own
+(fixproxy.proxy.relay), and the stream is only closed afterwards.
+
+One task may receive while another sends. TLS rarely needs the opposite direction (a TLS 1.3
+KeyUpdate while writing); trio allows one waiter per direction, so that rare case polls
+briefly instead of waiting on the other task's fd.
 """
 
 from __future__ import annotations
