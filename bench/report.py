@@ -270,6 +270,7 @@ def summarize_control(quiet: Sequence[Mapping[str, Any]],
         busy = percentiles(during["latency_ns"]).get("p99_9")
         per_round.append({"round": before["round"], "quiet_p99_9_us": calm,
                           "loaded_p99_9_us": busy, "ratio": _divide(busy, calm)})
+    ratios = [item["ratio"] for item in per_round if item["ratio"] is not None]
     scrapes = [ns for result in loaded for ns in result["scrape_ns"]]
     logons = [ns for result in loaded for ns in result["logon_ns"]]
     results = [result["reload_result"] for result in loaded if result["reloads"]]
@@ -280,6 +281,9 @@ def summarize_control(quiet: Sequence[Mapping[str, Any]],
             [lag for result in loaded for lag in result["send_lag_ns"]]),
         "ratio": {key: _divide(loaded_us.get(key), quiet_us.get(key))
                   for key in ("p50", "p90", "p99", "p99_9", "max")},
+        # One disturbed quiet round moves the pooled quiet p99.9; the median of the rounds'
+        # own ratios does not.
+        "ratio_p99_9_median_of_rounds": statistics.median(ratios) if ratios else None,
         "scrapes": {"n": len(scrapes), "ms": {key: value / 1e3 for key, value in
                                               percentiles(scrapes).items() if key != "n"}},
         "logon_cycles": {"n": len(logons), "logon_ms": {
@@ -531,7 +535,8 @@ def _control_table(control: Mapping[str, Any], settings: Mapping[str, Any]) -> l
                  f"{_fmt(control['loaded_engine_send_lag_us'].get('p99'), 1):>{_CELL}}")
     per_round = ", ".join(_ratio(item["ratio"]) for item in control["rounds"])
     lines += [
-        f"p99.9 loaded/quiet per round: {per_round}",
+        f"p99.9 loaded/quiet per round: {per_round} (median "
+        f"{_ratio(control['ratio_p99_9_median_of_rounds'])})",
         f"during the loaded runs: {scrapes['n']} scrapes (p50 {_fmt(scrapes['ms'].get('p50'), 1)}"
         f" ms, max {_fmt(scrapes['ms'].get('max'), 1)} ms); {reloads['sent']} reloads sent, "
         f"{reloads['answered']} answered ({', '.join(reloads['results']) or 'none'}); "

@@ -109,6 +109,7 @@ def test_the_scenarios_ran_every_part(
     assert control["logon_cycles"]["n"] >= 1
     assert control["reloads"]["sent"] == control["reloads"]["answered"] >= 1
     assert control["reloads"]["results"] == ["ok"]
+    assert control["ratio_p99_9_median_of_rounds"] == control["rounds"][0]["ratio"]
     assert result["settings"]["switch_interval"] > 0
 
 
