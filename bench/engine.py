@@ -14,7 +14,10 @@ at a time on the open session:
 * open loop: orders are due at fixed times (``start + i / rate``) whether or not earlier ones
   were answered, and each latency is measured from the order's *scheduled* time, so a stall
   delays every order scheduled during it and shows up in the percentiles (measuring from the
-  actual send would hide it: coordinated omission).
+  actual send would hide it: coordinated omission);
+* open loop on many sessions at once (the many-sessions scenario): the same, with the
+  sessions' schedules interleaved evenly and one ``select`` over all their sockets, in this
+  one thread, so that the engine stays one cheap process however many connections it drives.
 
 Every answer is checked: it must be an ExecutionReport whose ClOrdID (11) is the oldest order
 still unanswered, so a lost, duplicated or reordered message fails the run. The hot loops use
@@ -307,11 +310,65 @@ class Engine:
                 answered += done
         return {"latency_ns": latencies, "send_lag_ns": lags}
 
+    def open_loop_many(self, names: list[str], count: int, rate: float) -> dict[str, Any]:
+        """``count`` orders on each of the sessions ``names``, due at ``rate`` per second on
+        each; latency from each scheduled time, in one thread.
+
+        The sessions' schedules interleave evenly: order ``k`` of the whole run is due at
+        ``start + k / (rate * len(names))`` on session ``k % len(names)``, so the process
+        sends at the combined rate without bursts. Orders due at once go out in one write
+        per session. One ``select`` waits on every socket; each ready one is read once.
+        """
+        sessions = [self.sessions[name] for name in names]
+        width = len(sessions)
+        total = width * count
+        socks = [session.sock for session in sessions]
+        index_of = {id(sock): index for index, sock in enumerate(socks)}
+        waiting: list[deque[int]] = [deque() for _ in sessions]
+        clock = time.perf_counter_ns
+        interval = 1e9 / (rate * width)
+        begin = clock() + 1_000_000
+
+        def due(number: int) -> int:
+            return begin + int(number * interval)
+
+        latencies = [0] * total
+        lags: list[int] = []
+        sent = answered = 0
+        while answered < total:
+            now = clock()
+            if sent < total and due(sent) <= now:
+                lags.append(now - due(sent))
+                batches: dict[int, list[bytes]] = {}
+                while sent < total and due(sent) <= now:
+                    index = sent % width
+                    batches.setdefault(index, []).append(sessions[index].order())
+                    waiting[index].append(sent)
+                    sent += 1
+                for index, batch in batches.items():
+                    socks[index].sendall(batch[0] if len(batch) == 1 else b"".join(batch))
+                continue
+            ready = [index for index, session in enumerate(sessions) if session.buffered()]
+            if not ready:
+                wait = (due(sent) - now) / 1e9 if sent < total else DEFAULT_COMMAND_TIMEOUT_S
+                readable, _, _ = select.select(socks, [], [], wait)
+                if not readable:
+                    continue
+                ready = [index_of[id(sock)] for sock in readable]
+            for index in ready:
+                done = sessions[index].receive()
+                if done:
+                    arrived = clock()
+                    queue = waiting[index]
+                    for _ in range(done):
+                        number = queue.popleft()
+                        latencies[number] = arrived - due(number)
+                    answered += done
+        return {"latency_ns": latencies, "send_lag_ns": lags}
+
     def close_all(self) -> dict[str, Any]:
-        """Log out every open session."""
-        for name in list(self.sessions):
-            self.close(name)
-        return {}
+        """Log out every open session; the orders they sent."""
+        return {"orders": sum(self.close(name)["orders"] for name in list(self.sessions))}
 
 
 def _on_alarm(signum: int, frame: FrameType | None) -> None:
@@ -325,7 +382,7 @@ def _dispatch(engine: Engine, request: dict[str, Any]) -> dict[str, Any]:
         "setup": engine.setup, "open": engine.open, "logons": engine.logons,
         "close": engine.close, "close_all": engine.close_all,
         "closed_loop": engine.closed_loop, "pipelined": engine.pipelined,
-        "open_loop": engine.open_loop,
+        "open_loop": engine.open_loop, "open_loop_many": engine.open_loop_many,
     }
     handler = handlers.get(command)
     if handler is None:

@@ -13,8 +13,12 @@ possible per message, because its cost lands in every measured round trip.
 Here each connection is one thread doing blocking ``recv``/``sendall`` on an ``ssl.SSLSocket``
 (the TLS record work stays in C), and an order costs a frame-end lookup, one ``find`` for
 ClOrdID (11) and one preformatted ExecutionReport (:mod:`bench.wire`). All answers to one read
-go out in one write, as a real gateway's would. Only one connection is busy at a time in the
-benchmark, so the threads do not contend for the GIL.
+go out in one write, as a real gateway's would. In the rounds only one connection is busy at
+a time, so the threads do not contend for the GIL. In the many-sessions scenario (20 API keys
+registered, 20 connections at 250 orders/s each) they do, a little: an order takes a few
+microseconds of the GIL, so at 5,000 orders/s a thread woken by its socket seldom finds it
+taken, and when it does, the wait is the same whichever middle process is measured. Its CPU
+per order is reported with the scenario.
 
 The orchestrator talks to this process over stdin/stdout in JSON lines: the first line out is
 ``{"port": N}``; ``{"cmd": "stats"}`` returns the counters; ``quit`` or the end of stdin ends

@@ -1,12 +1,14 @@
-"""The processes measured between engine and gateway (stunnel4, fixproxy) and their material.
+"""The processes measured between engine and gateway (stunnel4, the bare relays, fixproxy) and
+their material.
 
-Both get the same job: accept plain TCP on 127.0.0.1, open TLS 1.2+ to the gateway, verify its
+All get the same job: accept plain TCP on 127.0.0.1, open TLS 1.2+ to the gateway, verify its
 certificate against the throwaway CA and the name ``localhost``, relay bytes. stunnel runs in
 client mode with ``verifyChain`` and ``checkHost`` from a generated file, in the foreground so
 that its pid is the one started; fixproxy runs as ``python3 -m fixproxy.cli run`` with a
 generated TOML file that also pins the gateway's leaf certificate (``verify = "ca+pin"``), as an
 operator would run it, so its CPU and memory are those of the real command. Its metrics
-endpoint stays on (on a free port), as in production.
+endpoint stays on (on a free port), as in production, and each fixproxy process gets a
+``[proxy] state_dir`` of its own, whose pid file a reload finds it by.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Final
 from bench import BenchError
 from bench.proc import Child, free_port
 from bench.wire import ENDPOINT
+from fixproxy.cli.main import ENV_SWITCH_INTERVAL
 from fixproxy.config.loader import load_config
 from fixproxy.config.model import Config
 from fixproxy.signing import generate_key_pair
@@ -135,6 +138,22 @@ def start_trio_relay(material: Material, gateway_port: int, name: str) -> tuple[
     return child, port
 
 
+def start_python_relay(material: Material, gateway_port: int, name: str,
+                       switch_interval: float) -> tuple[Child, int]:
+    """The bare thread relay (bench/pyrelay.py): fixproxy's data-plane design without its FIX
+    work, with the GIL switch interval fixproxy runs with."""
+    port = free_port()
+    child = Child(name, [sys.executable, "-m", "bench.pyrelay", str(port), str(gateway_port),
+                         str(material.certs.ca_cert), SERVER_NAME, repr(switch_interval)],
+                  material.workdir / f"{name}.log")
+    try:
+        child.wait_listening([port])
+    except BenchError:
+        child.stop()
+        raise
+    return child, port
+
+
 def _toml(value: str) -> str:
     # A TOML basic string accepts JSON's escapes for everything a path or UUID contains.
     return json.dumps(value)
@@ -154,6 +173,11 @@ def fixproxy_config(material: Material, gateway_port: int, accounts: Sequence[Ac
         "",
         "[metrics]",
         f'listen = "127.0.0.1:{free_port()}"',
+        "",
+        # A directory of its own per process: it holds the pid file that finds the process
+        # for a reload, and two proxies may not share one.
+        "[proxy]",
+        f"state_dir = {_toml(str(state_dir(material, name)))}",
     ]
     for index, account in enumerate(accounts):
         lines += [
@@ -171,12 +195,22 @@ def fixproxy_config(material: Material, gateway_port: int, accounts: Sequence[Ac
     return path, load_config(path)
 
 
+def state_dir(material: Material, name: str) -> Path:
+    """The ``[proxy] state_dir`` of the fixproxy process called ``name``."""
+    return material.workdir / f"{name}-state"
+
+
 def start_fixproxy(material: Material, gateway_port: int, accounts: Sequence[Account],
-                   name: str) -> tuple[Child, Config]:
-    """``python3 -m fixproxy.cli run`` with one session per account, once all listen."""
+                   name: str, switch_interval: float | None = None) -> tuple[Child, Config]:
+    """``python3 -m fixproxy.cli run`` with one session per account, once all listen.
+
+    ``switch_interval`` reaches it as $FIXPROXY_SWITCH_INTERVAL (None: the environment's, or
+    fixproxy's default).
+    """
     path, config = fixproxy_config(material, gateway_port, accounts, name)
+    env = {} if switch_interval is None else {ENV_SWITCH_INTERVAL: repr(switch_interval)}
     child = Child(name, [sys.executable, "-m", "fixproxy.cli", "run", "--config", str(path)],
-                  material.workdir / f"{name}.log")
+                  material.workdir / f"{name}.log", env=env)
     ports = [session.listen[1] for session in config.sessions]
     if config.metrics.listen is not None:
         ports.append(config.metrics.listen[1])

@@ -23,7 +23,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, Final, Self
 
@@ -45,9 +45,11 @@ def _die_with_parent() -> None:
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def child_env() -> dict[str, str]:
-    """The environment of a child: this one, with the repository on the import path."""
+def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of a child: this one, with the repository on the import path, and
+    ``extra`` on top."""
     env = dict(os.environ)
+    env.update(extra or {})
     paths = [str(REPO_ROOT), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
     env["PYTHONPATH"] = os.pathsep.join(paths)
     env["PYTHONUNBUFFERED"] = "1"
@@ -133,7 +135,7 @@ class Child:
     """A started process, with its log file; stopped with SIGTERM, then SIGKILL."""
 
     def __init__(self, name: str, argv: Sequence[str], log: Path, *,
-                 pipes: bool = False) -> None:
+                 pipes: bool = False, env: Mapping[str, str] | None = None) -> None:
         self.name = name
         self.log = log
         self._log_file = log.open("wb")
@@ -143,7 +145,7 @@ class Child:
                 stdout=subprocess.PIPE if pipes else self._log_file, stderr=self._log_file,
                 # The orchestrator never starts a thread, so the fork-then-run hazard
                 # preexec_fn carries with threads does not arise.
-                env=child_env(), cwd=REPO_ROOT,
+                env=child_env(env), cwd=REPO_ROOT,
                 preexec_fn=_die_with_parent)  # noqa: PLW1509
         except OSError as exc:
             self._log_file.close()
@@ -206,20 +208,20 @@ class Worker(Child):
         super().__init__(name, [sys.executable, "-m", module, *args], log, pipes=True)
         self._buffer = b""
 
-    def read_line(self, timeout: float) -> dict[str, Any]:
-        """The next JSON line the child writes.
+    def poll_line(self, wait: float) -> dict[str, Any] | None:
+        """The next JSON line the child writes, or None if none is complete within ``wait``.
 
         Raises:
-            BenchError: the child closed its output, or wrote nothing within ``timeout``.
+            BenchError: the child closed its output.
         """
         stdout: IO[bytes] | None = self.process.stdout
         if stdout is None:
             raise BenchError(f"{self.name} has no output pipe")
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + wait
         while b"\n" not in self._buffer:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise self.failure(f"no answer within {timeout:g} s")
+                return None
             readable, _, _ = select.select([stdout], [], [], remaining)
             if readable:
                 chunk = os.read(stdout.fileno(), 1 << 20)
@@ -232,11 +234,23 @@ class Worker(Child):
             raise self.failure(f"wrote {line[:80]!r}, not a JSON object")
         return message
 
-    def request(self, command: str, timeout: float, **arguments: Any) -> dict[str, Any]:
-        """Send one command; return its answer.
+    def read_line(self, timeout: float) -> dict[str, Any]:
+        """The next JSON line the child writes.
 
         Raises:
-            BenchError: the child reported an error, died, or did not answer in time.
+            BenchError: the child closed its output, or wrote nothing within ``timeout``.
+        """
+        message = self.poll_line(timeout)
+        if message is None:
+            raise self.failure(f"no answer within {timeout:g} s")
+        return message
+
+    def send(self, command: str, timeout: float, **arguments: Any) -> None:
+        """Send one command without waiting; :meth:`answer` or :meth:`poll_answer` reads
+        what it says. ``timeout`` bounds the command in the child.
+
+        Raises:
+            BenchError: the child cannot be written to.
         """
         stdin = self.process.stdin
         if stdin is None:
@@ -247,9 +261,28 @@ class Worker(Child):
             stdin.flush()
         except OSError as exc:
             raise self.failure(f"cannot send {command!r}: {exc}") from exc
-        answer = self.read_line(timeout + 10.0)
-        if answer.get("ok") is False or "error" in answer:
+
+    def poll_answer(self, command: str, wait: float) -> dict[str, Any] | None:
+        """The answer to the command sent last, or None if it has not come within ``wait``.
+
+        Raises:
+            BenchError: the child reported an error or died.
+        """
+        answer = self.poll_line(wait)
+        if answer is not None and (answer.get("ok") is False or "error" in answer):
             raise BenchError(f"{self.name}: {command} failed: {answer.get('error')}")
+        return answer
+
+    def request(self, command: str, timeout: float, **arguments: Any) -> dict[str, Any]:
+        """Send one command; return its answer.
+
+        Raises:
+            BenchError: the child reported an error, died, or did not answer in time.
+        """
+        self.send(command, timeout, **arguments)
+        answer = self.poll_answer(command, timeout + 10.0)
+        if answer is None:
+            raise self.failure(f"no answer to {command!r} within {timeout + 10.0:g} s")
         return answer
 
     def stop(self) -> None:

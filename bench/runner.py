@@ -5,18 +5,22 @@ Theory of operation
 The question is what fixproxy adds to a trading firm's order path, so it is measured against
 the two alternatives on the same machine in the same run: the floor (the engine speaking TLS
 and signing its own Logon, straight to the gateway) and the usual sidecar (stunnel4 in client
-mode, the engine still signing). A fourth configuration, ``trio-relay`` (bench/floor.py), is
-fixproxy's own I/O layer copying bytes with no FIX work, the engine signing: it splits what
-fixproxy costs into what trio and Python's ssl cost and what the FIX handling adds. One
-gateway process and one engine process serve every configuration; rounds are interleaved
-(direct, stunnel, trio-relay, fixproxy, direct, ...) so that a change in the machine's load
-over the run falls on all alike instead of on whichever ran last.
+mode, the engine still signing). Two bare relays copy bytes with no FIX work, the engine
+signing: ``trio-relay`` (bench/floor.py, trio and fixproxy's streams) and ``python-relay``
+(bench/pyrelay.py, a thread per connection polling a non-blocking SSLSocket, fixproxy's
+data-plane design); fixproxy against python-relay is what the FIX work costs in that design,
+python-relay against stunnel what the design costs in Python. One gateway process and one
+engine process serve every configuration; rounds are interleaved (direct, stunnel, trio-relay,
+python-relay, fixproxy, direct, ...) so that a change in the machine's load over the run falls
+on all alike instead of on whichever ran last.
 
 Per configuration and round: ``--logons`` connect/Logon/Logout cycles, then one session that
 runs the closed loop, the pipelined run (CPU of engine, gateway and middle process read from
-/proc around it) and the open loop, and logs out. After the rounds, fresh stunnel and fixproxy
-processes hold 1 and then 5 idle logged-on sessions for the memory figures, and the Logon
-rewrite is timed in process before any child starts.
+/proc around it) and the open loop, and logs out; fixproxy's session then runs the open loop
+once more under control-plane load (scenario 2, bench/scenarios.py). After the rounds, the
+many-sessions scenario (scenario 1) runs 20 sessions through fresh stunnel, python-relay and
+fixproxy processes, then fresh stunnel and fixproxy processes hold 1 and then 5 idle logged-on
+sessions for the memory figures. The Logon rewrite is timed in process before any child starts.
 
 The orchestrator only waits while the engine measures. The machine has two cores; engine,
 gateway and middle process each get their own process, which oversubscribes the cores in the
@@ -55,26 +59,43 @@ from bench.middle import (
     fixproxy_config,
     make_material,
     start_fixproxy,
+    start_python_relay,
     start_stunnel,
     start_trio_relay,
+    state_dir,
     stunnel_binary,
     stunnel_version,
 )
 from bench.proc import CLOCK_TICKS, Child, Worker, cpu_ns, cpu_ticks, memory_kib
+from bench.scenarios import (
+    MANY_CONFIGS,
+    ControlSchedule,
+    ControlTarget,
+    ManyRoute,
+    run_many_sessions,
+    run_under_control_load,
+)
+from fixproxy.cli.main import DEFAULT_SWITCH_INTERVAL, ENV_SWITCH_INTERVAL
 from fixproxy.errors import FixProxyError
 from fixproxy.fix.logon import LogonPolicy
 
 RESULTS_DIR: Final = Path(__file__).resolve().parent / "results"
-ACCOUNTS: Final = 5
-"""Key pairs made per run: the idle-session memory figure needs five sessions."""
+MIN_ACCOUNTS: Final = 5
+"""Key pairs made per run at least: the idle-session memory figure needs five sessions; the
+many-sessions scenario needs one per session."""
 IDLE_SESSIONS: Final = (1, 5)
+MANY_SESSIONS: Final = 20
+MANY_RATE: Final = 250.0
+MANY_SECONDS: Final = 10.0
+MANY_ROUNDS: Final = 2
 WINDOW: Final = 64
 PIPELINED_FACTOR: Final = 4
 EXIT_FAILED: Final = 1
 PROCESS_NOTE: Final = (
-    "4 processes: this orchestrator (idle while measuring), the load engine, the gateway, and "
-    "in the stunnel and fixproxy configurations the middle process; on 2 cores the pipelined "
-    "run of those two has 3 busy processes for 2 cores, the direct one 2 for 2")
+    "4 processes: this orchestrator (idle while measuring, except that it drives the "
+    "control-plane load of scenario 2), the load engine, the gateway, and in every "
+    "configuration but direct the middle process; on 2 cores the pipelined run of those has "
+    "3 busy processes for 2 cores, the direct one 2 for 2")
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +117,15 @@ class Settings:
     quick: bool
     cpus: tuple[int, ...] | None
     """CPUs every process of the run is pinned to; None: wherever the scheduler puts them."""
+    many_sessions: int
+    many_rate: float
+    """Orders per second on each session of the many-sessions scenario."""
+    many_seconds: float
+    """Seconds of load per configuration and round of the many-sessions scenario."""
+    many_rounds: int
+    switch_interval: float
+    """The GIL switch interval fixproxy and python-relay run with, in seconds."""
+    switch_interval_source: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +137,8 @@ class Route:
     tls: bool
     sign: bool
     middle: Child | None
+    control: ControlTarget | None = None
+    """Where the control-plane load goes, for the configuration that runs scenario 2."""
 
 
 def _positive_int(text: str) -> int:
@@ -150,13 +182,29 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Settings, Path | None]:
                         help="a tiny run of everything (1 round, a few hundred orders) that "
                              "checks correctness; exits non-zero if a configuration fails")
     parser.add_argument("--rounds", type=_positive_int,
-                        help="interleaved rounds of the four configurations [10; quick: 1]")
+                        help="interleaved rounds of the five configurations [10; quick: 1]")
     parser.add_argument("--messages", type=_positive_int,
                         help="orders per configuration and round in the closed loop and in "
                              f"the open loop; the pipelined run sends {PIPELINED_FACTOR} times "
                              "as many [5000; quick: 300]")
     parser.add_argument("--rate", type=_positive_float, default=2000.0,
                         help="open-loop rate in orders per second [2000]")
+    parser.add_argument("--sessions", type=_positive_int, dest="many_sessions",
+                        help="sessions at once in the many-sessions scenario "
+                             f"[{MANY_SESSIONS}; quick: 3]")
+    parser.add_argument("--session-rate", type=_positive_float, dest="many_rate",
+                        default=MANY_RATE,
+                        help="orders per second on each of those sessions "
+                             f"[{MANY_RATE:g}]")
+    parser.add_argument("--many-seconds", type=_positive_float,
+                        help="seconds of load per configuration in the many-sessions "
+                             f"scenario, in {MANY_ROUNDS} interleaved rounds "
+                             f"[{MANY_SECONDS:g}; quick: 2, in one round]")
+    parser.add_argument("--switch-interval", type=_positive_float, metavar="S",
+                        help="GIL switch interval of fixproxy (passed as "
+                             f"${ENV_SWITCH_INTERVAL}) and python-relay, in seconds "
+                             f"[${ENV_SWITCH_INTERVAL} if set, else fixproxy's default "
+                             f"{DEFAULT_SWITCH_INTERVAL:g}; CPython's own is 0.005]")
     parser.add_argument("--cpus", type=_cpu_list,
                         help="pin every process of the run to these CPUs (e.g. 0, or 0-1); by "
                              "default the scheduler places them, which on some virtual "
@@ -166,6 +214,9 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Settings, Path | None]:
     args = parser.parse_args(argv)
     quick = bool(args.quick)
     messages = args.messages or (300 if quick else 5_000)
+    many_rounds = 1 if quick else MANY_ROUNDS
+    many_seconds = args.many_seconds or (2.0 if quick else MANY_SECONDS)
+    switch_interval, source = _switch_interval(args.switch_interval, parser)
     settings = Settings(
         rounds=args.rounds or (1 if quick else 10),
         messages=messages,
@@ -178,8 +229,29 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Settings, Path | None]:
         sign_calls=5 if quick else 50,
         quick=quick,
         cpus=args.cpus,
+        many_sessions=args.many_sessions or (3 if quick else MANY_SESSIONS),
+        many_rate=args.many_rate,
+        many_seconds=many_seconds / many_rounds,
+        many_rounds=many_rounds,
+        switch_interval=switch_interval,
+        switch_interval_source=source,
     )
     return settings, args.json_path
+
+
+def _switch_interval(flag: float | None, parser: argparse.ArgumentParser
+                     ) -> tuple[float, str]:
+    """The switch interval the middles run with, and where it came from."""
+    if flag is not None:
+        return flag, "--switch-interval"
+    text = os.environ.get(ENV_SWITCH_INTERVAL)
+    if text is None:
+        return DEFAULT_SWITCH_INTERVAL, "fixproxy's default"
+    try:
+        return _positive_float(text), f"${ENV_SWITCH_INTERVAL}"
+    except (ValueError, argparse.ArgumentTypeError):
+        parser.error(f"${ENV_SWITCH_INTERVAL} must be a positive number of seconds, got "
+                     f"{text!r}")
 
 
 def _progress(text: str) -> None:
@@ -213,6 +285,10 @@ def _run_round(engine: Worker, route: Route, account: Account, settings: Setting
     late = engine.request("open_loop", timeout=30.0 + 2 * settings.messages / settings.rate,
                           name=route.name, count=settings.messages, rate=settings.rate)
     open_ns = {role: cpu_ns(pid) - open_ns[role] for role, pid in pids.items()}
+    control = None
+    if route.control is not None:
+        control = run_under_control_load(engine, route.name, settings.messages, settings.rate,
+                                         route.control)
     closed = engine.request("close", timeout=15.0, name=route.name)
     return {
         "round": number,
@@ -225,19 +301,21 @@ def _run_round(engine: Worker, route: Route, account: Account, settings: Setting
         "open_latency_ns": late["latency_ns"],
         "send_lag_ns": late["send_lag_ns"],
         "open_loop_cpu_ns": open_ns,
+        "control": control,
         "orders": closed["orders"],
     }
 
 
-def _idle_memory(kind: str, material: Material, gateway_port: int,
-                 engine: Worker) -> dict[str, dict[str, int]]:
+def _idle_memory(kind: str, material: Material, gateway_port: int, engine: Worker,
+                 settings: Settings) -> dict[str, dict[str, int]]:
     """Peak and current RSS of a fresh middle process holding 1, then 5 idle sessions."""
     result = {}
     for count in IDLE_SESSIONS:
         accounts = material.accounts[:count]
         name = f"{kind}-idle-{count}"
         if kind == "fixproxy":
-            child, config = start_fixproxy(material, gateway_port, accounts, name)
+            child, config = start_fixproxy(material, gateway_port, accounts, name,
+                                           settings.switch_interval)
             ports = [session.listen[1] for session in config.sessions]
         else:
             child, port = start_stunnel(material, gateway_port, name)
@@ -298,18 +376,27 @@ def _workers(material: Material) -> Iterator[tuple[Worker, Worker, int]]:
 
 
 def _check(configs: Mapping[str, Any], rounds: Mapping[str, Sequence[Mapping[str, Any]]],
-           gateway: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
+           many: Mapping[str, Sequence[Mapping[str, Any]]], gateway: Mapping[str, Any],
+           settings: Settings) -> dict[str, Any]:
     problems = []
     sent = sum(result["orders"] for results in rounds.values() for result in results)
-    expected_orders = len(report.CONFIGS) * settings.rounds * (
+    sent += sum(result["orders"] for results in many.values() for result in results)
+    per_session = max(1, round(settings.many_rate * settings.many_seconds))
+    expected_orders = (len(report.CONFIGS) * settings.rounds * (
         settings.warmup + 2 * settings.messages + settings.pipelined)
+        + settings.rounds * settings.messages  # fixproxy's open loop under control load
+        + len(MANY_CONFIGS) * settings.many_rounds * settings.many_sessions * per_session)
     if sent != expected_orders:
         problems.append(f"the engine sent {sent} orders, {expected_orders} were planned")
     if gateway["orders"] != sent:
         problems.append(f"the gateway answered {gateway['orders']} orders, the engine sent "
                         f"{sent}")
+    controls = [result["control"] for result in rounds["fixproxy"]]
+    churn = sum(len(control["logon_ns"]) for control in controls)
     expected_logons = (len(report.CONFIGS) * settings.rounds * (settings.logons + 1)
-                       + len(report.MIDDLES) * sum(IDLE_SESSIONS))
+                       + len(report.MIDDLES) * sum(IDLE_SESSIONS)
+                       + len(MANY_CONFIGS) * settings.many_rounds * settings.many_sessions
+                       + churn)
     if gateway["logons"] != expected_logons:
         problems.append(f"the gateway verified {gateway['logons']} Logons, "
                         f"{expected_logons} were made")
@@ -322,6 +409,17 @@ def _check(configs: Mapping[str, Any], rounds: Mapping[str, Sequence[Mapping[str
             problems.append(f"{name}: no pipelined throughput")
         if config["logon_ms"].get("n", 0) == 0:
             problems.append(f"{name}: never logged on")
+    scrapes = sum(len(control["scrape_ns"]) for control in controls)
+    reloads = sum(control["reloads"] for control in controls)
+    if not (scrapes and reloads and churn):
+        problems.append(f"control-plane load: not every action ran ({scrapes} scrapes, "
+                        f"{reloads} reloads, {churn} Logons)")
+    for number, control in enumerate(controls, 1):
+        if control["reloads_answered"] != control["reloads"] or (
+                control["reloads"] and control["reload_result"] != "ok"):
+            problems.append(f"control-plane load, round {number}: {control['reloads']} "
+                            f"reloads sent, {control['reloads_answered']} answered, the last "
+                            f"{control['reload_result']}: {control['reload_detail']}")
     return {"ok": not problems, "problems": problems, "orders": sent,
             "logons": gateway["logons"], "gateway": dict(gateway)}
 
@@ -330,20 +428,33 @@ def _measure_rounds(material: Material, gateway: Worker, engine: Worker, gateway
                     settings: Settings, rounds: dict[str, list[dict[str, Any]]]
                     ) -> dict[str, dict[str, int]]:
     """Run the interleaved rounds into ``rounds``; the middles' memory after the load."""
-    account = material.accounts[0]
+    account, churn = material.accounts[:2]
+    interval = settings.switch_interval
     with contextlib.ExitStack() as stack:
         stunnel_child, stunnel_port = start_stunnel(material, gateway_port, "stunnel")
         stack.enter_context(stunnel_child)
         relay_child, relay_port = start_trio_relay(material, gateway_port, "trio-relay")
         stack.enter_context(relay_child)
-        fixproxy_child, config = start_fixproxy(material, gateway_port, [account], "fixproxy")
+        thread_child, thread_port = start_python_relay(material, gateway_port, "python-relay",
+                                                       interval)
+        stack.enter_context(thread_child)
+        # The second session is the one logged on and out under control-plane load.
+        fixproxy_child, config = start_fixproxy(material, gateway_port, [account, churn],
+                                                "fixproxy", interval)
         stack.enter_context(fixproxy_child)
+        metrics = config.metrics.listen
+        if metrics is None:
+            raise BenchError("the generated fixproxy configuration has no metrics endpoint")
+        control = ControlTarget(fixproxy_child.pid, state_dir(material, "fixproxy"),
+                                metrics[1], config.sessions[1].listen[1], churn.api_key,
+                                ControlSchedule())
         routes = [
             Route("direct", gateway_port, tls=True, sign=True, middle=None),
             Route("stunnel", stunnel_port, tls=False, sign=True, middle=stunnel_child),
             Route("trio-relay", relay_port, tls=False, sign=True, middle=relay_child),
+            Route("python-relay", thread_port, tls=False, sign=True, middle=thread_child),
             Route("fixproxy", config.sessions[0].listen[1], tls=False, sign=False,
-                  middle=fixproxy_child),
+                  middle=fixproxy_child, control=control),
         ]
         for number in range(1, settings.rounds + 1):
             for route in routes:
@@ -363,6 +474,34 @@ def _measure_rounds(material: Material, gateway: Worker, engine: Worker, gateway
                 "fixproxy": memory_kib(fixproxy_child.pid)}
 
 
+def _many_sessions(material: Material, gateway: Worker, engine: Worker, gateway_port: int,
+                   settings: Settings) -> tuple[dict[str, list[dict[str, Any]]],
+                                                dict[str, dict[str, int]]]:
+    """Scenario 1 through fresh middle processes; the rounds, and their memory afterwards."""
+    count = settings.many_sessions
+    accounts = material.accounts[:count]
+    with contextlib.ExitStack() as stack:
+        stunnel_child, stunnel_port = start_stunnel(material, gateway_port, "many-stunnel")
+        stack.enter_context(stunnel_child)
+        relay_child, relay_port = start_python_relay(material, gateway_port,
+                                                     "many-python-relay",
+                                                     settings.switch_interval)
+        stack.enter_context(relay_child)
+        fixproxy_child, config = start_fixproxy(material, gateway_port, accounts,
+                                                "many-fixproxy", settings.switch_interval)
+        stack.enter_context(fixproxy_child)
+        routes = [
+            ManyRoute("stunnel", (stunnel_port,) * count, sign=True, middle=stunnel_child),
+            ManyRoute("python-relay", (relay_port,) * count, sign=True, middle=relay_child),
+            ManyRoute("fixproxy", tuple(session.listen[1] for session in config.sessions),
+                      sign=False, middle=fixproxy_child),
+        ]
+        results = run_many_sessions(engine, gateway.pid, routes, accounts, settings.many_rate,
+                                    settings.many_seconds, settings.many_rounds, _progress)
+        memory = {route.name: memory_kib(route.middle.pid) for route in routes}
+    return results, memory
+
+
 def run(settings: Settings) -> dict[str, Any]:
     """Run everything; the report (also when targets are missed).
 
@@ -377,7 +516,7 @@ def run(settings: Settings) -> dict[str, Any]:
     memory: dict[str, dict[str, Any]] = {name: {} for name in report.MIDDLES}
     with tempfile.TemporaryDirectory(prefix="fixproxy-bench-") as tmp:
         _progress("generating certificates and keys")
-        material = make_material(Path(tmp), ACCOUNTS)
+        material = make_material(Path(tmp), max(MIN_ACCOUNTS, settings.many_sessions))
         account = material.accounts[0]
         _progress("timing the Logon rewrite in process")
         logon_rewrite = signbench.measure(account, _logon_policy(material, account),
@@ -387,15 +526,23 @@ def run(settings: Settings) -> dict[str, Any]:
                                          rounds)
             for kind, figures in after_load.items():
                 memory[kind]["after_load"] = figures
+            many_rounds, many_memory = _many_sessions(material, gateway, engine, gateway_port,
+                                                      settings)
             for kind in report.MIDDLES:
                 _progress(f"memory of {kind} with idle sessions")
-                memory[kind].update(_idle_memory(kind, material, gateway_port, engine))
+                memory[kind].update(_idle_memory(kind, material, gateway_port, engine,
+                                                 settings))
             gateway_stats = gateway.request("stats", timeout=10.0)
     configs = {name: report.summarize(rounds[name], CLOCK_TICKS, settings.rate)
                for name in report.CONFIGS}
     for kind in report.MIDDLES:
         configs[kind]["rss_kib"] = memory[kind]
     ratio = report.ratios(configs)
+    many = report.summarize_many(many_rounds)
+    for name, figures in many_memory.items():
+        many["configurations"][name]["rss_kib_after"] = figures
+    control = report.summarize_control(
+        rounds["fixproxy"], [result["control"] for result in rounds["fixproxy"]])
     machine["load_average_end"] = os.getloadavg()[0]
     return {
         "schema": 1,
@@ -409,9 +556,11 @@ def run(settings: Settings) -> dict[str, Any]:
         "configurations": configs,
         "logon_rewrite": logon_rewrite,
         "ratios": ratio,
+        "scenarios": {"many_sessions": many, "control_plane": control},
         "targets": [target.as_json() for target in
-                    report.targets(configs, ratio, logon_rewrite)],
-        "checks": _check(configs, rounds, gateway_stats, settings),
+                    report.targets(configs, ratio, logon_rewrite, many, control,
+                                   asdict(settings))],
+        "checks": _check(configs, rounds, many_rounds, gateway_stats, settings),
     }
 
 

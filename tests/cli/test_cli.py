@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -14,7 +15,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import click
 import pytest
 import trio
 from click.testing import CliRunner
@@ -160,6 +160,51 @@ def test_check_reports_a_config_error_with_its_line(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert "gateway.verify" in result.output
     assert ":2" in result.output
+
+
+@pytest.mark.parametrize(("env", "expected"), [(None, 0.0005), ("0.002", 0.002)])
+def test_run_sets_the_switch_interval_before_the_event_loop(
+        tmp_path: Path, certs: SimCertificates, monkeypatch: pytest.MonkeyPatch,
+        env: str | None, expected: float) -> None:
+    from fixproxy.proxy import server
+
+    key_path, _ = generate_key_pair(tmp_path / "keys")
+    files = certs.write(tmp_path / "certs")
+    config = _write_config(tmp_path / "f.toml", api_key=str(uuid.uuid4()), key_path=key_path,
+                           ca_file=files.ca_cert, pin=certs.leaf_pin, gateway_port=8228,
+                           listen_port=19878)
+    if env is None:
+        monkeypatch.delenv("FIXPROXY_SWITCH_INTERVAL", raising=False)
+    else:
+        monkeypatch.setenv("FIXPROXY_SWITCH_INTERVAL", env)
+    seen: list[float] = []
+
+    async def fake_run_until_signal(*args: object) -> None:
+        seen.append(sys.getswitchinterval())
+
+    monkeypatch.setattr(server, "run_until_signal", fake_run_until_signal)
+    before = sys.getswitchinterval()
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        result = CliRunner().invoke(main, ["run", "--config", str(config)])
+    finally:
+        sys.setswitchinterval(before)
+        root.handlers[:] = handlers  # run installs its log handler on the root logger
+        root.setLevel(level)
+    assert result.exit_code == 0, result.output
+    assert seen == [pytest.approx(expected)]
+
+
+@pytest.mark.parametrize("env", ["fast", "0", "-1", "inf", "nan"])
+def test_run_refuses_a_switch_interval_that_is_not_a_positive_number(
+        monkeypatch: pytest.MonkeyPatch, env: str) -> None:
+    monkeypatch.setenv("FIXPROXY_SWITCH_INTERVAL", env)
+    before = sys.getswitchinterval()
+    result = CliRunner().invoke(main, ["run", "--config", "/nonexistent.toml"])
+    assert result.exit_code == 2
+    assert "$FIXPROXY_SWITCH_INTERVAL must be a positive number of seconds" in result.output
+    assert sys.getswitchinterval() == before
 
 
 async def test_check_online_passes_tls_and_pins(setup: Setup) -> None:
@@ -330,16 +375,6 @@ async def test_sigterm_logs_out_and_delivers_what_kalshi_sent_first(setup: Setup
     assert [m.get(11) for m in reports] == [m.get(11) for m in sent]
     assert received[-1].msg_type == tags.MT_LOGOUT
     assert "shutting down" in (received[-1].get_str(tags.TEXT) or "")
-
-
-def test_the_switch_interval_defaults_short_and_refuses_nonsense() -> None:
-    from fixproxy.cli.main import ENV_SWITCH_INTERVAL, SWITCH_INTERVAL, _switch_interval
-
-    assert _switch_interval({}) == SWITCH_INTERVAL
-    assert _switch_interval({ENV_SWITCH_INTERVAL: "0.005"}) == 0.005
-    for bad in ("fast", "0", "-1", "1"):
-        with pytest.raises(click.ClickException, match=ENV_SWITCH_INTERVAL):
-            _switch_interval({ENV_SWITCH_INTERVAL: bad})
 
 
 async def test_a_busy_listen_port_is_one_line_and_exit_1(setup: Setup) -> None:
