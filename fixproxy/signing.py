@@ -13,8 +13,10 @@ carries the passphrase; they say where it came from instead.
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
 import stat
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,6 +156,12 @@ def load_private_key(path: Path, passphrase: bytes | PassphraseSource | None = N
             f"[[session]], or point private_key at the encrypted key")
     secret = passphrase.read(environ) if isinstance(passphrase, PassphraseSource) \
         else passphrase
+    cache_key = (hashlib.sha256(data).digest(),
+                 None if secret is None else hashlib.sha256(secret).digest())
+    cached = _LOADED.get(cache_key)
+    if cached is not None:
+        _LOADED.move_to_end(cache_key)
+        return cached
     try:
         key = serialization.load_pem_private_key(data, password=secret)
     except TypeError as exc:
@@ -177,7 +185,20 @@ def load_private_key(path: Path, passphrase: bytes | PassphraseSource | None = N
     if key.key_size < MIN_KEY_BITS:
         raise SigningError(
             f"private key {path} has {key.key_size} bits; Kalshi requires RSA-{MIN_KEY_BITS}")
+    _LOADED[cache_key] = key
+    while len(_LOADED) > MAX_CACHED_KEYS:
+        _LOADED.popitem(last=False)
     return key
+
+
+MAX_CACHED_KEYS: Final = 256
+"""Keys kept after loading, by the SHA-256 of the file's bytes and of the passphrase.
+
+Loading an RSA key validates it: about 30 ms of CPU that holds the GIL, so every session
+relay thread stalls behind it. A reload re-reads every session's key; an unchanged file (the
+usual case) now costs a hash. The bound is far above any configuration's session count."""
+_LOADED: Final[OrderedDict[tuple[bytes, bytes | None], rsa.RSAPrivateKey]] = OrderedDict()
+"""Only the thread that loads configurations (trio's) uses it."""
 
 
 def load_public_key(path: Path) -> rsa.RSAPublicKey:

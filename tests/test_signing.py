@@ -426,3 +426,17 @@ def test_only_the_head_of_a_passphrase_file_is_read(tmp_path: Path) -> None:
     # A runaway file (a log pointed at by mistake) is not read whole.
     path = passphrase_file(tmp_path, b"x" * (MAX_PASSPHRASE_FILE * 2))
     assert len(PassphraseSource(file=path).read()) == MAX_PASSPHRASE_FILE
+
+
+def test_an_unchanged_key_file_is_loaded_once_and_still_checked(tmp_path: Path) -> None:
+    key_path, _ = generate_key_pair(tmp_path, "cached")
+    first = load_private_key(key_path)
+    assert load_private_key(key_path) is first  # a reload pays a hash, not a validation
+    key_path.chmod(0o644)
+    with pytest.raises(SigningError, match="chmod 600"):
+        load_private_key(key_path)  # the permission check runs every time
+    key_path.chmod(0o600)
+    generate_key_pair(tmp_path / "other", "cached")
+    replacement = tmp_path / "other" / key_path.name
+    key_path.write_bytes(replacement.read_bytes())
+    assert load_private_key(key_path) is not first  # new bytes: loaded and validated again
