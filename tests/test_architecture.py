@@ -19,7 +19,7 @@ and, on top of the order:
 * net/ knows no FIX: it never imports fix/, session/ or proxy/;
 * sim/ never imports session/ or proxy/: the simulated Kalshi must not share our mistakes;
 * only cli/ imports click or calls ``trio.run``;
-* the session relay (proxy/relay.py, proxy/handover.py), which runs in a thread of its own,
+* the session relay (proxy/relay.py, legs.py, handover.py), which runs in a thread of its own,
   never imports trio.
 
 Imports under ``if TYPE_CHECKING:`` count too: a type that lives in a higher layer is still a
@@ -64,7 +64,7 @@ PURE: Final = ("fixproxy.errors", "fixproxy.kalshi", "fixproxy.fix", "fixproxy.s
 """The protocol layer: synchronous, no trio, no sockets, no TLS. The simulator's venue rules
 are held to it too, so what the simulated Kalshi decides is tested without sockets."""
 
-DATA_PLANE: Final = ("fixproxy.proxy.relay", "fixproxy.proxy.handover")
+DATA_PLANE: Final = ("fixproxy.proxy.relay", "fixproxy.proxy.legs", "fixproxy.proxy.handover")
 """The session relay and what it exchanges with admission: they run in a session's own thread
 and must never call trio (design.md: the planes meet only through the handover)."""
 

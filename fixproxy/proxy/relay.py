@@ -48,11 +48,9 @@ import math
 import os
 import select
 import socket
-import ssl
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import Final
 
 from fixproxy.errors import FixError, FramingError, SessionError
 from fixproxy.fix import tags
@@ -63,15 +61,11 @@ from fixproxy.fix.logout import logout
 from fixproxy.ops.journal import SessionJournal
 from fixproxy.ops.metrics import KNOWN_TYPES, OTHER_MSG_TYPE, TrafficCounters
 from fixproxy.proxy.handover import Command, ControlPlane, RelayResult
+from fixproxy.proxy.legs import MAX_PENDING_BYTES, Leg
 from fixproxy.session.explain import END_CAUSES, classify_gateway_answer, event_text
 from fixproxy.session.machine import Action, Direction, Event, SessionMachine, State
 from fixproxy.session.sequence import SequenceTranslator, read_seq_num
 
-RECEIVE_SIZE: Final = 65536
-"""Bytes asked of a socket per read: large enough that a burst is one read and one write."""
-MAX_PENDING_BYTES: Final = 256 * 1024
-"""Output waiting for a slow peer above which the other side is not read. A read adds at most
-RECEIVE_SIZE plus a Logout past it, so memory per direction stays under about 330 KiB."""
 CLOSE_TIMEOUT: Final = 2.0
 """Seconds a closing session keeps writing what it accepted before the sockets are closed."""
 
@@ -91,61 +85,6 @@ class _EveryType:
 
 
 _EVERY_TYPE: Final = _EveryType()
-_WOULD_BLOCK: Final = (BlockingIOError, ssl.SSLWantWriteError, InterruptedError)
-
-
-class _OpenSSLSession(Protocol):
-    """The C object beneath every ``ssl.SSLSocket`` (``_sslobj``), as the relay uses it."""
-
-    def read(self, size: int, /) -> bytes: ...
-    def write(self, data: bytes, /) -> int: ...
-    def pending(self) -> int: ...
-
-
-@dataclass(slots=True)
-class Leg:
-    """One side of the session: its socket, its framer and its output waiting to be written."""
-
-    sock: socket.socket
-    framer: FixFramer
-    name: str
-    """``engine`` or ``gateway``, for texts."""
-    receive: Callable[[int], bytes]
-    """The socket's non-blocking read (for TLS, OpenSSL's own, under ssl.SSLSocket's
-    Python-level checks: the relay calls it with the socket known open)."""
-    send: Callable[[bytes], int]
-    """The socket's non-blocking write, likewise."""
-    tls_pending: Callable[[], int] | None = None
-    """TLS: bytes of a record OpenSSL decrypted and holds, which poll cannot see."""
-    pending: bytes = b""
-    """Bytes accepted for this peer and not yet written, oldest first."""
-    pending_read_at: float = 0.0
-    """When the oldest pending bytes were read, for the relay latency."""
-    readable: bool = True
-    """Still read from: false after end of stream, an error, or fixproxy's own Logout."""
-    writable: bool = True
-    """Still written to: false once a write failed."""
-    wants_read_for_write: bool = False
-    """TLS: a write is waiting for the peer's bytes (a renegotiation or key update)."""
-    wants_write_for_read: bool = False
-    """TLS: a read is waiting to write (the mirror case)."""
-
-    def fileno(self) -> int:
-        return self.sock.fileno()
-
-    @classmethod
-    def over(cls, sock: socket.socket, framer: FixFramer, name: str) -> Leg:
-        """A leg over ``sock``: a plain socket, or an ``ssl.SSLSocket`` after its handshake."""
-        if isinstance(sock, ssl.SSLSocket):
-            # SSLSocket.recv and .send are Python wrappers around these: the same calls and
-            # exceptions (a bare close surfaces as SSLEOFError, which the relay takes as an
-            # end of stream), without two Python frames per message.
-            tls: _OpenSSLSession | None = getattr(sock, "_sslobj", None)
-            if tls is None:
-                raise ValueError("the gateway socket has no TLS session")
-            return cls(sock, framer, name, receive=tls.read, send=tls.write,
-                       tls_pending=tls.pending)
-        return cls(sock, framer, name, receive=sock.recv, send=sock.send)
 
 
 class SessionRelay:
@@ -379,19 +318,9 @@ class SessionRelay:
     # --- reading and relaying ----------------------------------------------------------------
 
     def _read(self, src: Leg, dst: Leg, now: float) -> None:
-        try:
-            data = src.receive(RECEIVE_SIZE)
-        except (BlockingIOError, ssl.SSLWantReadError, InterruptedError):
-            return
-        except ssl.SSLWantWriteError:
-            src.wants_write_for_read = True
-            return
-        except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
-            data = b""
-        except OSError:
-            data = b""  # reset: for FIX, an end without Logout like any other
-        src.wants_write_for_read = False
-        self._relay_chunk(src, dst, data, now, time.perf_counter())
+        data = src.read()
+        if data is not None:
+            self._relay_chunk(src, dst, data, now, time.perf_counter())
 
     def _relay_chunk(self, src: Leg, dst: Leg, data: bytes | None, now: float,
                      read_at: float) -> None:
@@ -615,28 +544,15 @@ class SessionRelay:
         return dst.writable
 
     def _flush(self, dst: Leg) -> None:
-        data = dst.pending
-        if not data or not dst.writable:
+        if not dst.pending or not dst.writable:
             return
-        try:
-            sent = dst.send(data)
-        except _WOULD_BLOCK:
-            return
-        except ssl.SSLWantReadError:
-            dst.wants_read_for_write = True
-            return
-        except OSError:
-            self._write_failed(dst)
-            return
-        dst.pending = data[sent:]
-        if not dst.pending:
+        if dst.write_pending():
             counters = self.to_gateway if dst is self.gateway else self.to_engine
             counters.latency.observe(time.perf_counter() - dst.pending_read_at)
+        elif not dst.writable:
+            self._write_failed(dst)
 
     def _write_failed(self, dst: Leg) -> None:
-        dst.writable = False
-        dst.readable = False
-        dst.pending = b""
         if dst is self.engine:
             self._event(Event.ENGINE_CLOSED, "the engine closed the connection")
         elif self.machine.state is State.TLS_READY:

@@ -22,7 +22,8 @@ from fixproxy.fix.codec import FieldValue, FixMessage, encode, utc_timestamp
 from fixproxy.fix.framer import FixFramer
 from fixproxy.ops.metrics import TrafficCounters
 from fixproxy.proxy.handover import RelayResult
-from fixproxy.proxy.relay import MAX_PENDING_BYTES, SessionRelay
+from fixproxy.proxy.legs import MAX_PENDING_BYTES
+from fixproxy.proxy.relay import SessionRelay
 from fixproxy.session.machine import Event, SessionMachine, State
 
 API_KEY: Final = "3c9e1f0a-7b2d-4e6f-8a1c-5d0b9e2f4a7c"
