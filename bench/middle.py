@@ -126,25 +126,24 @@ def start_stunnel(material: Material, gateway_port: int, name: str) -> tuple[Chi
 
 def start_trio_relay(material: Material, gateway_port: int, name: str) -> tuple[Child, int]:
     """The bare trio relay (bench/floor.py): fixproxy's I/O layer without its FIX work."""
-    port = free_port()
-    child = Child(name, [sys.executable, "-m", "bench.floor", str(port), str(gateway_port),
-                         str(material.certs.ca_cert), SERVER_NAME],
-                  material.workdir / f"{name}.log")
-    try:
-        child.wait_listening([port])
-    except BenchError:
-        child.stop()
-        raise
-    return child, port
+    return _start_bare_relay(material, gateway_port, name, "bench.floor")
 
 
 def start_python_relay(material: Material, gateway_port: int, name: str,
                        switch_interval: float) -> tuple[Child, int]:
     """The bare thread relay (bench/pyrelay.py): fixproxy's data-plane design without its FIX
     work, with the GIL switch interval fixproxy runs with."""
+    return _start_bare_relay(material, gateway_port, name, "bench.pyrelay",
+                             repr(switch_interval))
+
+
+def _start_bare_relay(material: Material, gateway_port: int, name: str, module: str,
+                      *extra: str) -> tuple[Child, int]:
+    """``python3 -m MODULE LISTEN_PORT GATEWAY_PORT CA_FILE SERVER_NAME [EXTRA...]``, once it
+    listens."""
     port = free_port()
-    child = Child(name, [sys.executable, "-m", "bench.pyrelay", str(port), str(gateway_port),
-                         str(material.certs.ca_cert), SERVER_NAME, repr(switch_interval)],
+    child = Child(name, [sys.executable, "-m", module, str(port), str(gateway_port),
+                         str(material.certs.ca_cert), SERVER_NAME, *extra],
                   material.workdir / f"{name}.log")
     try:
         child.wait_listening([port])
