@@ -100,7 +100,8 @@ class SessionRelay:
                  conn_id: int, gateway_ids: tuple[bytes, bytes],
                  engine_ids: tuple[bytes, bytes], logon_received: float,
                  clock: Callable[[], float], wall: Callable[[], float] = time.time) -> None:
-        """Take over a session whose signed Logon was just written to the gateway.
+        """Take over a session whose TLS to the gateway is open and pinned; the relay writes
+        the signed Logon first.
 
         Args:
             engine: the engine's connected socket (plain TCP), non-blocking.
