@@ -9,13 +9,18 @@ were accepted; a reload builds new runtimes for later connections only.
 from __future__ import annotations
 
 import functools
+import hashlib
+import ssl
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Final
 
 import trio
 
-from fixproxy.config.model import ProxyConfig, SessionConfig
+from fixproxy.config.model import ProxyConfig, SessionConfig, TLSPolicy
+from fixproxy.errors import ConfigError
 from fixproxy.fix.logon import LogonPolicy, Signer
 from fixproxy.net import pins, tls
 from fixproxy.net.tls import HandshakeInfo
@@ -70,7 +75,7 @@ def build_runtime(session: SessionConfig, metrics: Metrics,
         FixProxyError: the key or a TLS file cannot be used.
     """
     signer = LogonSigner(load_private_key(session.private_key, session.private_key_passphrase))
-    context = tls.make_client_context(session.tls)
+    context = _client_context(session.tls)
     trust = pins.GatewayTrust.from_policy(session.tls)
     connect = functools.partial(tls.open_gateway_stream, session.host, session.port, trust,
                                 context, connect_timeout=session.connect_timeout)
@@ -80,3 +85,40 @@ def build_runtime(session: SessionConfig, metrics: Metrics,
                           sequences=sequences, proxy=proxy)
 
 
+
+
+MAX_CACHED_CONTEXTS: Final = 64
+"""TLS client contexts kept across reloads, by policy and the bytes of its ca_file.
+
+Building one parses the CA file, or the whole system store when none is set: milliseconds of
+C code holding the GIL, during which every session relay thread waits. A reload rebuilds every
+session's runtime; an unchanged policy and file now reuse the context (an SSLContext serves
+any number of connections)."""
+_CONTEXTS: Final[OrderedDict[tuple[TLSPolicy, bytes | None], ssl.SSLContext]] = OrderedDict()
+"""Only the thread that builds runtimes (trio's) uses it."""
+
+
+def _client_context(policy: TLSPolicy) -> ssl.SSLContext:
+    """:func:`fixproxy.net.tls.make_client_context`, reused while the policy and its CA file's
+    bytes are unchanged.
+
+    Raises:
+        ConfigError: ``ca_file`` cannot be read or holds no certificate.
+    """
+    digest: bytes | None = None
+    if policy.ca_file is not None and policy.verify != "pin":
+        try:
+            digest = hashlib.sha256(policy.ca_file.read_bytes()).digest()
+        except OSError as exc:
+            raise ConfigError(f"cannot load ca_file {policy.ca_file}: {exc.strerror or exc}",
+                              key="ca_file") from exc
+    key = (policy, digest)
+    context = _CONTEXTS.get(key)
+    if context is None:
+        context = tls.make_client_context(policy)
+        _CONTEXTS[key] = context
+        while len(_CONTEXTS) > MAX_CACHED_CONTEXTS:
+            _CONTEXTS.popitem(last=False)
+    else:
+        _CONTEXTS.move_to_end(key)
+    return context
