@@ -65,13 +65,19 @@ class SessionManager:
         self.status = StatusBoard()
         """What every configured session is doing, for /status and the session metrics."""
         self.session_threads = trio.CapacityLimiter(DEFAULT_SESSION_THREADS)
+        self._sessions = 0
         """Threads for session relays: one per live session, sized by :meth:`size_for`
         rather than trio's default of 40 shared with every other thread use."""
 
     def size_for(self, sessions: int) -> None:
         """Allow a relay thread for each of ``sessions`` configured sessions (one live
-        connection per API key), plus one for a connection still logging out."""
-        self.session_threads.total_tokens = max(sessions + 1, DEFAULT_SESSION_THREADS)
+        connection per API key), plus one; never fewer than the keys held right now."""
+        self._sessions = sessions
+        self._size_threads(sessions)
+
+    def _size_threads(self, sessions: int) -> None:
+        self.session_threads.total_tokens = max(sessions + 1, len(self._holders) + 1,
+                                                DEFAULT_SESSION_THREADS)
 
     def claim(self, api_key: str, session: str, conn_id: int) -> KeyHolder | None:
         """Take ``api_key`` for a connection; returns the current holder if it is taken."""
@@ -79,6 +85,9 @@ class SessionManager:
         if holder is not None:
             return holder
         self._holders[api_key] = KeyHolder(session, conn_id, time.time())
+        # Every holder may reach its session relay: a reload can replace live sessions with
+        # new ones while the old still hold threads, so the limit follows the holders too.
+        self._size_threads(self._sessions)
         # A connection still opening TLS is live too: a drain must wait for it to log on
         # (then out) or give up, or it would be cancelled without a word to the engine.
         if self._idle.is_set():
