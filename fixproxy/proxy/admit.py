@@ -201,15 +201,22 @@ async def _serve_connection(engine: trio.abc.Stream, runtime: SessionRuntime,
     metrics.engine_connections.labels(session=name, result="ok").inc()
     log.info("connected to gateway %s:%d (%s, %s); sending signed Logon",
              runtime.config.host, runtime.config.port, info.tls_version, info.cipher)
+    result: RelayResult | None = None
     try:
-        await _run_session(engine, engine_framer, gateway, rewritten, runtime, log,
-                           logon_received, conn_id, translator, status)
+        result = await _run_session(engine, engine_framer, gateway, rewritten, runtime, log,
+                                    logon_received, conn_id, translator, status)
     finally:
         runtime.manager.release(runtime.policy.api_key, conn_id)
         status.connection_ended(conn_id, time.time())
         with trio.CancelScope(shield=True):
             await _close_gateway(gateway)
-            await engine.aclose()
+            # An engine that ended the session itself needs no careful close (and one that
+            # floods would be read on); otherwise fixproxy's last messages must not be lost
+            # to a reset.
+            if result is not None and (result.end_cause or ("", ""))[0] != "engine":
+                await _close_engine(engine)
+            else:
+                await engine.aclose()
 
 
 async def _receive_logon(engine: trio.abc.Stream, framer: FixFramer) -> Frame | None:
@@ -359,9 +366,20 @@ async def _refuse(engine: trio.abc.Stream, runtime: SessionRuntime, first: Frame
     sender, target = ids if ids is not None else _counterparty_ids(first, runtime)
     message = admin.logout(f"fixproxy: {text}", sender=sender, target=target, seq=1,
                            now=time.time())
+    await _close_engine(engine, last=message)
+
+
+async def _close_engine(engine: trio.abc.Stream, *, last: bytes = b"") -> None:
+    """Write ``last``, half-close, read and discard what the engine still sends (bounded),
+    then close: the order that makes the close a FIN.
+
+    Closing a socket with unread input makes the kernel send a reset, and a reset discards
+    what is still in the send buffer: fixproxy's last messages and its Logout.
+    """
     with trio.move_on_after(DRAIN_TIMEOUT):
         try:
-            await engine.send_all(message)
+            if last:
+                await engine.send_all(last)
             if isinstance(engine, trio.abc.HalfCloseableStream):
                 await engine.send_eof()
             drained = 0
@@ -482,8 +500,8 @@ async def _run_session(engine: trio.abc.Stream, engine_framer: FixFramer,
                        gateway: trio.abc.Stream, rewritten: RewrittenLogon,
                        runtime: SessionRuntime, log: _ConnectionLog, logon_received: float,
                        conn_id: int, translator: SequenceTranslator | None,
-                       status: SessionStatus) -> None:
-    """Hand the connection pair to a session relay and wait for it to end.
+                       status: SessionStatus) -> RelayResult | None:
+    """Hand the connection pair to a session relay and wait for it to end; its result.
 
     The relay runs in a thread of its own (``runtime.run_relay`` replaces that in tests);
     trio waits for it inside this task, so the nursery and the drain stay structured. A
@@ -536,6 +554,7 @@ async def _run_session(engine: trio.abc.Stream, engine_framer: FixFramer,
         log.info("session closed (%s): %s; engine->gateway %d bytes, gateway->engine %d "
                  "bytes", machine.state, machine.close_reason, relay.to_gateway.bytes,
                  relay.to_engine.bytes)
+    return result
 
 
 async def _abort_when_cancelled(relay: SessionRelay) -> None:

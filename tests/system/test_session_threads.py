@@ -155,12 +155,6 @@ more than its receive buffer holds, so part of them waits in fixproxy's send buf
 ENGINE_RCVBUF: Final = 4096
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "fixproxy closes the engine's socket with a bare close() (admit._serve_connection, after "
-    "the relay returns) while orders the engine sent after the shutdown began are unread in "
-    "it; Linux answers such a close with a TCP reset, which discards what fixproxy had "
-    "already written to its send buffer and the engine had not read yet: the last "
-    "ExecutionReports and fixproxy's own Logout never arrive"))
 async def test_shutdown_delivers_everything_to_an_engine_that_reads_late(
         e2e_material: E2EMaterial) -> None:
     """An engine busy elsewhere reads nothing for a moment and, unaware of the shutdown,
@@ -281,13 +275,6 @@ REPLACED: Final = 9
 """Sessions a reload replaces at once: more than the manager's minimum of 8 relay threads."""
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "SessionManager.size_for sizes the relay-thread CapacityLimiter by the sessions of the "
-    "new configuration alone (ConfigReloader._reload), but the live connections of removed "
-    "sessions keep their threads: after a reload that replaces N >= 8 live sessions, all "
-    "but one of the new sessions' connections wait in _run_session for a token, with TLS "
-    "open and the signed Logon unsent, and no timer runs (logon_timeout is the relay's), "
-    "until an old session ends"))
 async def test_a_reload_that_replaces_every_live_session_leaves_no_logon_waiting(
         e2e_material: E2EMaterial, tmp_path: Path) -> None:
     async with open_fleet(e2e_material, 2 * REPLACED, configured=REPLACED, guard=GUARD,
