@@ -263,12 +263,7 @@ class _Loader(Reader):
             value = default
         elif not value:
             raise table.error(name, "empty path; give a directory")
-        try:
-            path = Path(value).expanduser()
-        except RuntimeError as exc:  # "~user" naming no user, or no home directory
-            raise table.error(name, f"cannot expand {value!r}: {exc}") from exc
-        if not path.is_absolute():
-            path = self.base / path
+        path = self.resolve(table, name, value)
         if self.check_files:
             # Created when first needed, so it may be absent; but not something else.
             try:

@@ -122,15 +122,18 @@ class Reader:
         value = table.string(name)
         return None if value is None else self.existing_file(table, name, value, what)
 
-    def existing_file(self, table: Table, name: str, value: str, what: str) -> Path:
-        if not value:
-            raise table.error(name, f"empty path; give the {what} file")
+    def resolve(self, table: Table, name: str, value: str) -> Path:
+        """``value`` as a path: ``~`` expanded, relative to the configuration file's folder."""
         try:
             path = Path(value).expanduser()
         except RuntimeError as exc:  # "~user" naming no user, or no home directory
             raise table.error(name, f"cannot expand {value!r}: {exc}") from exc
-        if not path.is_absolute():
-            path = self.base / path
+        return path if path.is_absolute() else self.base / path
+
+    def existing_file(self, table: Table, name: str, value: str, what: str) -> Path:
+        if not value:
+            raise table.error(name, f"empty path; give the {what} file")
+        path = self.resolve(table, name, value)
         if self.check_files:
             try:
                 state = "" if path.is_file() else (
