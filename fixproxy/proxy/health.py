@@ -44,6 +44,7 @@ from prometheus_client import CollectorRegistry, Counter
 from fixproxy import __version__
 from fixproxy.config.model import DEFAULT_READINESS_INTERVAL
 from fixproxy.errors import FixProxyError, PinMismatchError, UpstreamError
+from fixproxy.net.http import Route
 from fixproxy.ops.metrics import Metrics
 from fixproxy.ops.status import Clocks, iso
 from fixproxy.proxy.manager import SessionManager
@@ -59,9 +60,6 @@ PROBE_SLACK: Final = 5.0
 """Seconds a probe may run beyond the session's ``connect_timeout`` (which the connector
 enforces itself) before it is abandoned: a guard against a connector that hangs."""
 JSON_TYPE: Final = "application/json"
-
-Route = Callable[[], tuple[int, str, bytes]]
-"""An HTTP route of the metrics endpoint: returns (status, content type, body)."""
 
 
 @dataclass(frozen=True, slots=True)
