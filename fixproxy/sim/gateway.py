@@ -161,8 +161,6 @@ class SimEvent:
     msg_type: bytes
 
 
-
-
 async def _close_gracefully(stream: trio.abc.Stream) -> None:
     transport: trio.abc.Stream = (
         stream.transport_stream if isinstance(stream, trio.SSLStream) else stream)
@@ -202,8 +200,6 @@ async def _close_dropped(stream: trio.abc.Stream, style: DropStyle) -> None:
             await stream.unwrap()
         await trio.aclose_forcefully(transport)
     await trio.aclose_forcefully(stream)
-
-
 
 
 class SimGateway:
