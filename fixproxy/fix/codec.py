@@ -29,20 +29,23 @@ _UTC_TIMESTAMP: Final = re.compile(
     rb"(\d{4})(\d{2})(\d{2})-(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?")
 
 
-def header_value(raw: bytes, tag: int) -> bytes | None:
+def header_value(raw: bytes, tag: int, start: int = 0, end: int | None = None) -> bytes | None:
     """The value of header field ``tag`` of a framed message, found by search, not a parse.
 
     Header fields come before any data field of the body, so in a well-formed message the
-    first ``SOH tag=`` is the header field.
+    first ``SOH tag=`` is the header field. ``start`` and ``end`` bound the message within a
+    larger buffer (several frames back to back), so it need not be cut out first.
     """
     marker = _MARKERS.get(tag)
     if marker is None:
         marker = _MARKERS[tag] = b"\x01%d=" % tag
-    at = raw.find(marker)
+    if end is None:
+        end = len(raw)
+    at = raw.find(marker, start, end)
     if at < 0:
         return None
-    start = at + len(marker)
-    return raw[start : raw.find(b"\x01", start)]
+    value_at = at + len(marker)
+    return raw[value_at : raw.find(b"\x01", value_at, end)]
 
 
 def parse_utc_timestamp(value: bytes | None) -> float | None:

@@ -118,9 +118,10 @@ def _shift(tag: int, value: bytes, delta: int) -> int:
     return shifted
 
 
-def read_seq_num(raw: bytes) -> int | None:
-    """MsgSeqNum (34) of a framed message, found without parsing the other fields.
+def read_seq_num(raw: bytes, start: int = 0, end: int | None = None) -> int | None:
+    """MsgSeqNum (34) of a framed message (``raw[start:end]`` of a larger buffer), found
+    without parsing the other fields.
 
     The header puts 34 early, so this is a short ``find`` rather than a parse.
     """
-    return parse_uint(header_value(raw, tags.MSG_SEQ_NUM))
+    return parse_uint(header_value(raw, tags.MSG_SEQ_NUM, start, end))

@@ -457,13 +457,14 @@ async def test_a_failing_relay_thread_ends_its_session_only(
         caplog: pytest.LogCaptureFixture) -> None:
     failed: list[bytes] = []
 
-    def read_seq_num(raw: bytes) -> int | None:
+    def read_seq_num(raw: bytes, start: int = 0, end: int | None = None) -> int | None:
         # Called by the relay, in the session's thread, for the last message of each chunk
         # it forwards: fails once, for the one order that carries the poison ClOrdID.
-        if not failed and b"\x0111=" + POISON + b"\x01" in raw:
-            failed.append(raw)
+        frame = raw[start:end]
+        if not failed and b"\x0111=" + POISON + b"\x01" in frame:
+            failed.append(bytes(frame))
             raise RuntimeError("injected fault in the session relay")
-        return sequence.read_seq_num(raw)
+        return sequence.read_seq_num(raw, start, end)
 
     monkeypatch.setattr("fixproxy.proxy.relay.read_seq_num", read_seq_num)
     victim, others = "s00", ["s01", "s02", "s03", "s04"]
