@@ -22,6 +22,7 @@ import pytest
 import trio
 from click.testing import CliRunner
 from support.e2e import E2EMaterial
+from support.fleet import ProcessOutput
 from support.reload_harness import (
     KEYS,
     Session,
@@ -173,33 +174,10 @@ async def test_a_reload_while_stopping_is_ignored(e2e_material: E2EMaterial,
 # --- as a real process ----------------------------------------------------------------------
 
 
-class _Output:
-    """Reads a subprocess's stderr as it comes, so tests can wait for log lines."""
-
-    def __init__(self, stream: trio.abc.ReceiveStream) -> None:
-        self.stream = stream
-        self.text = ""
-        self.ended = False
-        self._changed = trio.Event()
-
-    async def pump(self) -> None:
-        while chunk := await self.stream.receive_some(65536):
-            self.text += chunk.decode(errors="replace")
-            self._changed.set()
-            self._changed = trio.Event()
-        self.ended = True
-        self._changed.set()
-
-    async def wait_for(self, marker: str, count: int = 1) -> None:
-        while self.text.count(marker) < count:
-            assert not self.ended, f"the output ended before {marker!r}:\n{self.text}"
-            await self._changed.wait()
-
-
 @dataclass
 class Proc:
     process: trio.Process
-    output: _Output
+    output: ProcessOutput
     path: Path
     state_dir: Path
     sim: SimGateway
@@ -234,7 +212,7 @@ async def fixproxy_run(material: E2EMaterial, tmp_path: Path,
                 [*FIXPROXY, "run", "--config", str(path)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             assert process.stderr is not None
-            output = _Output(process.stderr)
+            output = ProcessOutput(process.stderr)
             nursery.start_soon(output.pump)
             proc = Proc(process, output, path, proc_state, sim, sim_port, material)
             try:
