@@ -351,31 +351,23 @@ class SessionRelay:
         fast = translate is None and self.journal is None and noted is _NOTED_TYPES
         parts: list[bytes] = []
         last = b""
-        if fast and whole_chunk:
-            # The usual case, in one pass: a chunk of whole frames, none looked into, counted
-            # in one C call and written as it came.
-            buf, start, end, last_start = framer.take_counted(
-                messages, KNOWN_TYPES, OTHER_MSG_TYPE, _NOTED_TYPES)
-            if buf is data and end == len(buf):
-                counters.bytes += end
-                seq = read_seq_num(buf, last_start, end)
-                if from_engine:
-                    self.machine.engine_activity(now, seq)
-                else:
-                    self.machine.gateway_activity(now, seq)
-                self._send(dst, buf, read_at)
-                return
-            if end > start:
-                parts.append(bytes(buf[start:end]))
-                last = bytes(buf[last_start:end])
         while True:
             if fast:
                 buf, start, end, last_start = framer.take_counted(
                     messages, KNOWN_TYPES, OTHER_MSG_TYPE, _NOTED_TYPES)
                 if end > start:
-                    block = data if buf is data and start == 0 and end == len(buf) \
-                        else bytes(buf[start:end])
-                    parts.append(block)
+                    if buf is data and start == 0 and end == len(buf):
+                        # The usual case, in one pass: the chunk is whole frames, none looked
+                        # into, counted in one C call; it is written as it came.
+                        counters.bytes += end
+                        seq = read_seq_num(buf, last_start, end)
+                        if from_engine:
+                            self.machine.engine_activity(now, seq)
+                        else:
+                            self.machine.gateway_activity(now, seq)
+                        self._send(dst, buf, read_at)
+                        return
+                    parts.append(bytes(buf[start:end]))
                     last = bytes(buf[last_start:end])
             try:
                 found = next_raw()
