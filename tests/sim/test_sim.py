@@ -24,6 +24,7 @@ import trio.testing
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from support.logons import API_KEY, Fields, logon_fields, replace, without
 
 from fixproxy.errors import ConfigError, SigningError
 from fixproxy.fix.codec import FixMessage, encode, utc_timestamp
@@ -39,11 +40,9 @@ from fixproxy.sim import (
     spki_pin,
 )
 
-API_KEY = "0b6a1c2e-5d4f-4e8a-9c3b-7f1e2d3c4b5a"
 UNREGISTERED_KEY = "9e8d7c6b-5a49-4837-a261-504f3e2d1c0b"
 TIMEOUT = 10.0
 
-Fields = list[tuple[int, bytes]]
 
 
 @pytest.fixture(scope="module")
@@ -60,28 +59,6 @@ def certs() -> SimCertificates:
 @pytest.fixture
 def signer(rsa_key: rsa.RSAPrivateKey) -> LogonSigner:
     return LogonSigner(rsa_key)
-
-
-def logon_fields(signer: Callable[[bytes], bytes], *, key: str = API_KEY,
-                 target: str = "KalshiNR", seq: int = 1, sending_time: bytes | None = None,
-                 reset: bytes | None = b"Y", heartbeat: bytes = b"30") -> Fields:
-    """A Logon signed the way Kalshi documents it."""
-    stamp = sending_time if sending_time is not None else utc_timestamp()
-    signature = signer(b"\x01".join((stamp, b"A", b"%d" % seq, key.encode(), target.encode())))
-    fields: Fields = [(35, b"A"), (49, key.encode()), (56, target.encode()), (34, b"%d" % seq),
-                      (52, stamp), (98, b"0"), (108, heartbeat)]
-    if reset is not None:
-        fields.append((141, reset))
-    fields += [(1137, b"9"), (95, b"%d" % len(signature)), (96, signature)]
-    return fields
-
-
-def replace(fields: Fields, tag: int, value: bytes) -> Fields:
-    return [(t, value if t == tag else v) for t, v in fields]
-
-
-def without(fields: Fields, tag: int) -> Fields:
-    return [(t, v) for t, v in fields if t != tag]
 
 
 class Client:

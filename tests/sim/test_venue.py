@@ -7,6 +7,7 @@ compared whole. ``tests/sim/test_sim.py`` runs the same rules through the trio s
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -15,6 +16,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
+from support.logons import API_KEY, Fields, replace, without
+from support.logons import logon_fields as signed_logon
 
 from fixproxy.errors import FramingError
 from fixproxy.fix.codec import FixMessage, encode, utc_timestamp
@@ -31,7 +34,6 @@ from fixproxy.sim.venue import (
     VenueSession,
 )
 
-API_KEY = "0b6a1c2e-5d4f-4e8a-9c3b-7f1e2d3c4b5a"
 OTHER_KEY = "9e8d7c6b-5a49-4837-a261-504f3e2d1c0b"
 WALL = 1_788_264_000.0
 """The venue's wall clock in these tests: 2026-09-01 12:00:00 UTC."""
@@ -39,7 +41,6 @@ NOW = utc_timestamp(WALL)
 STAMP = b"20260901-12:00:00.500"
 """The SendingTime the venue puts on every answer here."""
 
-Fields = list[tuple[int, bytes]]
 
 
 @pytest.fixture(scope="module")
@@ -54,26 +55,8 @@ def make_venue(rsa_key: rsa.RSAPrivateKey, **rules: Any) -> Venue:
     return Venue(VenueRules(keys=keys, **rules), wall_clock=lambda: WALL, stamp=lambda: STAMP)
 
 
-def logon_fields(signer: Callable[[bytes], bytes], *, key: str = API_KEY,
-                 target: str = "KalshiNR", seq: int = 1, sending_time: bytes = NOW,
-                 reset: bytes | None = b"Y", heartbeat: bytes = b"30") -> Fields:
-    """A Logon signed the way Kalshi documents it."""
-    signature = signer(b"\x01".join((sending_time, b"A", b"%d" % seq, key.encode(),
-                                     target.encode())))
-    fields: Fields = [(35, b"A"), (49, key.encode()), (56, target.encode()), (34, b"%d" % seq),
-                      (52, sending_time), (98, b"0"), (108, heartbeat)]
-    if reset is not None:
-        fields.append((141, reset))
-    fields += [(1137, b"9"), (95, b"%d" % len(signature)), (96, signature)]
-    return fields
-
-
-def replace(fields: Fields, tag: int, value: bytes) -> Fields:
-    return [(t, value if t == tag else v) for t, v in fields]
-
-
-def without(fields: Fields, tag: int) -> Fields:
-    return [(t, v) for t, v in fields if t != tag]
+logon_fields = functools.partial(signed_logon, sending_time=NOW)
+"""A signed Logon stamped with the venue's pinned clock unless a test says otherwise."""
 
 
 def frame(fields: Fields, begin_string: bytes = b"FIXT.1.1") -> Frame:
