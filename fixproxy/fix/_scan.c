@@ -114,15 +114,97 @@ scan(PyObject *self, PyObject *args)
     return result;
 }
 
+/* MsgSeqNum (34) of the frame buf[pos:end], as the Python reference reads it
+ * (fixproxy.session.sequence.read_seq_num): the value after the first SOH "34=", ASCII digits
+ * only, 1 to 18 of them; -1 when there is none or it is not such a number. */
+static long long
+frame_seq_num(const unsigned char *buf, Py_ssize_t pos, Py_ssize_t end)
+{
+    for (Py_ssize_t i = pos; i + 4 <= end; i++) {
+        if (buf[i] != 1 || buf[i + 1] != '3' || buf[i + 2] != '4' || buf[i + 3] != '=')
+            continue;
+        long long value = 0;
+        Py_ssize_t at = i + 4, digits = 0;
+        for (; at < end && buf[at] != 1; at++, digits++) {
+            unsigned char c = buf[at];
+            if (c < '0' || c > '9' || digits >= 18)
+                return -1;
+            value = value * 10 + (c - '0');
+        }
+        return digits > 0 && at < end ? value : -1;
+    }
+    return -1;
+}
+
+/* Counts of one call by MsgType, added to the caller's dict once per type at the end. */
+#define TALLY_SLOTS 8
+typedef struct {
+    PyObject *key[TALLY_SLOTS]; /* borrowed: the type's bytes (held by a live frame) or other */
+    PyObject *owned[TALLY_SLOTS];
+    Py_ssize_t n[TALLY_SLOTS];
+    int used;
+} tally_t;
+
+static int
+tally_flush(tally_t *t, PyObject *counts)
+{
+    int ok = 1;
+    for (int i = 0; i < t->used; i++) {
+        if (ok) {
+            PyObject *old = PyDict_GetItemWithError(counts, t->key[i]);
+            long long before = 0;
+            if (old != NULL) {
+                before = PyLong_AsLongLong(old);
+                if (before == -1 && PyErr_Occurred())
+                    ok = 0;
+            } else if (PyErr_Occurred()) {
+                ok = 0;
+            }
+            if (ok) {
+                PyObject *after = PyLong_FromLongLong(before + t->n[i]);
+                if (after == NULL || PyDict_SetItem(counts, t->key[i], after) < 0)
+                    ok = 0;
+                Py_XDECREF(after);
+            }
+        }
+        Py_DECREF(t->owned[i]);
+    }
+    t->used = 0;
+    return ok;
+}
+
+/* Add one frame of MsgType buf[start:stop] (bytes equal to key) to the tally. */
+static int
+tally_add(tally_t *t, PyObject *counts, PyObject *key)
+{
+    for (int i = 0; i < t->used; i++) {
+        if (t->key[i] == key || (PyBytes_GET_SIZE(t->key[i]) == PyBytes_GET_SIZE(key)
+                && memcmp(PyBytes_AS_STRING(t->key[i]), PyBytes_AS_STRING(key),
+                          PyBytes_GET_SIZE(key)) == 0)) {
+            t->n[i]++;
+            return 1;
+        }
+    }
+    if (t->used == TALLY_SLOTS && !tally_flush(t, counts))
+        return 0;
+    Py_INCREF(key);
+    t->key[t->used] = key;
+    t->owned[t->used] = key;
+    t->n[t->used] = 1;
+    t->used++;
+    return 1;
+}
+
 /*
  * scan_count(buf, pos, max_frame_size, max_digits, counts, known, other, stop)
- *     -> (end, last_start, count)
+ *     -> (end, last_start, count, last_seq)
  *
  * Consecutive complete valid frames from buf[pos], each counted in the dict ``counts`` by its
  * MsgType (types not in the set ``known`` count as ``other``), up to the first frame that is
  * incomplete, invalid, or of a MsgType in the set ``stop``, which is left uncounted for the
  * Python framer. Returns where the counted frames end, where the last of them starts (pos when
- * none), and how many there were.
+ * none), how many there were, and the MsgSeqNum of the last one (-1: none, or not a number).
+ * The counts are added to the dict once per MsgType at the end, not once per frame.
  */
 static PyObject *
 scan_count(PyObject *self, PyObject *args)
@@ -131,6 +213,8 @@ scan_count(PyObject *self, PyObject *args)
     Py_ssize_t pos, max_frame, max_digits, end, type_start, type_end;
     PyObject *counts, *known, *other, *stop;
     Py_ssize_t count = 0, last_start;
+    tally_t tally;
+    tally.used = 0;
 
     if (!PyArg_ParseTuple(args, "y*nnnO!O!SO!", &view, &pos, &max_frame, &max_digits,
                           &PyDict_Type, &counts, &PyFrozenSet_Type, &known, &other,
@@ -154,35 +238,22 @@ scan_count(PyObject *self, PyObject *args)
             Py_DECREF(type);
             break;
         }
-        PyObject *key = is_known ? type : other;
-        PyObject *old = PyDict_GetItemWithError(counts, key);
-        long long before = 0;
-        if (old != NULL) {
-            before = PyLong_AsLongLong(old);
-            if (before == -1 && PyErr_Occurred()) {
-                Py_DECREF(type);
-                goto error;
-            }
-        } else if (PyErr_Occurred()) {
-            Py_DECREF(type);
-            goto error;
-        }
-        PyObject *after = PyLong_FromLongLong(before + 1);
-        if (after == NULL || PyDict_SetItem(counts, key, after) < 0) {
-            Py_XDECREF(after);
-            Py_DECREF(type);
-            goto error;
-        }
-        Py_DECREF(after);
+        int added = tally_add(&tally, counts, is_known ? type : other);
         Py_DECREF(type);
+        if (!added)
+            goto error;
         last_start = pos;
         pos = end;
         count++;
     }
+    if (!tally_flush(&tally, counts))
+        goto error;
+    long long last_seq = count ? frame_seq_num(buf, last_start, pos) : -1;
     PyBuffer_Release(&view);
-    return Py_BuildValue("(nnn)", pos, last_start, count);
+    return Py_BuildValue("(nnnL)", pos, last_start, count, last_seq);
 
 error:
+    tally_flush(&tally, counts);
     PyBuffer_Release(&view);
     return NULL;
 }
@@ -193,7 +264,7 @@ static PyMethodDef methods[] = {
      "One complete, valid FIX frame at buf[pos], or None: ask the Python framer."},
     {"scan_count", scan_count, METH_VARARGS,
      "scan_count(buf, pos, max_frame_size, max_digits, counts, known, other, stop)\n"
-     "    -> (end, last_start, count)\n\n"
+     "    -> (end, last_start, count, last_seq)\n\n"
      "Count consecutive valid frames by MsgType, stopping before one of a type in stop."},
     {NULL, NULL, 0, NULL},
 };

@@ -42,7 +42,7 @@ _ScanFunction = Callable[[bytes | bytearray, int, int, int], tuple[int, int, int
 _CountFunction = Callable[
     [bytes | bytearray, int, int, int, dict[bytes, int], frozenset[bytes], bytes,
      frozenset[bytes]],
-    tuple[int, int, int]]
+    tuple[int, int, int, int]]
 
 
 def _c_scanner() -> tuple[_ScanFunction, _CountFunction] | None:
@@ -181,8 +181,9 @@ class FixFramer:
         takes nothing, and the caller goes on frame by frame.
 
         Returns:
-            (buffer, start, end, last_start): the frames taken are ``buffer[start:end]``,
-            the last of them starting at ``last_start``; ``start == end`` when none.
+            (buffer, start, end, last_seq): the frames taken are ``buffer[start:end]``;
+            ``start == end`` when none. ``last_seq`` is the MsgSeqNum (34) of the last of
+            them as :func:`~fixproxy.session.sequence.read_seq_num` reads it, -1 for none.
         Raises:
             FramingError: the framer is broken (an earlier call raised).
         """
@@ -192,11 +193,32 @@ class FixFramer:
         pos = self._pos
         count = self._scan_count
         if count is None or pos >= len(buf):
-            return buf, pos, pos, pos
-        end, last_start, _ = count(buf, pos, self.max_frame_size, self._max_digits, counts,
-                                   known, other, stop)
+            return buf, pos, pos, -1
+        end, _, _, last_seq = count(buf, pos, self.max_frame_size, self._max_digits, counts,
+                                    known, other, stop)
         self._pos = end
-        return buf, pos, end, last_start
+        return buf, pos, end, last_seq
+
+    def receive_counted(self, data: bytes, counts: dict[bytes, int], known: frozenset[bytes],
+                        other: bytes, stop: frozenset[bytes]
+                        ) -> tuple[bytes | bytearray, int, int, int]:
+        """:meth:`receive_data` then :meth:`take_counted`, in one call: the relay's read.
+
+        When nothing was pending and ``data`` is whole frames, the buffer returned is
+        ``data`` itself and the frames taken are all of it.
+        """
+        count = self._scan_count
+        if data and count is not None and self._pos >= len(self._buf) and self._error is None \
+                and not self._eof:
+            # The usual case, without receive_data's and take_counted's checks: nothing is
+            # pending, so the chunk becomes the buffer, as receive_data would make it.
+            end, _, _, last_seq = count(data, 0, self.max_frame_size, self._max_digits, counts,
+                                        known, other, stop)
+            self._buf = data
+            self._pos = end
+            return data, 0, end, last_seq
+        self.receive_data(data)
+        return self.take_counted(counts, known, other, stop)
 
     def next_message(self) -> Frame | None:
         """Return the next complete message, or ``None`` if more bytes are needed.

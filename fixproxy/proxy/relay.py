@@ -118,6 +118,7 @@ class SessionRelay:
             clock: the machine's monotonic clock (trio's, so deadlines agree).
         """
         self.engine = Leg.over(engine, engine_framer, "engine")
+        self._engine_fd = engine.fileno()
         self.gateway = Leg.over(gateway, FixFramer(), "gateway")
         self.logon = logon
         self.machine = machine
@@ -143,6 +144,8 @@ class SessionRelay:
         self.awaiting_answer = True
         """The gateway's first message is the answer to the signed Logon."""
         self.done = False
+        self._runs_pass = translator is None and journal is None
+        """Runs of plain frames pass as blocks (nothing to renumber or record per frame)."""
         self._commands: collections.deque[Command] = collections.deque()
         self._wake_read, self._wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._finished = False
@@ -180,7 +183,7 @@ class SessionRelay:
     def run(self) -> RelayResult:
         """Relay until the session ends; the body of the session's thread. Never raises."""
         poller = select.poll()
-        wake, engine_fd, gateway_fd = self._wake_read, self.engine.fileno(), self.gateway.fileno()
+        wake, engine_fd, gateway_fd = self._wake_read, self._engine_fd, self.gateway.fileno()
         poller.register(wake, _IN)
         engine_mask = gateway_mask = 0
         try:
@@ -280,7 +283,7 @@ class SessionRelay:
         for fd, mask in events:
             if fd == self._wake_read:
                 self._take_commands()
-            elif fd == engine.sock.fileno():
+            elif fd == self._engine_fd:
                 if mask & _OUT or (mask & _GONE and engine.pending):
                     self._flush(engine)
                 if mask & (_IN | _GONE) and engine.readable and self.closing_since is None:
@@ -319,9 +322,41 @@ class SessionRelay:
     # --- reading and relaying ----------------------------------------------------------------
 
     def _read(self, src: Leg, dst: Leg, now: float) -> None:
+        """Read once from ``src`` and pass on what came.
+
+        The usual case costs one C call besides the I/O: when nothing needs renumbering or
+        recording and the Logon's answer is not awaited from ``src``, the leading run of
+        complete frames that need no second look is framed, checked and counted at once
+        (the C scanner) and written on as one block, the chunk itself when it is whole frames
+        (design rule 6). Whatever follows that run goes through :meth:`_relay_chunk`.
+        """
         data = src.read()
-        if data is not None:
-            self._relay_chunk(src, dst, data, now, time.perf_counter())
+        if data is None:
+            return
+        read_at = time.perf_counter()
+        if not data or not self._runs_pass or (self.awaiting_answer and src is self.gateway):
+            self._relay_chunk(src, dst, data, now, read_at)
+            return
+        from_engine = src is self.engine
+        counters = self.to_gateway if from_engine else self.to_engine
+        try:
+            buf, start, end, seq = src.framer.receive_counted(
+                data, counters.messages, KNOWN_TYPES, OTHER_MSG_TYPE, _NOTED_TYPES)
+        except FramingError as exc:
+            self._invalid(src, exc)
+            return
+        if end > start:
+            counters.bytes += end - start
+            if from_engine:
+                self.machine.engine_activity(now, seq)
+            else:
+                self.machine.gateway_activity(now, seq)
+            if buf is data and start == 0 and end == len(buf):
+                self._send(dst, data, read_at)
+                return
+            self._send(dst, bytes(buf[start:end]), read_at)
+        if end < len(buf):
+            self._relay_chunk(src, dst, None, now, read_at)
 
     def _relay_chunk(self, src: Leg, dst: Leg, data: bytes | None, now: float,
                      read_at: float) -> None:
@@ -348,27 +383,17 @@ class SessionRelay:
         noted = _EVERY_TYPE if self.awaiting_answer and not from_engine else _NOTED_TYPES
         # The fast path: runs of messages that need nothing but counting are framed and
         # counted in one call (the C scanner), and pass as one block of the bytes that came.
-        fast = translate is None and self.journal is None and noted is _NOTED_TYPES
+        fast = self._runs_pass and noted is _NOTED_TYPES
         parts: list[bytes] = []
-        last = b""
+        last: bytes | int = -1
+        """The last message in ``parts``, or its MsgSeqNum when the scanner read it."""
         while True:
             if fast:
-                buf, start, end, last_start = framer.take_counted(
+                buf, start, end, seq = framer.take_counted(
                     messages, KNOWN_TYPES, OTHER_MSG_TYPE, _NOTED_TYPES)
                 if end > start:
-                    if buf is data and start == 0 and end == len(buf):
-                        # The usual case, in one pass: the chunk is whole frames, none looked
-                        # into, counted in one C call; it is written as it came.
-                        counters.bytes += end
-                        seq = read_seq_num(buf, last_start, end)
-                        if from_engine:
-                            self.machine.engine_activity(now, seq)
-                        else:
-                            self.machine.gateway_activity(now, seq)
-                        self._send(dst, buf, read_at)
-                        return
                     parts.append(bytes(buf[start:end]))
-                    last = bytes(buf[last_start:end])
+                    last = seq
             try:
                 found = next_raw()
             except FramingError as exc:
@@ -384,13 +409,13 @@ class SessionRelay:
                 counters.count(msg_type)
             if msg_type in noted:
                 self._forward(src, dst, parts, last, now, read_at, counters, whole=False)
-                parts, last, whole_chunk = [], b"", False
+                parts, last, whole_chunk = [], -1, False
                 if not self._noted(src, dst, raw, msg_type, now, counters):
                     return
                 if not src.readable or self.closing_since is not None:
                     return  # fixproxy logged out for this side, or the session is closing
                 noted = _EVERY_TYPE if self.awaiting_answer and not from_engine else _NOTED_TYPES
-                fast = translate is None and self.journal is None and noted is _NOTED_TYPES
+                fast = self._runs_pass and noted is _NOTED_TYPES
                 continue
             last = raw
             if translate is not None:
@@ -417,15 +442,16 @@ class SessionRelay:
                 self._event(Event.GATEWAY_CLOSED,
                             "the Kalshi gateway closed the connection without a Logout")
 
-    def _forward(self, src: Leg, dst: Leg, parts: list[bytes], last: bytes, now: float,
+    def _forward(self, src: Leg, dst: Leg, parts: list[bytes], last: bytes | int, now: float,
                  read_at: float, counters: TrafficCounters, *, whole: bool,
                  chunk: bytes = b"") -> None:
-        """Queue relayed frames for ``dst`` and note the sender's activity."""
+        """Queue relayed frames for ``dst`` and note the sender's activity; ``last`` is the
+        last of them, or its MsgSeqNum (-1: none) when the scanner read it."""
         if not parts:
             return
         out = chunk if whole else b"".join(parts)
         counters.bytes += len(out)
-        seq = read_seq_num(last) if last else None
+        seq = last if isinstance(last, int) else read_seq_num(last)
         if src is self.engine:
             self.machine.engine_activity(now, seq)
             direction = Direction.ENGINE_TO_GATEWAY
@@ -550,7 +576,11 @@ class SessionRelay:
             return True
         dst.pending = data
         dst.pending_read_at = read_at
-        self._flush(dst)
+        if dst.write_pending():  # _flush, inline: this is every relayed chunk's write
+            counters = self.to_gateway if dst is self.gateway else self.to_engine
+            counters.latency.observe(time.perf_counter() - read_at)
+        elif not dst.writable:
+            self._write_failed(dst)
         return dst.writable
 
     def _flush(self, dst: Leg) -> None:

@@ -20,6 +20,7 @@ from fixproxy.errors import FramingError
 from fixproxy.fix import framer as framer_module
 from fixproxy.fix.codec import encode
 from fixproxy.fix.framer import FixFramer
+from fixproxy.session.sequence import read_seq_num
 
 SCAN = framer_module._scan
 needs_scanner = pytest.mark.skipif(
@@ -170,12 +171,49 @@ def test_taking_runs_at_once_counts_and_stops_like_frame_by_frame(
 
 @needs_scanner
 def test_take_counted_stops_before_a_noted_message() -> None:
-    order, logout = encode([(35, b"D")]), encode([(35, b"5")])
+    first, second = encode([(35, b"D"), (34, 7)]), encode([(35, b"D"), (34, 8)])
+    logout, order = encode([(35, b"5"), (34, 9)]), encode([(35, b"D"), (34, 10)])
     framer = FixFramer()
-    framer.receive_data(order + order + logout + order)
+    framer.receive_data(first + second + logout + order)
     counts: dict[bytes, int] = {}
-    buf, start, end, last = framer.take_counted(counts, KNOWN, b"other", STOP)
-    assert (start, end, last) == (0, 2 * len(order), len(order))
-    assert buf[start:end] == order + order
+    buf, start, end, last_seq = framer.take_counted(counts, KNOWN, b"other", STOP)
+    assert (start, end, last_seq) == (0, len(first) + len(second), 8)
+    assert buf[start:end] == first + second
     assert counts == {b"D": 2}
     assert framer.next_raw() == (logout, b"5")
+
+
+_seq_values = st.one_of(
+    st.integers(0, 10**20).map(lambda n: str(n).encode()),
+    st.text("0123456789", min_size=1, max_size=22).map(str.encode),
+    _values)
+
+
+_MANY_TYPES: Final = [b"D", b"8", b"F", b"G", b"H", b"9", b"AE", b"UOG", b"j", b"3", b"XY",
+                      b"q"]
+
+
+@needs_scanner
+@settings(max_examples=400)
+@given(st.lists(st.tuples(st.sampled_from(_MANY_TYPES),
+                          st.none() | _seq_values, st.booleans()), min_size=1, max_size=30))
+def test_the_last_msg_seq_num_taken_is_read_as_the_reference_reads_it(
+        frames: list[tuple[bytes, bytes | None, bool]]) -> None:
+    """Many distinct MsgTypes (more than the scanner tallies at once), a 34 that is a number,
+    too long, not digits or absent, and a field ending in "34" before it."""
+    raws = [encode([(35, msg_type), *([(58, b"x34")] if decoy else []),
+                    *([(34, seq)] if seq is not None else [])])
+            for msg_type, seq, decoy in frames]
+    framer = FixFramer()
+    framer.receive_data(b"".join(raws))
+    counts: dict[bytes, int] = {}
+    known = frozenset(_MANY_TYPES[:-2])
+    buf, start, end, last_seq = framer.take_counted(counts, known, b"other", frozenset())
+    assert (start, end) == (0, len(buf))
+    expected = read_seq_num(raws[-1])
+    assert last_seq == (-1 if expected is None else expected)
+    want: dict[bytes, int] = {}
+    for msg_type, _, _ in frames:
+        key = msg_type if msg_type in known else b"other"
+        want[key] = want.get(key, 0) + 1
+    assert counts == want

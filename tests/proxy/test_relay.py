@@ -213,7 +213,7 @@ def test_an_internal_fault_tells_the_engine_and_ends_only_this_session(
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("a bug in fixproxy")
 
-    monkeypatch.setattr(harness.relay, "_relay_chunk", broken)
+    monkeypatch.setattr(harness.relay, "_read", broken)
     harness.engine.send(b"D", (11, "trigger"))
     downstream = harness.engine.receive()
     assert downstream is not None and downstream.msg_type == tags.MT_LOGOUT

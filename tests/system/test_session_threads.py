@@ -21,7 +21,7 @@ import signal
 import socket
 import threading
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import pytest
 import trio
@@ -42,7 +42,7 @@ from support.fleet import (
 
 from fixproxy.fix import tags
 from fixproxy.fix.codec import FixMessage
-from fixproxy.session import sequence
+from fixproxy.fix.framer import FixFramer
 from fixproxy.sim.gateway import SimFaults
 
 GUARD: Final = 180.0
@@ -456,17 +456,17 @@ async def test_a_failing_relay_thread_ends_its_session_only(
         e2e_material: E2EMaterial, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
     failed: list[bytes] = []
+    receive_counted = FixFramer.receive_counted
 
-    def read_seq_num(raw: bytes, start: int = 0, end: int | None = None) -> int | None:
-        # Called by the relay, in the session's thread, for the last message of each chunk
-        # it forwards: fails once, for the one order that carries the poison ClOrdID.
-        frame = raw[start:end]
-        if not failed and b"\x0111=" + POISON + b"\x01" in frame:
-            failed.append(bytes(frame))
+    def failing_once(framer: FixFramer, data: bytes, *args: Any) -> Any:
+        # Called by the relay, in the session's thread, for every chunk it reads: fails once,
+        # for the chunk that carries the poison ClOrdID.
+        if not failed and b"\x0111=" + POISON + b"\x01" in data:
+            failed.append(bytes(data))
             raise RuntimeError("injected fault in the session relay")
-        return sequence.read_seq_num(raw, start, end)
+        return receive_counted(framer, data, *args)
 
-    monkeypatch.setattr("fixproxy.proxy.relay.read_seq_num", read_seq_num)
+    monkeypatch.setattr(FixFramer, "receive_counted", failing_once)
     victim, others = "s00", ["s01", "s02", "s03", "s04"]
     async with open_fleet(e2e_material, TRADERS, guard=GUARD) as fleet:
         baseline, baseline_fds = set(threading.enumerate()), fd_count()
