@@ -3,6 +3,7 @@ become exit codes."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import os
@@ -130,7 +131,21 @@ def run(config_path: Path | None, log_level: str, log_format: str) -> None:
     config = _load(config_path)
     metrics = Metrics()
     sys.setswitchinterval(interval)
+    _settle_heap()
     _run(lambda: run_until_signal(config, metrics))
+
+
+def _settle_heap() -> None:
+    """Take what start-up made (modules, the configuration, the metrics) out of the cyclic
+    garbage collector's reach.
+
+    Those objects live as long as the process, yet a full collection walks all of them while
+    holding the interpreter lock, which stalls every session thread for milliseconds (about
+    20 ms at start). Frozen, they are never walked again; a collection then costs what the
+    sessions themselves allocated.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def _switch_interval(environ: Mapping[str, str]) -> float:
