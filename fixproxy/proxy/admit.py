@@ -550,6 +550,8 @@ async def _run_session(engine: trio.abc.Stream, engine_framer: FixFramer,
         runtime.manager.unregister(conn_id)
         if result is not None and result.logged_on:
             _save_sequences(runtime, machine, translator, log)
+        if result is not None and (result.logged_on or result.crashed is not None):
+            # A fault before the Logon's answer still sent the engine a Logout: counted.
             _count_end(runtime, result, log)
         log.info("session closed (%s): %s; engine->gateway %d bytes, gateway->engine %d "
                  "bytes", machine.state, machine.close_reason, relay.to_gateway.bytes,

@@ -672,22 +672,38 @@ class SessionRelay:
             self.done = True
 
     def _crashed(self, exc: Exception) -> RelayResult:
-        """An internal fault: tell the engine in a Logout (best effort) and end the session."""
+        """An internal fault: tell both peers in a Logout (best effort) and end the session.
+
+        A Logon still unanswered counts as one that got no answer (the key's next attempt
+        waits out the backoff, as after silence).
+        """
         self.log.exception("internal error in the session relay; this connection is closed, "
                            "others carry on")
         self.done = True
         if self.end_cause is None:
             self.end_cause = ("proxy", "internal_error")
-        engine = self.engine
-        if engine.writable:
-            seq = self.machine.next_logout_seq(to_gateway=False)
-            if self.translator is not None:
-                seq = self.translator.engine_seq_for_gateway(seq)
-            message = logout("fixproxy: internal error in fixproxy; the connection is closed, "
-                             "log on again", sender=self.engine_ids[0],
-                             target=self.engine_ids[1], seq=seq, now=self.wall())
-            with contextlib.suppress(OSError):  # the close tells the engine
-                engine.sock.send(engine.pending + message)
+        text = "internal error in fixproxy; the connection is closed, log on again"
+        if self.logged_on and self.closing_since is None:
+            self._last_words(self.gateway, text)
+        self._last_words(self.engine, f"fixproxy: {text}")
+        if self.awaiting_answer and self.machine.state is State.LOGON_SENT:
+            with contextlib.suppress(Exception):  # the crash may have come from there
+                self.control.logon_failed(None)
         if self.journal is not None:
             self.journal.close()
         return RelayResult(logged_on=self.logged_on, end_cause=self.end_cause, crashed=exc)
+
+    def _last_words(self, dst: Leg, text: str) -> None:
+        """Write what ``dst`` is owed and a Logout, in one try, without waiting (the close
+        that follows tells the peer if this does not reach it)."""
+        if not dst.writable:
+            return
+        to_gateway = dst is self.gateway
+        seq = self.machine.next_logout_seq(to_gateway=to_gateway)
+        if self.translator is not None:
+            seq = self.translator.gateway_seq_for_engine(seq) if to_gateway \
+                else self.translator.engine_seq_for_gateway(seq)
+        sender, target = self.gateway_ids if to_gateway else self.engine_ids
+        message = logout(text, sender=sender, target=target, seq=seq, now=self.wall())
+        with contextlib.suppress(OSError):  # TLS's want-read/want-write are OSErrors too
+            dst.send(dst.pending + message)

@@ -206,21 +206,56 @@ def test_abort_ends_the_thread_at_once(harness: Harness) -> None:
     assert harness.finish().logged_on
 
 
-def test_an_internal_fault_tells_the_engine_and_ends_only_this_session(
-        harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
-    log_on(harness)
+def assert_ended(peer: Peer) -> None:
+    """Nothing but the end of the stream comes (a reset too: fixproxy's end of a test pair is
+    closed with input unread, which admission's drain would have read)."""
+    try:
+        end = peer.receive()
+    except ConnectionResetError:
+        return
+    assert end is None, f"unexpected {end}"
 
+
+def _break_reads(relay: SessionRelay, monkeypatch: pytest.MonkeyPatch) -> None:
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("a bug in fixproxy")
 
-    monkeypatch.setattr(harness.relay, "_read", broken)
+    monkeypatch.setattr(relay, "_read", broken)
+
+
+def test_an_internal_fault_tells_both_peers_and_ends_only_this_session(
+        harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    log_on(harness)
+    _break_reads(harness.relay, monkeypatch)
     harness.engine.send(b"D", (11, "trigger"))
     downstream = harness.engine.receive()
     assert downstream is not None and downstream.msg_type == tags.MT_LOGOUT
+    assert downstream.get(tags.MSG_SEQ_NUM) == b"2"  # after the gateway's Logon answer
     assert "internal error" in (downstream.get_str(tags.TEXT) or "")
+    upstream = harness.gateway.receive()
+    assert upstream is not None and upstream.msg_type == tags.MT_LOGOUT
+    assert upstream.get(tags.MSG_SEQ_NUM) == b"2"  # after the signed Logon
+    assert (upstream.get_str(tags.TEXT) or "").startswith("internal error in fixproxy")
     result = harness.finish()
+    assert_ended(harness.engine)
+    assert_ended(harness.gateway)
     assert isinstance(result.crashed, RuntimeError)
     assert result.end_cause == ("proxy", "internal_error")
+    assert ("logon_failed", None) not in harness.control.calls
+
+
+def test_an_internal_fault_before_the_logon_answer_holds_the_next_logon(
+        harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    logon = harness.gateway.receive()
+    assert logon is not None and logon.msg_type == tags.MT_LOGON
+    _break_reads(harness.relay, monkeypatch)
+    harness.gateway.send(tags.MT_LOGON, (98, 0), (108, HEART_BT_INT), (141, "Y"))
+    downstream = harness.engine.receive()
+    assert downstream is not None and downstream.msg_type == tags.MT_LOGOUT
+    result = harness.finish()
+    assert_ended(harness.gateway)  # never logged on: the close says it all
+    assert not result.logged_on and isinstance(result.crashed, RuntimeError)
+    assert harness.control.calls == [("logon_failed", None)]
 
 
 def test_a_gateway_that_stops_reading_stops_the_engine_being_read(harness: Harness) -> None:

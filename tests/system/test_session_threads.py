@@ -43,6 +43,7 @@ from support.fleet import (
 from fixproxy.fix import tags
 from fixproxy.fix.codec import FixMessage
 from fixproxy.fix.framer import FixFramer
+from fixproxy.proxy.relay import SessionRelay
 from fixproxy.sim.gateway import SimFaults
 
 GUARD: Final = 180.0
@@ -482,10 +483,12 @@ async def test_a_failing_relay_thread_ends_its_session_only(
                 (59, 1)])
             messages = await read_to_close(engine)
             assert failed, "the fault was not injected"
-            # The engine is told, then closed; the order never reached the gateway.
+            # Both peers are told, then closed; the order never reached the gateway.
             assert [m.msg_type for m in messages] == [tags.MT_LOGOUT]
             assert text_of(messages[0]) == INTERNAL_ERROR
-            assert await fleet.sim.wait_closed(conn) == "peer closed the connection"
+            assert await fleet.sim.wait_closed(conn) == "peer logged out"
+            [gateway_logout] = fleet.sim_raw(conn, "in", tags.MT_LOGOUT)
+            assert b"\x0158=internal error in fixproxy" in gateway_logout
             assert ids_of(fleet.sim_raw(conn, "in", tags.MT_NEW_ORDER_SINGLE)) == [cl_ord_id]
 
             # Every other session trades on, and the process takes the victim back.
@@ -521,3 +524,27 @@ async def test_a_failing_relay_thread_ends_its_session_only(
     assert len(crashes) == 1
     assert "internal error in the session relay" in crashes[0].getMessage()
     assert crashes[0].exc_info is not None and crashes[0].exc_info[0] is RuntimeError
+
+
+async def test_a_relay_fault_before_the_logon_answer_is_counted_and_backs_off(
+        e2e_material: E2EMaterial, monkeypatch: pytest.MonkeyPatch) -> None:
+    def failing(*args: object) -> bool:
+        raise RuntimeError("injected fault in the session relay")
+
+    monkeypatch.setattr(SessionRelay, "_logon_answer", failing)
+    async with open_fleet(e2e_material, 1, guard=GUARD) as fleet:
+        engine = await fleet.connect("s00")
+        answer = await engine.logon()
+        assert answer is not None and answer.msg_type == tags.MT_LOGOUT
+        assert text_of(answer) == INTERNAL_ERROR
+        assert await engine.receive() is None
+        await wait_until(lambda: fleet.sample("fixproxy_logouts_total", "s00",
+                                              initiator="proxy", reason="internal_error") == 1)
+        assert fleet.sample("fixproxy_session_up", "s00") == 0
+        # The Logon's outcome is unknown: the key's next attempt waits out the backoff,
+        # refused locally before anything reaches Kalshi.
+        monkeypatch.undo()
+        again = await fleet.connect("s00")
+        refused = await again.logon()
+        assert refused is not None and refused.msg_type == tags.MT_LOGOUT
+        assert "fixproxy holds new attempts" in (text_of(refused) or "")
