@@ -130,11 +130,12 @@ def start_trio_relay(material: Material, gateway_port: int, name: str) -> tuple[
 
 
 def start_python_relay(material: Material, gateway_port: int, name: str,
-                       switch_interval: float) -> tuple[Child, int]:
+                       switch_interval: float, *, shared: bool = False) -> tuple[Child, int]:
     """The bare thread relay (bench/pyrelay.py): fixproxy's data-plane design without its FIX
-    work, with the GIL switch interval fixproxy runs with."""
+    work, with the GIL switch interval fixproxy runs with; ``shared``: one relay thread for
+    every connection instead of one each."""
     return _start_bare_relay(material, gateway_port, name, "bench.pyrelay",
-                             repr(switch_interval))
+                             repr(switch_interval), *(["shared"] if shared else []))
 
 
 def _start_bare_relay(material: Material, gateway_port: int, name: str, module: str,

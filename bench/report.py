@@ -29,7 +29,10 @@ RATIO_PAIRS: Final = (("fixproxy", "stunnel"), ("fixproxy", "direct"),
 FIX work costs in the thread design (fixproxy/python-relay); what Python's thread loop costs
 (python-relay/stunnel) and what an event loop costs (trio-relay/stunnel)."""
 MANY_PAIRS: Final = (("fixproxy", "stunnel"), ("fixproxy", "python-relay"),
-                     ("python-relay", "stunnel"))
+                     ("python-relay", "stunnel"), ("shared-relay", "stunnel"),
+                     ("shared-relay", "python-relay"))
+"""Scenario 1 adds the bare relay with one thread for every connection (``shared-relay``):
+against the thread per connection, what many threads sharing the interpreter lock cost."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -478,9 +481,10 @@ def format_table(report: Mapping[str, Any]) -> str:
 
 def _many_table(many: Mapping[str, Any], settings: Mapping[str, Any]) -> list[str]:
     configs = many["configurations"]
-    names = [name for name in ("stunnel", "python-relay", "fixproxy") if name in configs]
+    names = [name for name in ("stunnel", "python-relay", "shared-relay", "fixproxy")
+             if name in configs]
     pairs = [(f"{name}/{base}", label) for (name, base), label in
-             zip(MANY_PAIRS, ("fp/stun", "fp/py", "py/stun"), strict=True)
+             zip(MANY_PAIRS, ("fp/stun", "fp/py", "py/stun", "sh/stun", "sh/py"), strict=True)
              if f"{name}/{base}" in many["ratios"]]
     sessions = settings["many_sessions"]
     rate = settings["many_rate"]

@@ -18,9 +18,10 @@ Per configuration and round: ``--logons`` connect/Logon/Logout cycles, then one 
 runs the closed loop, the pipelined run (CPU of engine, gateway and middle process read from
 /proc around it) and the open loop, and logs out; fixproxy's session then runs the open loop
 once more under control-plane load (scenario 2, bench/scenarios.py). After the rounds, the
-many-sessions scenario (scenario 1) runs 20 sessions through fresh stunnel, python-relay and
-fixproxy processes, then fresh stunnel and fixproxy processes hold 1 and then 5 idle logged-on
-sessions for the memory figures. The Logon rewrite is timed in process before any child starts.
+many-sessions scenario (scenario 1) runs 20 sessions through fresh stunnel, python-relay,
+shared-relay (the bare relay with one thread for all connections) and fixproxy processes,
+then fresh stunnel and fixproxy processes hold 1 and then 5 idle logged-on sessions for the
+memory figures. The Logon rewrite is timed in process before any child starts.
 
 The orchestrator only waits while the engine measures. The machine has two cores; engine,
 gateway and middle process each get their own process, which oversubscribes the cores in the
@@ -487,12 +488,17 @@ def _many_sessions(material: Material, gateway: Worker, engine: Worker, gateway_
                                                      "many-python-relay",
                                                      settings.switch_interval)
         stack.enter_context(relay_child)
+        shared_child, shared_port = start_python_relay(material, gateway_port,
+                                                       "many-shared-relay",
+                                                       settings.switch_interval, shared=True)
+        stack.enter_context(shared_child)
         fixproxy_child, config = start_fixproxy(material, gateway_port, accounts,
                                                 "many-fixproxy", settings.switch_interval)
         stack.enter_context(fixproxy_child)
         routes = [
             ManyRoute("stunnel", (stunnel_port,) * count, sign=True, middle=stunnel_child),
             ManyRoute("python-relay", (relay_port,) * count, sign=True, middle=relay_child),
+            ManyRoute("shared-relay", (shared_port,) * count, sign=True, middle=shared_child),
             ManyRoute("fixproxy", tuple(session.listen[1] for session in config.sessions),
                       sign=False, middle=fixproxy_child),
         ]

@@ -48,7 +48,7 @@ from fixproxy.fix import tags
 from fixproxy.fix.codec import SendingTimeClock
 from fixproxy.ops.control import read_reload_record, running_pid
 
-MANY_CONFIGS: Final = ("stunnel", "python-relay", "fixproxy")
+MANY_CONFIGS: Final = ("stunnel", "python-relay", "shared-relay", "fixproxy")
 SCRAPE_EVERY_S: Final = 0.1
 RELOAD_EVERY_S: Final = 2.0
 LOGON_EVERY_S: Final = 1.0

@@ -21,7 +21,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 TIMEOUT_S = 120
 CONFIGS = {"direct", "stunnel", "trio-relay", "python-relay", "fixproxy"}
-MANY_CONFIGS = {"stunnel", "python-relay", "fixproxy"}
+MANY_CONFIGS = {"stunnel", "python-relay", "shared-relay", "fixproxy"}
 QUICK_ORDERS = 300
 """Orders per workload in ``--quick`` (the default of ``--messages`` there)."""
 QUICK_SESSIONS = 3
