@@ -5,4 +5,4 @@ the pure-Python framer runs (fixproxy.fix.framer.SCANNER says which)."""
 from setuptools import Extension, setup
 
 setup(ext_modules=[Extension("fixproxy.fix._scan", ["fixproxy/fix/_scan.c"], optional=True,
-                             extra_compile_args=["-O2"])])
+                             extra_compile_args=["-O3"])])

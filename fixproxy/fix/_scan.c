@@ -173,7 +173,7 @@ tally_flush(tally_t *t, PyObject *counts)
     return ok;
 }
 
-/* Add one frame of MsgType buf[start:stop] (bytes equal to key) to the tally. */
+/* Add one frame counted under ``key`` to the tally; the slot it went to, or -1 on error. */
 static int
 tally_add(tally_t *t, PyObject *counts, PyObject *key)
 {
@@ -182,17 +182,16 @@ tally_add(tally_t *t, PyObject *counts, PyObject *key)
                 && memcmp(PyBytes_AS_STRING(t->key[i]), PyBytes_AS_STRING(key),
                           PyBytes_GET_SIZE(key)) == 0)) {
             t->n[i]++;
-            return 1;
+            return i;
         }
     }
     if (t->used == TALLY_SLOTS && !tally_flush(t, counts))
-        return 0;
+        return -1;
     Py_INCREF(key);
     t->key[t->used] = key;
     t->owned[t->used] = key;
     t->n[t->used] = 1;
-    t->used++;
-    return 1;
+    return t->used++;
 }
 
 /*
@@ -222,8 +221,20 @@ scan_count(PyObject *self, PyObject *args)
         return NULL;
     const unsigned char *buf = (const unsigned char *)view.buf;
     last_start = pos;
+    /* A run of one MsgType (the usual traffic) is tallied without a lookup per frame: a
+     * frame of the same MsgType as the one before goes to the same slot. */
+    Py_ssize_t prev_start = 0, prev_len = -1;
+    int prev_slot = -1;
     while (check_frame(buf, view.len, pos, max_frame, max_digits, &end, &type_start,
                        &type_end)) {
+        if (type_end - type_start == prev_len
+                && memcmp(buf + type_start, buf + prev_start, (size_t)prev_len) == 0) {
+            tally.n[prev_slot]++;
+            last_start = pos;
+            pos = end;
+            count++;
+            continue;
+        }
         PyObject *type = PyBytes_FromStringAndSize((const char *)buf + type_start,
                                                    type_end - type_start);
         if (type == NULL)
@@ -238,10 +249,13 @@ scan_count(PyObject *self, PyObject *args)
             Py_DECREF(type);
             break;
         }
-        int added = tally_add(&tally, counts, is_known ? type : other);
+        int slot = tally_add(&tally, counts, is_known ? type : other);
         Py_DECREF(type);
-        if (!added)
+        if (slot < 0)
             goto error;
+        prev_start = type_start;
+        prev_len = type_end - type_start;
+        prev_slot = slot;
         last_start = pos;
         pos = end;
         count++;
