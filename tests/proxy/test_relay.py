@@ -7,88 +7,34 @@ what the relay reports to the control plane.
 
 from __future__ import annotations
 
-import logging
 import select
 import socket
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Final
 
 import pytest
+from support.relay_pair import (
+    API_KEY,
+    HEART_BT_INT,
+    PEER_TIMEOUT,
+    ManualClock,
+    Peer,
+    RecordingControl,
+    open_relay_pair,
+)
 
 from fixproxy.fix import tags
-from fixproxy.fix.codec import FieldValue, FixMessage, encode, utc_timestamp
-from fixproxy.fix.framer import FixFramer
-from fixproxy.ops.metrics import TrafficCounters
+from fixproxy.fix.codec import encode, utc_timestamp
 from fixproxy.proxy.handover import RelayResult
 from fixproxy.proxy.legs import MAX_PENDING_BYTES
 from fixproxy.proxy.relay import SessionRelay
-from fixproxy.session.machine import Event, SessionMachine, State
+from fixproxy.session.machine import State
 
-API_KEY: Final = "3c9e1f0a-7b2d-4e6f-8a1c-5d0b9e2f4a7c"
-HEART_BT_INT: Final = 30
 SILENCE: Final = 2 * HEART_BT_INT + 5.0
-PEER_TIMEOUT: Final = 20.0
-"""Seconds a test peer waits for a byte before the test fails."""
-T0: Final = 1000.0
 HELD_BACK: Final = 0.5
 """Seconds an engine's window stays full before the test calls it held back."""
-
-
-class ManualClock:
-    """The relay's monotonic clock, moved by the test."""
-
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@dataclass
-class RecordingControl:
-    """The control plane's side, as a list of what the relay told it."""
-
-    calls: list[tuple[str, object]] = field(default_factory=list)
-
-    def logon_answered(self, accepted: bool, text: str, seconds: float) -> None:
-        self.calls.append(("logon_answered", accepted))
-
-    def logon_failed(self, result: str | None) -> None:
-        self.calls.append(("logon_failed", result))
-
-    def error(self, text: str) -> None:
-        self.calls.append(("error", text))
-
-    def skew(self, source: str, seconds: float) -> None:
-        self.calls.append(("skew", source))
-
-
-class Peer:
-    """One side's far end: a blocking socket with a framer."""
-
-    def __init__(self, sock: socket.socket, sender: str, target: str) -> None:
-        sock.settimeout(PEER_TIMEOUT)
-        self.sock = sock
-        self.framer = FixFramer()
-        self.sender, self.target = sender, target
-        self.seq = 0
-
-    def send(self, msg_type: bytes, *fields: tuple[int, FieldValue]) -> bytes:
-        self.seq += 1
-        raw = encode([(35, msg_type), (49, self.sender), (56, self.target), (34, self.seq),
-                      (52, utc_timestamp()), *fields])
-        self.sock.sendall(raw)
-        return raw
-
-    def receive(self) -> FixMessage | None:
-        """The next message, or None at the end of the stream."""
-        while (frame := self.framer.next_message()) is None:
-            if self.framer.at_eof:
-                return None
-            self.framer.receive_data(self.sock.recv(65536))
-        return FixMessage.parse(frame.raw)
 
 
 @dataclass
@@ -113,38 +59,21 @@ class Harness:
 
 @pytest.fixture
 def harness() -> Iterator[Harness]:
-    proxy_engine, engine_end = socket.socketpair()
-    proxy_gateway, gateway_end = socket.socketpair()
-    for sock in (proxy_engine, proxy_gateway):
-        sock.setblocking(False)
     clock = ManualClock()
-    machine = SessionMachine(now=clock(), heart_bt_int=HEART_BT_INT)
-    machine.engine_activity(clock(), 1)  # as admission does: the Logon was the engine's 34=1
-    machine.handle(Event.TLS_READY, clock())
     control = RecordingControl()
-    logon = encode([(35, "A"), (49, API_KEY), (56, "KalshiNR"), (34, 1),
-                    (52, utc_timestamp()), (98, 0), (108, HEART_BT_INT), (141, "Y")])
-    relay = SessionRelay(
-        engine=proxy_engine, gateway=proxy_gateway, logon=logon, engine_framer=FixFramer(),
-        machine=machine, translator=None, reset_forced=False, journal=None,
-        to_gateway=TrafficCounters(), to_engine=TrafficCounters(), control=control,
-        log=logging.LoggerAdapter(logging.getLogger("fixproxy.relay"), {}), conn_id=1,
-        gateway_ids=(API_KEY.encode(), b"KalshiNR"), engine_ids=(b"KalshiNR", API_KEY.encode()),
-        logon_received=0.0, clock=clock)
+    pair = open_relay_pair(clock, control)
+    relay = pair.relay
     results: list[RelayResult] = []
     thread = threading.Thread(target=lambda: results.append(relay.run()), daemon=True)
     thread.start()
-    h = Harness(relay, Peer(engine_end, API_KEY, "KalshiNR"),
-                Peer(gateway_end, "KalshiNR", API_KEY), clock, control, thread, results,
-                (proxy_engine, proxy_gateway))
+    h = Harness(relay, pair.engine, pair.gateway, clock, control, thread, results,
+                pair.proxy_ends)
     try:
         yield h
     finally:
         relay.abort()
         thread.join(PEER_TIMEOUT)
-        relay.close()
-        for sock in (proxy_engine, proxy_gateway, engine_end, gateway_end):
-            sock.close()
+        pair.close()
 
 
 def log_on(h: Harness) -> None:
