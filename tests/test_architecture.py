@@ -64,7 +64,8 @@ PURE: Final = ("fixproxy.errors", "fixproxy.kalshi", "fixproxy.fix", "fixproxy.s
 """The protocol layer: synchronous, no trio, no sockets, no TLS. The simulator's venue rules
 are held to it too, so what the simulated Kalshi decides is tested without sockets."""
 
-DATA_PLANE: Final = ("fixproxy.proxy.relay", "fixproxy.proxy.legs", "fixproxy.proxy.handover")
+DATA_PLANE: Final = ("fixproxy.proxy.relay", "fixproxy.proxy.legs", "fixproxy.proxy.handover",
+                      "fixproxy.proxy.dataplane")
 """The session relay and what it exchanges with admission: they run in a session's own thread
 and must never call trio (design.md: the planes meet only through the handover)."""
 

@@ -16,9 +16,10 @@ An engine connection goes through two phases here, in trio, and a third in a thr
 3. **Session.** Both sockets, the framer that read the Logon (and whatever the engine sent
    after it) and a fresh session machine are handed to a
    :class:`~fixproxy.proxy.relay.SessionRelay`, which writes the signed Logon, passes the
-   gateway's answer on and relays until the session ends, in a thread of its own. This task
-   waits for that thread, so the listener's nursery and the shutdown drain stay structured; a
-   cancellation aborts the relay. The relay's rare events (the Logon's answer, errors, clock
+   gateway's answer on and relays until the session ends: in a thread of its own until the
+   Logon is answered, then in the data plane's shared thread (:mod:`fixproxy.proxy.dataplane`).
+   This task waits for the relay's end, so the listener's nursery and the shutdown drain stay
+   structured; a cancellation aborts the relay. The relay's rare events (the Logon's answer, errors, clock
    skew) come back through :class:`_TrioControl` and are carried out in trio's thread; its
    end is its return value, after which this task counts the end, saves sequence numbers and
    closes both sockets.
@@ -60,6 +61,7 @@ from fixproxy.ops.journal import open_journal
 from fixproxy.ops.seqstore import SessionSequences
 from fixproxy.ops.status import SessionStatus
 from fixproxy.proxy.handover import RelayResult
+from fixproxy.proxy.manager import SessionManager
 from fixproxy.proxy.relay import CLOSE_TIMEOUT, SessionRelay
 from fixproxy.proxy.runtime import SessionRuntime, declare_status
 from fixproxy.session.explain import clock_skew_warning, describe_bad_start
@@ -503,10 +505,10 @@ async def _run_session(engine: trio.abc.Stream, engine_framer: FixFramer,
                        status: SessionStatus) -> RelayResult | None:
     """Hand the connection pair to a session relay and wait for it to end; its result.
 
-    The relay runs in a thread of its own (``runtime.run_relay`` replaces that in tests);
-    trio waits for it inside this task, so the nursery and the drain stay structured. A
-    cancellation (a second signal, a drain that timed out) aborts the relay, which then
-    returns promptly.
+    The relay runs off trio (:func:`_relay_in_threads`; ``runtime.run_relay`` replaces that in
+    tests); trio waits for it inside this task, so the nursery and the drain stay structured.
+    A cancellation (a second signal, a drain that timed out) aborts the relay, which then
+    ends promptly.
     """
     cfg = runtime.config
     # trio's clock, read from the relay's thread through the clock object (its current_time is
@@ -539,10 +541,8 @@ async def _run_session(engine: trio.abc.Stream, engine_framer: FixFramer,
             if runtime.run_relay is not None:
                 result = await runtime.run_relay(relay)
             else:
-                result = await trio.to_thread.run_sync(
-                    relay.run, abandon_on_cancel=False,
-                    limiter=runtime.manager.session_threads,
-                    thread_name=f"fixproxy session {cfg.name} #{conn_id}")
+                result = await _relay_in_threads(relay, runtime.manager,
+                                                 f"fixproxy session {cfg.name} #{conn_id}")
             nursery.cancel_scope.cancel()
     finally:
         relay.close()
@@ -557,6 +557,37 @@ async def _run_session(engine: trio.abc.Stream, engine_framer: FixFramer,
                  "bytes", machine.state, machine.close_reason, relay.to_gateway.bytes,
                  relay.to_engine.bytes)
     return result
+
+
+async def _relay_in_threads(relay: SessionRelay, manager: SessionManager,
+                            thread_name: str) -> RelayResult:
+    """Run ``relay`` to its end: in a thread of its own until logged on, then in the data
+    plane's shared thread (:mod:`fixproxy.proxy.dataplane`), or on in its own thread where
+    there is no data plane running."""
+    plane = manager.data_plane
+    result = await trio.to_thread.run_sync(
+        relay.run if plane is None else relay.run_logon, abandon_on_cancel=False,
+        limiter=manager.session_threads, thread_name=thread_name)
+    if result is not None:
+        return result
+    assert plane is not None  # only run_logon stops before the end
+    token = trio.lowlevel.current_trio_token()
+    ended = trio.Event()
+    results: list[RelayResult] = []
+
+    def done(outcome: RelayResult) -> None:  # in the data plane's thread
+        results.append(outcome)
+        token.run_sync_soon(ended.set)
+
+    if not plane.submit(relay, done):
+        return await trio.to_thread.run_sync(
+            relay.run_rest, abandon_on_cancel=False, limiter=manager.session_threads,
+            thread_name=thread_name)
+    # The relay owns the sockets until it reports its end, cancelled or not: a cancellation
+    # aborts it (_abort_when_cancelled) and this waits for the report.
+    with trio.CancelScope(shield=True):
+        await ended.wait()
+    return results[0]
 
 
 async def _abort_when_cancelled(relay: SessionRelay) -> None:

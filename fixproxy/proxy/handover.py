@@ -1,7 +1,8 @@
-"""What admission (trio) and a session relay (its own thread) hand each other.
+"""What admission (trio) and a session relay (off trio, in threads) hand each other.
 
-The two planes meet only here: the commands trio sends the relay thread, the rare events the
-relay reports back through a :class:`ControlPlane`, and the relay's result when its thread ends.
+The two planes meet only here: the commands trio sends the relay, the rare events the relay
+reports back through a :class:`ControlPlane`, and the relay's result when it ends (its thread's
+return value, or the data plane's report).
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ from typing import Final
 import trio
 
 from fixproxy.ops.status import StatusBoard
+from fixproxy.proxy.dataplane import DataPlane
 from fixproxy.session.backoff import LogonBackoff
 from fixproxy.session.schedule import MaintenanceSchedule, Window
 
@@ -68,6 +69,9 @@ class SessionManager:
         self._sessions = 0
         """Threads for session relays: one per live session, sized by :meth:`size_for`
         rather than trio's default of 40 shared with every other thread use."""
+        self.data_plane: DataPlane | None = None
+        """The shared thread that relays logged-on sessions, while the server runs it;
+        None: each session keeps the thread it logged on in."""
 
     def size_for(self, sessions: int) -> None:
         """Allow a relay thread for each of ``sessions`` configured sessions (one live

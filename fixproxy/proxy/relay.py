@@ -1,4 +1,4 @@
-"""The session data plane: one OS thread relays one FIX session, from its signed Logon on.
+"""The session data plane: a relay of one FIX session, from its signed Logon on, off trio.
 
 Theory of operation
 -------------------
@@ -6,10 +6,15 @@ Admission (trio, :mod:`fixproxy.proxy.admit`) reads and signs the engine's Logon
 with pins checked. From the signed Logon on, a :class:`SessionRelay` owns everything
 of the session: the engine's plain socket, the gateway's non-blocking ``ssl.SSLSocket``, both
 framers, the :class:`~fixproxy.session.machine.SessionMachine`, the sequence translator, the
-journal and the traffic counters. :meth:`SessionRelay.run` is a synchronous loop for a thread of
-its own: ``poll`` over the two sockets and a wake-up pipe, with the machine's next deadline as
-the timeout. Measured, trio's scheduler pass per wake-up cost more than everything stunnel does
-per message; a plain loop in a thread does not.
+journal and the traffic counters. It is driven by a synchronous loop: ``poll`` over the two
+sockets and a wake-up pipe, with the machine's next deadline as the timeout. Measured, trio's
+scheduler pass per wake-up cost more than everything stunnel does per message; a plain loop in
+a thread does not. Until the gateway has answered the Logon, the loop is the relay's own
+(:meth:`SessionRelay.run_logon`, in a thread of its own, because the answer's outcome is
+waited for); after that the relay is :attr:`~SessionRelay.settled` and the data plane's shared
+thread drives it with every other session (:mod:`fixproxy.proxy.dataplane`), through the
+same :meth:`~SessionRelay.handle`. :meth:`SessionRelay.run` is the whole session in one thread
+(where no shared thread runs).
 
 Per chunk read: frame it, count each message by MsgType, look into the few MsgTypes that matter
 (Logout, Reject, Heartbeat), and write the chunk itself when it is whole frames and nothing needs
@@ -88,8 +93,9 @@ _EVERY_TYPE: Final = _EveryType()
 
 
 class SessionRelay:
-    """One session's data plane; :meth:`run` in a thread of its own, or :meth:`wanted` and
-    :meth:`handle` from a loop that waits for the sockets itself (tests)."""
+    """One session's data plane; :meth:`run` (or :meth:`run_logon` then the data plane's
+    shared loop) in a thread, or :meth:`wanted` and :meth:`handle` from a loop that waits for
+    the sockets itself (the data plane, tests)."""
 
     def __init__(self, *, engine: socket.socket, gateway: socket.socket, logon: bytes,
                  engine_framer: FixFramer,
@@ -182,16 +188,53 @@ class SessionRelay:
 
     def run(self) -> RelayResult:
         """Relay until the session ends; the body of the session's thread. Never raises."""
+        try:
+            self._start()
+        except Exception as exc:
+            return self.fail(exc)
+        return self.run_rest()
+
+    def run_logon(self) -> RelayResult | None:
+        """:meth:`run` until the gateway's answer to the Logon has been dealt with.
+
+        Returns:
+            None when the session is then logged on and going on: it no longer waits for
+            the control plane, so the data plane's shared thread takes it over
+            (:class:`~fixproxy.proxy.dataplane.DataPlane`, or :meth:`run_rest` in a thread of
+            its own); otherwise how it ended. Never raises.
+        """
+        try:
+            self._start()
+        except Exception as exc:
+            return self.fail(exc)
+        return self._loop(until_settled=True)
+
+    def run_rest(self) -> RelayResult:
+        """The rest of :meth:`run` after :meth:`run_logon` returned None. Never raises."""
+        result = self._loop(until_settled=False)
+        if result is None:  # cannot be: only a loop until settled stops without a result
+            raise AssertionError("the relay loop stopped before the session ended")
+        return result
+
+    @property
+    def settled(self) -> bool:
+        """Logged on and past the Logon's answer: from here on the relay only relays, and
+        never waits for the control plane (its reports are fire-and-forget)."""
+        return self.logged_on and not self.awaiting_answer
+
+    def _loop(self, *, until_settled: bool) -> RelayResult | None:
+        """``poll`` and :meth:`handle` until done (its result) or, when asked, settled (None)."""
         poller = select.poll()
         wake, engine_fd, gateway_fd = self._wake_read, self._engine_fd, self.gateway.fileno()
         poller.register(wake, _IN)
         engine_mask = gateway_mask = 0
         try:
-            self._start()
             while not self.done:
+                if until_settled and self.settled:
+                    return None
                 # A descriptor waited on for nothing is taken out: poll reports POLLHUP
                 # whether asked or not, and would spin the loop.
-                wanted_engine, wanted_gateway = self._masks()
+                wanted_engine, wanted_gateway = self.masks()
                 if wanted_engine != engine_mask:
                     engine_mask = self._register(poller, engine_fd, engine_mask, wanted_engine)
                 if wanted_gateway != gateway_mask:
@@ -201,7 +244,7 @@ class SessionRelay:
                 self.handle(poller.poll(None if timeout is None
                                         else math.ceil(timeout * 1000)))
         except Exception as exc:
-            return self._crashed(exc)
+            return self.fail(exc)
         return self.result()
 
     @staticmethod
@@ -230,8 +273,13 @@ class SessionRelay:
         """:meth:`run`'s first step, for loops that drive :meth:`handle` themselves."""
         self._start()
 
-    def _masks(self) -> tuple[int, int]:
-        """The poll masks of the engine and the gateway socket now."""
+    def descriptors(self) -> tuple[int, int, int]:
+        """The wake-up pipe's, the engine's and the gateway's file descriptors."""
+        return self._wake_read, self._engine_fd, self.gateway.fileno()
+
+    def masks(self) -> tuple[int, int]:
+        """The poll masks of the engine and the gateway socket now (the wake-up pipe's is
+        always POLLIN)."""
         engine, gateway = self.engine, self.gateway
         engine_mask = _OUT if engine.pending and engine.writable else 0
         gateway_mask = _OUT if (gateway.pending and gateway.writable) \
@@ -246,7 +294,7 @@ class SessionRelay:
 
     def wanted(self) -> list[tuple[int, int]]:
         """(fd, poll mask) for each descriptor the relay waits on now."""
-        engine_mask, gateway_mask = self._masks()
+        engine_mask, gateway_mask = self.masks()
         return [(self._wake_read, _IN), (self.engine.fileno(), engine_mask),
                 (self.gateway.fileno(), gateway_mask)]
 
@@ -671,7 +719,7 @@ class SessionRelay:
         if not unwritten or now >= since + CLOSE_TIMEOUT:
             self.done = True
 
-    def _crashed(self, exc: Exception) -> RelayResult:
+    def fail(self, exc: BaseException) -> RelayResult:
         """An internal fault: tell both peers in a Logout (best effort) and end the session.
 
         A Logon still unanswered counts as one that got no answer (the key's next attempt

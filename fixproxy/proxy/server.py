@@ -34,6 +34,7 @@ from fixproxy.ops.control import PidFile, ReloadRecord, write_reload_record
 from fixproxy.ops.metrics import Metrics
 from fixproxy.ops.seqstore import SequenceStore
 from fixproxy.proxy.admit import relay_engine_connection
+from fixproxy.proxy.dataplane import DataPlane
 from fixproxy.proxy.health import Health
 from fixproxy.proxy.listeners import SessionListeners
 from fixproxy.proxy.manager import SessionManager
@@ -112,6 +113,10 @@ class ProxyServer:
         for runtime in self.runtimes.values():
             metrics.declare_session(runtime.config.name)
             declare_status(runtime)
+        if self.manager.data_plane is None:
+            # Beside the sessions: it outlives the listeners and ends once they have.
+            plane = self.manager.data_plane = DataPlane()
+            sessions.start_soon(_serve_data_plane, plane)
         async with trio.open_nursery() as nursery:
             bound: dict[str, tuple[str, int]] = await nursery.start(self.listeners.serve,
                                                                    sessions)
@@ -135,6 +140,26 @@ class ProxyServer:
     def stop_listening(self) -> None:
         """Close the engine listeners; connections already accepted carry on."""
         self.listeners.stop()
+
+
+async def _serve_data_plane(plane: DataPlane) -> None:
+    """Run the data plane's thread until cancelled; then wait until its relays have ended
+    (each session's own task aborts its relay when cancelled)."""
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_stop_when_cancelled, plane)
+            await trio.to_thread.run_sync(plane.run, abandon_on_cancel=False,
+                                          thread_name="fixproxy data plane")
+            nursery.cancel_scope.cancel()
+    finally:
+        plane.close()
+
+
+async def _stop_when_cancelled(plane: DataPlane) -> None:
+    try:
+        await trio.sleep_forever()
+    finally:
+        plane.stop()
 
 
 async def run_until_signal(config: Config, metrics: Metrics) -> None:

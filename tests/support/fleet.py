@@ -46,6 +46,7 @@ from support.reload_harness import free_port
 
 ENDPOINT: Final = "KalshiNR"
 RELAY_THREAD_PREFIX: Final = "fixproxy session "
+DATA_PLANE_THREAD: Final = "fixproxy data plane"
 """What admission names a thread while it runs a session relay (trio puts the thread's own
 name back once the relay returns, so the name marks a relay in progress, not a cached idle
 worker)."""
@@ -69,9 +70,16 @@ def session_name(index: int) -> str:
 
 
 def relay_threads() -> list[str]:
-    """Names of the threads running a session relay now."""
+    """Names of the threads running a session relay of its own now (a session logging on,
+    or one the data plane could not take)."""
     return sorted(thread.name for thread in threading.enumerate()
                   if thread.name.startswith(RELAY_THREAD_PREFIX))
+
+
+def data_plane_threads() -> list[str]:
+    """Names of the threads running the data plane's shared loop now."""
+    return [thread.name for thread in threading.enumerate()
+            if thread.name == DATA_PLANE_THREAD]
 
 
 async def wait_until(predicate: Callable[[], bool]) -> None:

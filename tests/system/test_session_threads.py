@@ -1,9 +1,10 @@
-"""The boundary between the planes: trio admits, a thread per session relays.
+"""The boundary between the planes: trio admits, threads relay.
 
-Admission (trio) hands each logged-on session to a :class:`~fixproxy.proxy.relay.SessionRelay`
-running in a thread of its own; shutdown reaches the thread as a command and a byte on its
-wake-up pipe, rare events come back through ``_TrioControl``, and the end of the session is
-the thread's return value. These tests cross that boundary with many sessions at once, on
+Admission (trio) hands each session to a :class:`~fixproxy.proxy.relay.SessionRelay`, which
+logs on in a thread of its own and is then relayed, with every other logged-on session, by the
+data plane's shared thread; shutdown reaches a relay as a command and a byte on its wake-up
+pipe, rare events come back through ``_TrioControl``, and the end of the session is reported
+back to its task. These tests cross that boundary with many sessions at once, on
 real loopback sockets and real TLS (:mod:`support.fleet`), in the moments where it matters: a
 shutdown and a reload under heavy traffic, the end of many sessions at once, the resources a
 session gives back, and a thread that fails.
@@ -31,9 +32,11 @@ from support.e2e import (  # e2e_material_fixture: a pytest fixture, found by it
 )
 from support.faults import fd_count, read_to_close, text_of
 from support.fleet import (
+    DATA_PLANE_THREAD,
     Fleet,
     SessionsView,
     Trader,
+    data_plane_threads,
     open_fleet,
     open_fleet_process,
     relay_threads,
@@ -43,6 +46,7 @@ from support.fleet import (
 from fixproxy.fix import tags
 from fixproxy.fix.codec import FixMessage
 from fixproxy.fix.framer import FixFramer
+from fixproxy.proxy.dataplane import DataPlane
 from fixproxy.proxy.relay import SessionRelay
 from fixproxy.sim.gateway import SimFaults
 
@@ -134,13 +138,15 @@ async def test_shutdown_under_heavy_traffic_delivers_every_report_then_the_logou
         async with trio.open_nursery() as nursery:
             traders = await start_traders(fleet, fleet.names, nursery)
             await trade_on(traders)
-            assert len(relay_threads()) == TRADERS
+            assert_in_data_plane(fleet, TRADERS)
             # SIGTERM, in-process: stop listening, log every session out, wait, return.
             await fleet.stop()
             # The traders return at their connection's close.
         assert fleet.drained == [True], "a session outlived shutdown_timeout"
         assert relay_threads() == []
         assert fleet.server.manager.live_sessions == 0
+        # The shared thread ended with the server, once its sessions had.
+        await wait_until(lambda: data_plane_threads() == [])
 
         for name, trader in traders.items():
             await check_logged_out_by_shutdown(fleet, name, trader)
@@ -347,8 +353,10 @@ async def _returned_to(fleet: Fleet, baseline_fds: int, baseline: set[threading.
     """
     with trio.move_on_after(30):  # then the assertions below say what is left
         await wait_until(lambda: not relay_threads() and fd_count() <= baseline_fds
+                         and _plane(fleet).relaying == 0
                          and fleet.server.manager.live_sessions == 0)
     assert relay_threads() == [], phase
+    assert _plane(fleet).relaying == 0, phase
     assert fd_count() == baseline_fds, (phase, _fds())
     # Idle workers that were already cached at the baseline may expire meanwhile, so the
     # new threads are counted, not compared with the total.
@@ -357,6 +365,19 @@ async def _returned_to(fleet: Fleet, baseline_fds: int, baseline: set[threading.
     tokens = fleet.server.manager.session_threads.total_tokens
     assert len(idle_workers) <= tokens
     assert threading.active_count() <= len(baseline) + tokens
+
+
+def _plane(fleet: Fleet) -> DataPlane:
+    plane = fleet.server.manager.data_plane
+    assert plane is not None, "the server runs no data plane"
+    return plane
+
+
+def assert_in_data_plane(fleet: Fleet, sessions: int) -> None:
+    """Every logged-on session is relayed by the one shared thread; none kept its own."""
+    assert relay_threads() == []
+    assert data_plane_threads() == [DATA_PLANE_THREAD]
+    assert _plane(fleet).relaying == sessions
 
 
 DROP_AFTER: Final = 4
@@ -425,7 +446,7 @@ async def test_the_gateway_dropping_every_session_at_once(
             await trade_on(traders, 20)
             for trader in traders.values():
                 trader.finish()  # all answered: nothing is in flight when the gateway goes
-        assert len(relay_threads()) == MANY
+        assert_in_data_plane(fleet, MANY)
         assert all(fleet.sample("fixproxy_session_up", name) == 1 for name in fleet.names)
         fleet.drop_gateway()
         for name, trader in traders.items():
@@ -433,7 +454,7 @@ async def test_the_gateway_dropping_every_session_at_once(
             assert [m.msg_type for m in messages] == [tags.MT_LOGOUT], name
             assert text_of(messages[0]) == GATEWAY_CLOSED
             check_clean_trading(fleet, name, trader)
-        await wait_until(lambda: not relay_threads()
+        await wait_until(lambda: not relay_threads() and _plane(fleet).relaying == 0
                          and fleet.server.manager.live_sessions == 0)
         for name in fleet.names:
             assert fleet.sample("fixproxy_session_up", name) == 0
