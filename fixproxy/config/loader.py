@@ -36,6 +36,7 @@ import re
 import tomllib
 import zoneinfo
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import time
 from pathlib import Path
 from typing import Final, cast
@@ -50,6 +51,8 @@ from fixproxy.config.model import (
     DEFAULT_LOGOUT_WAIT,
     DEFAULT_METRICS_LISTEN,
     DEFAULT_READINESS_INTERVAL,
+    DEFAULT_RECOVERY_SAVE_INTERVAL,
+    DEFAULT_RECOVERY_TIMEOUT,
     DEFAULT_SHUTDOWN_TIMEOUT,
     DEFAULT_STATE_DIR,
     BackoffConfig,
@@ -57,6 +60,7 @@ from fixproxy.config.model import (
     GatewayConfig,
     MetricsConfig,
     ProxyConfig,
+    RecoveryConfig,
     SessionConfig,
     TLSPolicy,
 )
@@ -124,8 +128,20 @@ SESSION_KEYS: Final = frozenset({
     "allow_remote", "reset_on_logon", "cancel_orders_on_disconnect", "listener", "use_dollars",
     "receive_settlement_reports", "message_retention_hours", "connect_timeout", "logon_timeout",
     "logout_on_engine_disconnect", "liveness_grace", "logout_wait", "translate_sequence",
-    "allow_peers", "private_key_passphrase_env", "private_key_passphrase_file",
+    "allow_peers", "private_key_passphrase_env", "private_key_passphrase_file", "recovery",
 })
+RECOVERY_KEYS: Final = frozenset({
+    "api_key", "private_key", "host", "port", "private_key_passphrase_env",
+    "private_key_passphrase_file", "timeout", "after_clean_logout", "save_interval",
+})
+RECOVERY_ENDPOINTS: Final = frozenset({"KalshiNR"})
+"""Where drop-copy recovery applies: KalshiRT resends by itself."""
+MAX_RECOVERY_TIMEOUT: Final = 60.0
+"""Longest recovery: the engine waits for its Logon answer meanwhile, and its own Logon
+timeout is rarely longer."""
+MAX_RECOVERY_SAVE_INTERVAL: Final = 3600.0
+_NO_RECOVERY: Final = {"KalshiRT": "resends by itself (ResendRequest)"}
+_NO_REPORTS: Final = "carries no order execution reports of its own to recover"
 
 _SESSION_NAME: Final = re.compile(r"[A-Za-z0-9_.-]+")
 # SenderCompID goes on the wire verbatim, so only the canonical 8-4-4-4-12 form is accepted
@@ -141,6 +157,11 @@ _TOML_LINE: Final = re.compile(r"\(at line (\d+), column \d+\)")
 
 class _Loader(Reader):
     """Turns the parsed TOML document into a :class:`Config`, checking as it goes."""
+
+    def __init__(self, path: Path, text: str, *, check_files: bool) -> None:
+        super().__init__(path, text, check_files=check_files)
+        self.warnings: list[str] = []
+        """What is allowed but worth an operator's attention (a shared API key)."""
 
     # -- tables --
 
@@ -338,10 +359,14 @@ class _Loader(Reader):
                            f"(xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx), sent as SenderCompID (49)")
         owner = seen_keys.get(api_key.lower())
         if owner is not None:
-            raise table.error(
-                "api_key", f"this API key is already used by {owner}; Kalshi allows one FIX "
-                           f"connection per API key, so each session needs its own key")
-        seen_keys[api_key.lower()] = table.prefix
+            # A primary and a standby engine, or NR and RT used at different times: allowed,
+            # and at run time one connection per key holds across listeners.
+            self.warnings.append(
+                f"{table.label} uses the API key of {owner}; Kalshi allows one FIX connection "
+                f"per API key, so only one of them can be connected at a time (the other "
+                f"engine's Logon is refused, naming the session that holds the key)")
+        else:
+            seen_keys[api_key.lower()] = table.label
 
         private_key = self.existing_file(
             table, "private_key", table.required_string("private_key"), "private key")
@@ -372,6 +397,9 @@ class _Loader(Reader):
                 "a listener session cannot send CancelOrdersOnDisconnect (8013) = Y; Kalshi "
                 "requires it to be N or absent there")
 
+        recovery = self.recovery(table, endpoint.target_comp_id, api_key, host, tls,
+                                 seen_keys) if table.has("recovery") else None
+
         return SessionConfig(
             name=name,
             listen=listen,
@@ -401,7 +429,51 @@ class _Loader(Reader):
             translate_sequence=table.boolean("translate_sequence") is not False,
             allow_peers=allow_peers,
             private_key_passphrase=passphrase,
+            recovery=recovery,
         )
+
+    def recovery(self, session: Table, endpoint: str, session_key: str, session_host: str,
+                 session_tls: TLSPolicy, seen_keys: dict[str, str]) -> RecoveryConfig:
+        raw = session.data.get("recovery")
+        if not isinstance(raw, dict):
+            raise session.error("recovery", f"expected a [session.recovery] table, got "
+                                            f"{toml_type(raw)}")
+        table = Table(self, raw, session.key("recovery"), f"{session.label}'s recovery")
+        table.check_keys(RECOVERY_KEYS)
+        if endpoint not in RECOVERY_ENDPOINTS:
+            raise session.error(
+                "recovery", f"drop-copy recovery is for KalshiNR, which cannot resend; "
+                            f"{endpoint} {_NO_RECOVERY.get(endpoint, _NO_REPORTS)}")
+        api_key = table.required_string("api_key")
+        if _UUID.fullmatch(api_key) is None:
+            raise table.error("api_key", f"{api_key!r} is not a UUID; the drop-copy API key "
+                                         f"is a Kalshi FIX API key like the session's")
+        if api_key.lower() == session_key.lower():
+            raise table.error(
+                "api_key", "the drop copy needs an API key of its own: Kalshi allows one FIX "
+                           "connection per key, and the session's key is connected while "
+                           "recovery runs")
+        owner = seen_keys.get(api_key.lower())
+        if owner is not None:
+            self.warnings.append(
+                f"{table.label} uses the API key of {owner}; recovery fails while that "
+                f"session is connected")
+        private_key = self.existing_file(
+            table, "private_key", table.required_string("private_key"), "private key")
+        own_host = self.host(table, "host")
+        host = own_host or session_host
+        tls = session_tls if own_host is None or own_host.lower() == session_host.lower() \
+            else replace(session_tls, server_name=own_host)
+        return RecoveryConfig(
+            api_key=api_key, private_key=private_key, host=host,
+            port=table.integer("port", 1, 65535) or ENDPOINTS["KalshiDC"].port, tls=tls,
+            private_key_passphrase=self.passphrase(table),
+            timeout=or_default(table.seconds("timeout", maximum=MAX_RECOVERY_TIMEOUT),
+                               DEFAULT_RECOVERY_TIMEOUT),
+            after_clean_logout=table.boolean("after_clean_logout") is not False,
+            save_interval=or_default(
+                table.seconds("save_interval", maximum=MAX_RECOVERY_SAVE_INTERVAL),
+                DEFAULT_RECOVERY_SAVE_INTERVAL))
 
     def tls_policy(self, table: Table, gateway: GatewayConfig, host: str, *,
                    uses_session_host: bool) -> TLSPolicy:
@@ -480,7 +552,8 @@ class _Loader(Reader):
             sessions.append(self.session(index, raw, gateway, seen_names, seen_keys,
                                          default_peers=proxy.allow_peers))
         return Config(gateway=gateway, metrics=metrics, sessions=tuple(sessions),
-                      path=self.path, maintenance=maintenance, backoff=backoff, proxy=proxy)
+                      path=self.path, maintenance=maintenance, backoff=backoff, proxy=proxy,
+                      warnings=tuple(self.warnings))
 
 
 def load_config(path: Path, *, check_files: bool = True) -> Config:
@@ -523,7 +596,7 @@ def load_config(path: Path, *, check_files: bool = True) -> Config:
         message = re.sub(r"\s*\(at (?:line \d+, column \d+|end of document)\)", "", message)
         raise ConfigError(f"TOML syntax error: {message}", line=line, path=str(path)) from exc
     config = _Loader(path, text, check_files=check_files).config(document)
-    for warning in remote_warnings(config):
+    for warning in (*config.warnings, *remote_warnings(config)):
         logger.warning("%s", warning)
     return config
 

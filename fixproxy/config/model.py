@@ -32,6 +32,8 @@ DEFAULT_LIVENESS_GRACE: Final = 5.0
 DEFAULT_LOGOUT_WAIT: Final = 2.0
 DEFAULT_JOURNAL_MAX_BYTES: Final = 64 * 1024 * 1024
 DEFAULT_JOURNAL_BACKUPS: Final = 5
+DEFAULT_RECOVERY_TIMEOUT: Final = 10.0
+DEFAULT_RECOVERY_SAVE_INTERVAL: Final = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +79,29 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RecoveryConfig:
+    """``[session.recovery]``: replay missed execution reports through Kalshi's drop copy
+    (KalshiDC) at each Logon; needs a drop-copy API key of its own."""
+
+    api_key: str
+    private_key: Path
+    host: str
+    """Drop-copy host: the session's unless set."""
+    port: int
+    tls: TLSPolicy
+    """The session's trust, with the drop-copy host's name when it has its own host."""
+    private_key_passphrase: PassphraseSource | None = None
+    timeout: float = DEFAULT_RECOVERY_TIMEOUT
+    """Seconds the whole recovery (connect, Logon, replay, Logout) may take while the engine
+    waits for its Logon answer."""
+    after_clean_logout: bool = True
+    """Recover after a connection that ended with a completed Logout exchange too (orders rest
+    while the engine is away); False: only after drops, silences and crashes."""
+    save_interval: float = DEFAULT_RECOVERY_SAVE_INTERVAL
+    """Seconds between saves of the state while a connection lives (also saved at its end)."""
+
+
+@dataclass(frozen=True, slots=True)
 class SessionConfig:
     """One ``[[session]]``: a local listener bound to one Kalshi endpoint and API key."""
 
@@ -115,6 +140,8 @@ class SessionConfig:
     ``[proxy]``'s, else any (:mod:`fixproxy.session.peers`)."""
     private_key_passphrase: PassphraseSource | None = None
     """Where the passphrase of an encrypted ``private_key`` is read from, when it is one."""
+    recovery: RecoveryConfig | None = None
+    """Drop-copy recovery of missed execution reports; None (the default): off."""
 
     @property
     def reset_policy(self) -> ResetPolicy:
@@ -183,3 +210,5 @@ class Config:
     default of hand-built configurations: the demo, tests) means no window."""
     backoff: BackoffConfig = BackoffConfig()
     proxy: ProxyConfig = ProxyConfig()
+    warnings: tuple[str, ...] = ()
+    """What the loader allowed but an operator should know (two sessions sharing a key)."""

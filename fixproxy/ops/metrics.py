@@ -244,6 +244,14 @@ class Metrics:
             ["result"], registry=r)
         for result in ("ok", "rejected"):
             self.config_reload.labels(result=result)  # both series exist from the start
+        self.recoveries = Counter(
+            "fixproxy_recovery", "Drop-copy recoveries at Logon, by result (ok, nothing_to_do, "
+            "window_exceeded, not_enabled, rejected, timeout, connect_failed, logon_failed, "
+            "key_busy, error; all but the first two mean reports may be missing).",
+            ["session", "result"], registry=r)
+        self.recovered_reports = Counter(
+            "fixproxy_recovered_reports", "Execution reports recovered through the drop copy "
+            "and delivered to the engine (97=Y).", ["session"], registry=r)
         self._traffic: dict[tuple[str, Direction], TrafficCounters] = {}
         r.register(_TrafficCollector(self._traffic))
         self._status_watched = False
@@ -284,3 +292,10 @@ class Metrics:
             self.logons.labels(session=session, result=result)
         for direction in RELAY_DIRECTIONS:
             self.traffic(session, direction)
+
+    def declare_recovery(self, session: str) -> None:
+        """Create a recovering session's series at zero, so that ``increase()`` and the
+        failed-recovery alert see the first event."""
+        self.recovered_reports.labels(session=session)
+        for result in ("ok", "nothing_to_do"):
+            self.recoveries.labels(session=session, result=result)

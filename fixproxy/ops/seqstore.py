@@ -128,6 +128,16 @@ class SequenceStore:
         except OSError as exc:
             raise FixProxyError(f"cannot write sequence state {path}: {exc.strerror}") from exc
 
+    def ensure_directory(self) -> None:
+        """Create the directory 0700 if it is missing, else check its mode as found.
+
+        Raises:
+            FixProxyError: as :meth:`check_directory`.
+            OSError: it cannot be created.
+        """
+        if not self.check_directory():
+            self._create_directory()
+
     def _create_directory(self) -> None:
         """Create the directory 0700 whatever the umask; missing parents get the usual mode."""
         self.directory.parent.mkdir(parents=True, exist_ok=True)

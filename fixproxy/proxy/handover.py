@@ -11,6 +11,8 @@ import enum
 from dataclasses import dataclass
 from typing import Protocol
 
+from fixproxy.session.recovery import ExecId, RecoveryState
+
 
 class ControlPlane(Protocol):
     """What the relay tells the control plane, at rare events only. Implementations hand the
@@ -28,6 +30,18 @@ class ControlPlane(Protocol):
 
     def skew(self, source: str, seconds: float) -> None:
         """A peer's SendingTime (52) is ``seconds`` ahead of local time."""
+
+
+class RecoveryPlane(Protocol):
+    """What a relay of a session with drop-copy recovery asks of the control plane."""
+
+    def recover(self, state: RecoveryState) -> tuple[tuple[ExecId, bytes], ...]:
+        """Kalshi accepted the Logon: replay what the engine missed since ``state``; the
+        reports to inject, in order (none when recovery was not possible: it is logged and
+        counted). Waited for: the engine's Logon answer is held meanwhile."""
+
+    def save(self, state: RecoveryState) -> None:
+        """Keep ``state`` (at a bounded interval and at the end); returns at once."""
 
 
 class Command(enum.Enum):

@@ -59,16 +59,17 @@ from typing import Final
 
 from fixproxy.errors import FixError, FramingError, SessionError
 from fixproxy.fix import tags
-from fixproxy.fix.codec import header_value, parse_utc_timestamp, render
+from fixproxy.fix.codec import header_value, parse_utc_timestamp, render, utc_timestamp
 from fixproxy.fix.framer import FixFramer
 from fixproxy.fix.logon import strip_forced_reset
 from fixproxy.fix.logout import logout
 from fixproxy.ops.journal import SessionJournal
 from fixproxy.ops.metrics import KNOWN_TYPES, OTHER_MSG_TYPE, TrafficCounters
-from fixproxy.proxy.handover import Command, ControlPlane, RelayResult
+from fixproxy.proxy.handover import Command, ControlPlane, RecoveryPlane, RelayResult
 from fixproxy.proxy.legs import MAX_PENDING_BYTES, Leg
 from fixproxy.session.explain import END_CAUSES, classify_gateway_answer, event_text
 from fixproxy.session.machine import Action, Direction, Event, SessionMachine, State
+from fixproxy.session.recovery import ORDER_MSG_TYPES, RecoveryTracker, injected_reports
 from fixproxy.session.sequence import SequenceTranslator, read_seq_num
 
 CLOSE_TIMEOUT: Final = 2.0
@@ -80,6 +81,10 @@ _GONE: Final = select.POLLERR | select.POLLHUP | select.POLLNVAL
 _NOTED_TYPES: Final = frozenset({tags.MT_LOGOUT, tags.MT_REJECT, tags.MT_BUSINESS_REJECT,
                                  tags.MT_HEARTBEAT})
 """MsgTypes the relay looks into; every other message passes without a second look."""
+_NOTED_WITH_RECOVERY_FROM_ENGINE: Final = _NOTED_TYPES | ORDER_MSG_TYPES
+"""With drop-copy recovery: the engine's orders too (their ClOrdIDs are recorded)."""
+_NOTED_WITH_RECOVERY_FROM_GATEWAY: Final = _NOTED_TYPES | {tags.MT_EXECUTION_REPORT}
+"""With drop-copy recovery: the gateway's ExecutionReports too (the ExecID cursor)."""
 
 
 class _EveryType:
@@ -105,7 +110,10 @@ class SessionRelay:
                  control: ControlPlane, log: logging.LoggerAdapter[logging.Logger],
                  conn_id: int, gateway_ids: tuple[bytes, bytes],
                  engine_ids: tuple[bytes, bytes], logon_received: float,
-                 clock: Callable[[], float], wall: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float], wall: Callable[[], float] = time.time,
+                 recovery: RecoveryTracker | None = None,
+                 recovery_plane: RecoveryPlane | None = None,
+                 recovery_save_interval: float = 5.0) -> None:
         """Take over a session whose TLS to the gateway is open and pinned; the relay writes
         the signed Logon first.
 
@@ -122,6 +130,10 @@ class SessionRelay:
             gateway_ids, engine_ids: (sender, target) of fixproxy's own Logouts to each peer.
             logon_received: ``time.monotonic()`` when the engine's Logon arrived.
             clock: the machine's monotonic clock (trio's, so deadlines agree).
+            recovery: the session's drop-copy state, for a session with recovery configured
+                (then ``recovery_plane`` is required); None: nothing more is looked into.
+            recovery_save_interval: seconds between saves of the recovery state while
+                reports and orders flow.
         """
         self.engine = Leg.over(engine, engine_framer, "engine")
         self._engine_fd = engine.fileno()
@@ -155,6 +167,19 @@ class SessionRelay:
         self._commands: collections.deque[Command] = collections.deque()
         self._wake_read, self._wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._finished = False
+        self.recovery = recovery
+        self.recovery_plane = recovery_plane
+        self.recovery_save_interval = recovery_save_interval
+        self._recovery_saved_at = clock()
+        self.recovered = 0
+        """Reports injected after the Logon answer."""
+        # Per direction, the MsgTypes looked into: more only for a session with recovery, so
+        # the others pay nothing for it.
+        with_recovery = recovery is not None and recovery_plane is not None
+        self._noted_from_engine: frozenset[bytes] = \
+            _NOTED_WITH_RECOVERY_FROM_ENGINE if with_recovery else _NOTED_TYPES
+        self._noted_from_gateway: frozenset[bytes] = \
+            _NOTED_WITH_RECOVERY_FROM_GATEWAY if with_recovery else _NOTED_TYPES
 
     # --- the control plane's side ---------------------------------------------------------
 
@@ -389,7 +414,8 @@ class SessionRelay:
         counters = self.to_gateway if from_engine else self.to_engine
         try:
             buf, start, end, seq = src.framer.receive_counted(
-                data, counters.messages, KNOWN_TYPES, OTHER_MSG_TYPE, _NOTED_TYPES)
+                data, counters.messages, KNOWN_TYPES, OTHER_MSG_TYPE,
+                self._noted_from_engine if from_engine else self._noted_from_gateway)
         except FramingError as exc:
             self._invalid(src, exc)
             return
@@ -428,17 +454,18 @@ class SessionRelay:
         next_raw = framer.next_raw
         # Every message is looked into while the Logon's answer is awaited; after that, only
         # the few noted types (one set lookup per message).
-        noted = _EVERY_TYPE if self.awaiting_answer and not from_engine else _NOTED_TYPES
+        plain = self._noted_from_engine if from_engine else self._noted_from_gateway
+        noted = _EVERY_TYPE if self.awaiting_answer and not from_engine else plain
         # The fast path: runs of messages that need nothing but counting are framed and
         # counted in one call (the C scanner), and pass as one block of the bytes that came.
-        fast = self._runs_pass and noted is _NOTED_TYPES
+        fast = self._runs_pass and noted is plain
         parts: list[bytes] = []
         last: bytes | int = -1
         """The last message in ``parts``, or its MsgSeqNum when the scanner read it."""
         while True:
             if fast:
                 buf, start, end, seq = framer.take_counted(
-                    messages, KNOWN_TYPES, OTHER_MSG_TYPE, _NOTED_TYPES)
+                    messages, KNOWN_TYPES, OTHER_MSG_TYPE, plain)
                 if end > start:
                     parts.append(bytes(buf[start:end]))
                     last = seq
@@ -462,8 +489,12 @@ class SessionRelay:
                     return
                 if not src.readable or self.closing_since is not None:
                     return  # fixproxy logged out for this side, or the session is closing
-                noted = _EVERY_TYPE if self.awaiting_answer and not from_engine else _NOTED_TYPES
-                fast = self._runs_pass and noted is _NOTED_TYPES
+                noted = _EVERY_TYPE if self.awaiting_answer and not from_engine else plain
+                if self.recovery is not None and self.translator is not None:
+                    # Recovery renumbers from the Logon answer on, and again per repeat.
+                    translate = self.translator.to_gateway if from_engine \
+                        else self.translator.to_engine
+                fast = self._runs_pass and noted is plain
                 continue
             last = raw
             if translate is not None:
@@ -519,6 +550,12 @@ class SessionRelay:
             return self._logout(src, dst, raw, now, counters)
         if msg_type == tags.MT_HEARTBEAT:
             self._note_skew("engine" if from_engine else "gateway", raw)
+        elif self.recovery is not None and msg_type in ORDER_MSG_TYPES and from_engine:
+            self._recovery_note(now, order=raw)
+        elif self.recovery is not None and msg_type == tags.MT_EXECUTION_REPORT \
+                and not from_engine:
+            if self._recovery_note(now, report=raw):
+                return True
         elif not from_engine:
             counters.count_reject(msg_type, raw)
             self._explain(raw)
@@ -571,6 +608,9 @@ class SessionRelay:
             self._explain(raw)
         self.control.logon_answered(accepted, render(raw),
                                     time.monotonic() - self.logon_received)
+        recovered: list[bytes] = []
+        if accepted and self.recovery is not None and self.recovery_plane is not None:
+            recovered = self._recover(read_seq_num(raw) or 1)
         # The machine learns of the answer before the engine can react to it (an engine may
         # log out the instant it is logged on).
         if accepted:
@@ -580,11 +620,77 @@ class SessionRelay:
         counters.bytes += len(data)
         if self._send(self.engine, data, time.perf_counter()) and self.journal is not None:
             self.journal.record(Direction.GATEWAY_TO_ENGINE, [data], self.conn_id)
+        if recovered:
+            self._inject(recovered, counters)
         if not accepted and msg_type != tags.MT_LOGOUT:
             # Only now: fixproxy's Logout to the engine must follow the answer it explains.
             self._event(Event.GATEWAY_ERROR, "the gateway answered the Logon with "
                         f"35={msg_type.decode('ascii', 'replace')}")
         return accepted
+
+    # --- drop-copy recovery (sessions with [session.recovery] only) -------------------------
+
+    def _recover(self, answer_seq: int) -> list[bytes]:
+        """Ask the control plane to replay what the engine missed, holding everything else:
+        the engine waits for its Logon answer, and the gateway is not read meanwhile (what
+        it sends waits in the kernel's buffers, and TCP holds the rest back; the bytes of
+        the chunk that carried the answer wait in its framer). Returns the reports to write
+        after the answer, numbered in the engine's stream; the translator then shifts the
+        gateway's later numbers by their count."""
+        tracker, plane = self.recovery, self.recovery_plane
+        assert tracker is not None and plane is not None
+        kept = plane.recover(tracker.snapshot(self.wall()))
+        if not kept:
+            return []
+        translator = self.translator
+        in_offset = translator.in_offset if translator is not None else 0
+        out_offset = translator.out_offset if translator is not None else 0
+        reports = injected_reports([raw for _, raw in kept], sender=self.engine_ids[0],
+                                   target=self.engine_ids[1],
+                                   first_seq=answer_seq + in_offset + 1,
+                                   stamp=utc_timestamp(self.wall()))
+        tracker.recovered(kept, self.wall())
+        self.translator = SequenceTranslator(out_offset, in_offset + len(reports))
+        self._runs_pass = False  # renumbered from now on
+        self.recovered = len(reports)
+        return reports
+
+    def _inject(self, reports: list[bytes], counters: TrafficCounters) -> None:
+        """Write the recovered reports right after the Logon answer."""
+        for report in reports:
+            counters.count(tags.MT_EXECUTION_REPORT)
+            counters.bytes += len(report)
+        self.log.info("delivering %d recovered ExecutionReports (97=Y) before live traffic",
+                      len(reports))
+        if self._send(self.engine, b"".join(reports), time.perf_counter()) \
+                and self.journal is not None:
+            self.journal.record(Direction.PROXY_TO_ENGINE, reports, self.conn_id)
+
+    def _recovery_note(self, now: float, *, order: bytes | None = None,
+                       report: bytes | None = None) -> bool:
+        """Record an order's ClOrdIDs or a report's ExecID; True: the report repeats one
+        already delivered from the drop copy, and is not passed on (the gateway's later
+        numbers shift back by one so that the engine sees no gap)."""
+        tracker = self.recovery
+        assert tracker is not None
+        wall = self.wall()
+        repeat = False
+        if order is not None:
+            tracker.order(order, wall)
+        elif report is not None and tracker.report(report, wall):
+            repeat = True
+            self.machine.gateway_activity(now, read_seq_num(report))
+            translator = self.translator
+            if translator is not None:
+                self.translator = SequenceTranslator(translator.out_offset,
+                                                     translator.in_offset - 1)
+            self.log.info("dropped a live ExecutionReport already delivered from the drop "
+                          "copy: %s", render(report))
+        if now - self._recovery_saved_at >= self.recovery_save_interval \
+                and self.recovery_plane is not None:
+            self._recovery_saved_at = now
+            self.recovery_plane.save(tracker.snapshot(wall))
+        return repeat
 
     def _translated(self, raw: bytes, from_engine: bool) -> bytes:
         if self.translator is None:

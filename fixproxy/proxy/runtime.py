@@ -14,28 +14,46 @@ import ssl
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 import trio
 
-from fixproxy.config.model import ProxyConfig, SessionConfig, TLSPolicy
+from fixproxy.config.model import ProxyConfig, RecoveryConfig, SessionConfig, TLSPolicy
 from fixproxy.errors import ConfigError
 from fixproxy.fix.logon import LogonPolicy, Signer
 from fixproxy.net import pins, tls
 from fixproxy.net.tls import HandshakeInfo
 from fixproxy.ops.metrics import Metrics
+from fixproxy.ops.recoverystore import RecoveryStore
 from fixproxy.ops.seqstore import SequenceStore
 from fixproxy.ops.status import SessionStatus
+from fixproxy.proxy.dropcopy import DropCopyConnector
 from fixproxy.proxy.handover import RelayResult
 from fixproxy.proxy.manager import SessionManager
 from fixproxy.proxy.relay import SessionRelay
+from fixproxy.session.recovery import RecoveryState
 from fixproxy.signing import LogonSigner, load_private_key
 
 RelayRunner = Callable[[SessionRelay], Awaitable[RelayResult]]
 """Runs a :class:`~fixproxy.proxy.relay.SessionRelay` until it ends and returns its result."""
 GatewayConnector = Callable[[], Awaitable[tuple[trio.abc.Stream, HandshakeInfo]]]
 """Opens TLS to the session's gateway, pins checked; what admission calls after the Logon."""
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveryRuntime:
+    """What a session's drop-copy recovery needs, built with the session's runtime."""
+
+    config: RecoveryConfig
+    sign: Signer
+    """Signs the drop-copy Logon with the drop-copy key."""
+    connect: DropCopyConnector
+    store: RecoveryStore | None = None
+    """Where the state is kept between connections; None: in :attr:`memory` only (hand-built
+    configurations without a state_dir: the demo, tests)."""
+    memory: dict[str, RecoveryState] = field(default_factory=dict)
+    """The state by session name when there is no store (trio's thread alone uses it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +73,8 @@ class SessionRuntime:
     run_relay: RelayRunner | None = None
     """Runs a session relay to its end; None: in a thread of its own (production). Tests
     drive the relay from trio instead, to use the autojump clock."""
+    recovery: RecoveryRuntime | None = None
+    """Drop-copy recovery, when the session configures it."""
 
 
 def declare_status(runtime: SessionRuntime) -> SessionStatus:
@@ -82,7 +102,24 @@ def build_runtime(session: SessionConfig, metrics: Metrics,
     return SessionRuntime(config=session, policy=session.logon_policy(), sign=signer,
                           connect=connect, metrics=metrics,
                           manager=manager if manager is not None else SessionManager(),
-                          sequences=sequences, proxy=proxy)
+                          sequences=sequences, proxy=proxy,
+                          recovery=_recovery_runtime(session, metrics, sequences))
+
+
+def _recovery_runtime(session: SessionConfig, metrics: Metrics,
+                      sequences: SequenceStore | None) -> RecoveryRuntime | None:
+    recovery = session.recovery
+    if recovery is None:
+        return None
+    signer = LogonSigner(load_private_key(recovery.private_key,
+                                          recovery.private_key_passphrase))
+    connect = functools.partial(
+        tls.open_gateway_stream, recovery.host, recovery.port,
+        pins.GatewayTrust.from_policy(recovery.tls), _client_context(recovery.tls),
+        connect_timeout=min(session.connect_timeout, recovery.timeout))
+    store = RecoveryStore(sequences.directory) if sequences is not None else None
+    metrics.declare_recovery(session.name)
+    return RecoveryRuntime(recovery, signer, connect, store)
 
 
 
