@@ -458,6 +458,8 @@ class _Loader(Reader):
             self.warnings.append(
                 f"{table.label} uses the API key of {owner}; recovery fails while that "
                 f"session is connected")
+        else:
+            seen_keys[api_key.lower()] = table.label
         private_key = self.existing_file(
             table, "private_key", table.required_string("private_key"), "private key")
         own_host = self.host(table, "host")

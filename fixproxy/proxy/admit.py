@@ -62,17 +62,12 @@ from fixproxy.ops.seqstore import SessionSequences
 from fixproxy.ops.status import SessionStatus
 from fixproxy.proxy.handover import RelayResult
 from fixproxy.proxy.manager import SessionManager
-from fixproxy.proxy.recovery import recover_session
+from fixproxy.proxy.recovery import ended_cleanly, recover_session, recovery_tracker, save_recovery
 from fixproxy.proxy.relay import CLOSE_TIMEOUT, SessionRelay
 from fixproxy.proxy.runtime import SessionRuntime, declare_status
 from fixproxy.session.explain import clock_skew_warning, describe_bad_start
-from fixproxy.session.machine import Direction, Event, SessionMachine, State
-from fixproxy.session.recovery import (
-    ExecId,
-    RecoveryState,
-    RecoveryTracker,
-    report_format_flags,
-)
+from fixproxy.session.machine import Direction, Event, SessionMachine
+from fixproxy.session.recovery import ExecId, RecoveryState, report_format_flags
 from fixproxy.session.sequence import SequenceTranslator
 
 logger = logging.getLogger("fixproxy.relay")
@@ -482,7 +477,7 @@ class _TrioControl:
             return ()
 
     def save(self, state: RecoveryState) -> None:
-        self.token.run_sync_soon(_save_recovery, self.runtime, state, self.log)
+        self.token.run_sync_soon(save_recovery, self.runtime, state, self.log)
 
     def skew(self, source: str, seconds: float) -> None:
         self.token.run_sync_soon(self.status.skew, source, seconds)
@@ -546,7 +541,7 @@ async def _run_session(engine: trio.abc.Stream, engine_framer: FixFramer,
     machine.handle(Event.TLS_READY, machine.now)
     status.session_started(conn_id, machine, translated=translator is not None)
     control = _TrioControl(runtime, status, conn_id, log, rewritten.raw)
-    tracker = _recovery_tracker(runtime, log)
+    tracker = recovery_tracker(runtime, log)
     relay = SessionRelay(
         engine=_socket_of(engine), gateway=_socket_of(gateway), logon=rewritten.raw,
         engine_framer=engine_framer, machine=machine, translator=translator,
@@ -579,8 +574,8 @@ async def _run_session(engine: trio.abc.Stream, engine_framer: FixFramer,
             # The relay's translator: recovery shifts the gateway's numbers past its reports.
             _save_sequences(runtime, machine, relay.translator, log)
             if tracker is not None:
-                _save_recovery(runtime, tracker.snapshot(
-                    time.time(), clean_end=_ended_cleanly(machine)), log)
+                save_recovery(runtime, tracker.snapshot(
+                    time.time(), clean_end=ended_cleanly(machine)), log)
         if result is not None and (result.logged_on or result.crashed is not None):
             # A fault before the Logon's answer still sent the engine a Logout: counted.
             _count_end(runtime, result, log)
@@ -649,49 +644,6 @@ def _save_sequences(runtime: SessionRuntime, machine: SessionMachine,
         store.save(cfg.name, sequences)
     except FixProxyError as exc:
         log.error("%s", exc)  # noqa: TRY400  the message says it all
-
-
-def _recovery_tracker(runtime: SessionRuntime, log: _ConnectionLog) -> RecoveryTracker | None:
-    """The session's saved recovery state, as a tracker for its relay; None without
-    ``[session.recovery]``."""
-    recovery = runtime.recovery
-    if recovery is None:
-        return None
-    cfg = runtime.config
-    state: RecoveryState | None = None
-    if recovery.store is not None:
-        try:
-            state = recovery.store.load(cfg.name, cfg.api_key, cfg.endpoint.target_comp_id)
-        except FixProxyError as exc:
-            log.error("%s", exc)  # noqa: TRY400  the message says it all
-    else:
-        state = recovery.memory.get(cfg.name)
-    if state is None:
-        state = RecoveryState(cfg.api_key, cfg.endpoint.target_comp_id)
-    return RecoveryTracker(state)
-
-
-def _save_recovery(runtime: SessionRuntime, state: RecoveryState, log: _ConnectionLog) -> None:
-    recovery = runtime.recovery
-    if recovery is None:
-        return
-    if recovery.store is None:
-        recovery.memory[runtime.config.name] = state
-        return
-    try:
-        recovery.store.save(runtime.config.name, state)
-    except FixProxyError as exc:
-        log.error("%s", exc)  # noqa: TRY400  the message says it all
-
-
-def _ended_cleanly(machine: SessionMachine) -> bool:
-    """The connection ended with a completed Logout exchange (each side sent one)."""
-    if not machine.history:
-        return False
-    _, before, event = machine.history[-1]
-    return (before, event) in {(State.ENGINE_LOGGING_OUT, Event.GATEWAY_LOGOUT),
-                               (State.GATEWAY_LOGGING_OUT, Event.ENGINE_LOGOUT),
-                               (State.LOGGING_OUT, Event.GATEWAY_LOGOUT)}
 
 
 def _count_end(runtime: SessionRuntime, result: RelayResult, log: _ConnectionLog) -> None:

@@ -21,9 +21,11 @@ import trio
 from fixproxy.errors import FixProxyError, UpstreamError
 from fixproxy.proxy.dropcopy import DropCopyReplay, replay_from_drop_copy
 from fixproxy.proxy.runtime import SessionRuntime
+from fixproxy.session.machine import Event, SessionMachine, State
 from fixproxy.session.recovery import (
     ExecId,
     RecoveryState,
+    RecoveryTracker,
     plan_recovery,
     reconcile_hint,
     select_reports,
@@ -123,3 +125,48 @@ async def recover_session(runtime: SessionRuntime, state: RecoveryState,
                f"({selection.known} already had, {selection.foreign} of other orders)")
     done(result, f"{detail}; {summary}" if detail else summary, kept)
     return selection.kept
+
+
+def recovery_tracker(runtime: SessionRuntime, log: logging.LoggerAdapter[logging.Logger]
+                     ) -> RecoveryTracker | None:
+    """The session's saved recovery state, as a tracker for its relay; None without
+    ``[session.recovery]``."""
+    recovery = runtime.recovery
+    if recovery is None:
+        return None
+    cfg = runtime.config
+    state: RecoveryState | None = None
+    if recovery.store is not None:
+        try:
+            state = recovery.store.load(cfg.name, cfg.api_key, cfg.endpoint.target_comp_id)
+        except FixProxyError as exc:
+            log.error("%s", exc)  # noqa: TRY400  the message says it all
+    else:
+        state = recovery.memory.get(cfg.name)
+    if state is None:
+        state = RecoveryState(cfg.api_key, cfg.endpoint.target_comp_id)
+    return RecoveryTracker(state)
+
+
+def save_recovery(runtime: SessionRuntime, state: RecoveryState,
+                  log: logging.LoggerAdapter[logging.Logger]) -> None:
+    recovery = runtime.recovery
+    if recovery is None:
+        return
+    if recovery.store is None:
+        recovery.memory[runtime.config.name] = state
+        return
+    try:
+        recovery.store.save(runtime.config.name, state)
+    except FixProxyError as exc:
+        log.error("%s", exc)  # noqa: TRY400  the message says it all
+
+
+def ended_cleanly(machine: SessionMachine) -> bool:
+    """The connection ended with a completed Logout exchange (each side sent one)."""
+    if not machine.history:
+        return False
+    _, before, event = machine.history[-1]
+    return (before, event) in {(State.ENGINE_LOGGING_OUT, Event.GATEWAY_LOGOUT),
+                               (State.GATEWAY_LOGGING_OUT, Event.ENGINE_LOGOUT),
+                               (State.LOGGING_OUT, Event.GATEWAY_LOGOUT)}

@@ -69,7 +69,7 @@ from fixproxy.proxy.handover import Command, ControlPlane, RecoveryPlane, RelayR
 from fixproxy.proxy.legs import MAX_PENDING_BYTES, Leg
 from fixproxy.session.explain import END_CAUSES, classify_gateway_answer, event_text
 from fixproxy.session.machine import Action, Direction, Event, SessionMachine, State
-from fixproxy.session.recovery import ORDER_MSG_TYPES, RecoveryTracker, injected_reports
+from fixproxy.session.recovery import ORDER_MSG_TYPES, RecoveryTracker, deliver_recovered
 from fixproxy.session.sequence import SequenceTranslator, read_seq_num
 
 CLOSE_TIMEOUT: Final = 2.0
@@ -81,10 +81,6 @@ _GONE: Final = select.POLLERR | select.POLLHUP | select.POLLNVAL
 _NOTED_TYPES: Final = frozenset({tags.MT_LOGOUT, tags.MT_REJECT, tags.MT_BUSINESS_REJECT,
                                  tags.MT_HEARTBEAT})
 """MsgTypes the relay looks into; every other message passes without a second look."""
-_NOTED_WITH_RECOVERY_FROM_ENGINE: Final = _NOTED_TYPES | ORDER_MSG_TYPES
-"""With drop-copy recovery: the engine's orders too (their ClOrdIDs are recorded)."""
-_NOTED_WITH_RECOVERY_FROM_GATEWAY: Final = _NOTED_TYPES | {tags.MT_EXECUTION_REPORT}
-"""With drop-copy recovery: the gateway's ExecutionReports too (the ExecID cursor)."""
 
 
 class _EveryType:
@@ -167,19 +163,18 @@ class SessionRelay:
         self._commands: collections.deque[Command] = collections.deque()
         self._wake_read, self._wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._finished = False
-        self.recovery = recovery
+        self.recovery = recovery if recovery_plane is not None else None
         self.recovery_plane = recovery_plane
         self.recovery_save_interval = recovery_save_interval
         self._recovery_saved_at = clock()
         self.recovered = 0
         """Reports injected after the Logon answer."""
-        # Per direction, the MsgTypes looked into: more only for a session with recovery, so
-        # the others pay nothing for it.
-        with_recovery = recovery is not None and recovery_plane is not None
-        self._noted_from_engine: frozenset[bytes] = \
-            _NOTED_WITH_RECOVERY_FROM_ENGINE if with_recovery else _NOTED_TYPES
-        self._noted_from_gateway: frozenset[bytes] = \
-            _NOTED_WITH_RECOVERY_FROM_GATEWAY if with_recovery else _NOTED_TYPES
+        # The MsgTypes looked into, per direction: more only with recovery (others pay nothing).
+        self._noted_from_engine: frozenset[bytes] = _NOTED_TYPES
+        self._noted_from_gateway: frozenset[bytes] = _NOTED_TYPES
+        if self.recovery is not None:
+            self._noted_from_engine = _NOTED_TYPES | ORDER_MSG_TYPES
+            self._noted_from_gateway = _NOTED_TYPES | {tags.MT_EXECUTION_REPORT}
 
     # --- the control plane's side ---------------------------------------------------------
 
@@ -550,11 +545,9 @@ class SessionRelay:
             return self._logout(src, dst, raw, now, counters)
         if msg_type == tags.MT_HEARTBEAT:
             self._note_skew("engine" if from_engine else "gateway", raw)
-        elif self.recovery is not None and msg_type in ORDER_MSG_TYPES and from_engine:
-            self._recovery_note(now, order=raw)
-        elif self.recovery is not None and msg_type == tags.MT_EXECUTION_REPORT \
-                and not from_engine:
-            if self._recovery_note(now, report=raw):
+        elif self.recovery is not None and (msg_type in ORDER_MSG_TYPES if from_engine
+                                            else msg_type == tags.MT_EXECUTION_REPORT):
+            if self._recovery_note(now, raw, order=from_engine):
                 return True
         elif not from_engine:
             counters.count_reject(msg_type, raw)
@@ -617,11 +610,10 @@ class SessionRelay:
             self._event(Event.GATEWAY_LOGON)
         elif msg_type == tags.MT_LOGOUT:
             self._event(Event.GATEWAY_LOGOUT, "the gateway refused the Logon")
-        counters.bytes += len(data)
-        if self._send(self.engine, data, time.perf_counter()) and self.journal is not None:
-            self.journal.record(Direction.GATEWAY_TO_ENGINE, [data], self.conn_id)
-        if recovered:
-            self._inject(recovered, counters)
+        counters.bytes += len(data) + sum(map(len, recovered))
+        if self._send(self.engine, b"".join([data, *recovered]), time.perf_counter()) \
+                and self.journal is not None:
+            self.journal.record(Direction.GATEWAY_TO_ENGINE, [data, *recovered], self.conn_id)
         if not accepted and msg_type != tags.MT_LOGOUT:
             # Only now: fixproxy's Logout to the engine must follow the answer it explains.
             self._event(Event.GATEWAY_ERROR, "the gateway answered the Logon with "
@@ -631,61 +623,43 @@ class SessionRelay:
     # --- drop-copy recovery (sessions with [session.recovery] only) -------------------------
 
     def _recover(self, answer_seq: int) -> list[bytes]:
-        """Ask the control plane to replay what the engine missed, holding everything else:
-        the engine waits for its Logon answer, and the gateway is not read meanwhile (what
-        it sends waits in the kernel's buffers, and TCP holds the rest back; the bytes of
-        the chunk that carried the answer wait in its framer). Returns the reports to write
-        after the answer, numbered in the engine's stream; the translator then shifts the
-        gateway's later numbers by their count."""
+        """Wait for the control plane's replay of what the engine missed, holding all else:
+        the engine waits for its Logon answer, the gateway is not read (its bytes wait in
+        the kernel, TCP holds the rest back, and those of the answer's chunk in its framer).
+        Returns the reports to write after the answer, numbered in the engine's stream."""
         tracker, plane = self.recovery, self.recovery_plane
         assert tracker is not None and plane is not None
         kept = plane.recover(tracker.snapshot(self.wall()))
         if not kept:
             return []
-        translator = self.translator
-        in_offset = translator.in_offset if translator is not None else 0
-        out_offset = translator.out_offset if translator is not None else 0
-        reports = injected_reports([raw for _, raw in kept], sender=self.engine_ids[0],
-                                   target=self.engine_ids[1],
-                                   first_seq=answer_seq + in_offset + 1,
-                                   stamp=utc_timestamp(self.wall()))
+        reports, self.translator = deliver_recovered(
+            kept, self.translator, answer_seq=answer_seq, sender=self.engine_ids[0],
+            target=self.engine_ids[1], stamp=utc_timestamp(self.wall()))
         tracker.recovered(kept, self.wall())
-        self.translator = SequenceTranslator(out_offset, in_offset + len(reports))
         self._runs_pass = False  # renumbered from now on
         self.recovered = len(reports)
+        for _ in reports:
+            self.to_engine.count(tags.MT_EXECUTION_REPORT)
+        self.log.info("delivering %d recovered ExecutionReports (97=Y) after the Logon "
+                      "answer", len(reports))
         return reports
 
-    def _inject(self, reports: list[bytes], counters: TrafficCounters) -> None:
-        """Write the recovered reports right after the Logon answer."""
-        for report in reports:
-            counters.count(tags.MT_EXECUTION_REPORT)
-            counters.bytes += len(report)
-        self.log.info("delivering %d recovered ExecutionReports (97=Y) before live traffic",
-                      len(reports))
-        if self._send(self.engine, b"".join(reports), time.perf_counter()) \
-                and self.journal is not None:
-            self.journal.record(Direction.PROXY_TO_ENGINE, reports, self.conn_id)
-
-    def _recovery_note(self, now: float, *, order: bytes | None = None,
-                       report: bytes | None = None) -> bool:
+    def _recovery_note(self, now: float, raw: bytes, *, order: bool) -> bool:
         """Record an order's ClOrdIDs or a report's ExecID; True: the report repeats one
-        already delivered from the drop copy, and is not passed on (the gateway's later
-        numbers shift back by one so that the engine sees no gap)."""
+        delivered from the drop copy and is held back (the gateway's later numbers shift
+        back by one, so the engine sees no gap)."""
         tracker = self.recovery
         assert tracker is not None
         wall = self.wall()
         repeat = False
-        if order is not None:
-            tracker.order(order, wall)
-        elif report is not None and tracker.report(report, wall):
+        if order:
+            tracker.order(raw, wall)
+        elif tracker.report(raw, wall):
             repeat = True
-            self.machine.gateway_activity(now, read_seq_num(report))
-            translator = self.translator
-            if translator is not None:
-                self.translator = SequenceTranslator(translator.out_offset,
-                                                     translator.in_offset - 1)
-            self.log.info("dropped a live ExecutionReport already delivered from the drop "
-                          "copy: %s", render(report))
+            self.machine.gateway_activity(now, read_seq_num(raw))
+            if self.translator is not None:
+                self.translator = self.translator.shifted_in(-1)
+            self.log.info("held back a live report already recovered: %s", render(raw))
         if now - self._recovery_saved_at >= self.recovery_save_interval \
                 and self.recovery_plane is not None:
             self._recovery_saved_at = now

@@ -38,6 +38,7 @@ from typing import Final
 
 from fixproxy.fix import tags
 from fixproxy.fix.codec import FieldValue, FixMessage, encode, header_value, parse_uint
+from fixproxy.session.sequence import SequenceTranslator
 
 RECOVERY_WINDOW_S: Final = 3 * 3600.0
 """Kalshi's drop-copy look-back: a BeginExecID older than this is refused (21004=3)."""
@@ -390,6 +391,20 @@ def injected_reports(reports: Sequence[bytes], *, sender: bytes, target: bytes,
                 if item[0] not in _OWN_HEADER and item[0] not in _OTHER_HEADER]
         out.append(encode([*head, *body], message.begin_string))
     return out
+
+
+def deliver_recovered(kept: Sequence[tuple[ExecId, bytes]],
+                      translator: SequenceTranslator | None, *, answer_seq: int,
+                      sender: bytes, target: bytes, stamp: bytes
+                      ) -> tuple[list[bytes], SequenceTranslator]:
+    """The recovered reports numbered right after the Logon answer (the gateway's
+    ``answer_seq``, as the engine sees it through ``translator``), and the translation for
+    the rest of the connection: the gateway's later numbers shift by their count."""
+    translator = translator or SequenceTranslator(0, 0)
+    reports = injected_reports(
+        [raw for _, raw in kept], sender=sender, target=target,
+        first_seq=translator.engine_seq_for_gateway(answer_seq) + 1, stamp=stamp)
+    return reports, translator.shifted_in(len(reports))
 
 
 def event_resend_request(begin: ExecId, *, sender: bytes, target: bytes, seq: int,

@@ -78,6 +78,11 @@ class SequenceTranslator:
         """Renumber a message from the gateway for the engine."""
         return self._translate(raw, own=self.in_offset, other=self.out_offset)
 
+    def shifted_in(self, delta: int) -> SequenceTranslator:
+        """The same translation with ``delta`` more messages in the engine's inbound stream
+        than the gateway sent (reports fixproxy injected; negative: messages it held back)."""
+        return SequenceTranslator(self.out_offset, self.in_offset + delta)
+
     def engine_seq_for_gateway(self, gateway_seq: int) -> int:
         """The number the engine sees for the gateway's message ``gateway_seq``."""
         return gateway_seq + self.in_offset

@@ -129,8 +129,21 @@ class SimConfig:
     reset_required: frozenset[str] = RESET_REQUIRED_ENDPOINTS
     """Endpoints that demand 141=Y on every Logon."""
     max_events: int = MAX_EVENTS
+    fill_after: float | None = None
+    """Rest every new order and fill it this many seconds later, connected or not."""
+    exchange_indexes: int = 1
+    """Exchange indexes orders are spread over by symbol, each with its own ExecIDs."""
+    replay_allowlisted: bool = True
+    """The account may replay through KalshiDC (False: every EventResendRequest gets 21004=5)."""
+    replay_server_error: bool = False
+    """Answer every EventResendRequest with 21004=2."""
 
     def __post_init__(self) -> None:
+        if self.fill_after is not None and not self.fill_after >= 0:
+            raise ConfigError(f"must be 0 or more, got {self.fill_after}", key="fill_after")
+        if not 1 <= self.exchange_indexes <= 16:
+            raise ConfigError(f"must be 1..16, got {self.exchange_indexes}",
+                              key="exchange_indexes")
         if not self.ports:
             raise ConfigError("at least one endpoint is needed", key="ports")
         for endpoint, port in self.ports.items():
@@ -227,7 +240,11 @@ class SimGateway:
             drop_after_messages=faults.drop_after_messages,
             answer_dropped_message=faults.drop_style == "truncate",
             silent_after_messages=faults.silent_after_messages,
-            logout_after_messages=faults.logout_after_messages))
+            logout_after_messages=faults.logout_after_messages,
+            fill_after=config.fill_after, exchange_indexes=config.exchange_indexes,
+            replay_allowlisted=config.replay_allowlisted,
+            replay_server_error=config.replay_server_error))
+        self._streams: dict[int, tuple[VenueSession, trio.abc.Stream]] = {}
         self.events: deque[SimEvent] = deque(maxlen=config.max_events)
         self.closed: dict[int, str] = {}
         self.addresses: dict[str, tuple[str, int]] = {}
@@ -246,6 +263,21 @@ class SimGateway:
     def live_sessions(self) -> dict[str, str]:
         """API key -> endpoint of every logged-on session."""
         return {key: session.endpoint for key, session in self.venue.live.items()}
+
+    async def drop(self, api_key: str) -> bool:
+        """Drop the live connection of ``api_key`` at once, as a gateway that loses it would
+        (a bare close: no Logout, no TLS close_notify); False if it has none."""
+        for session, stream in list(self._streams.values()):
+            if session.api_key == api_key and self.venue.live.get(api_key) is session:
+                session.close("dropped at the test's request")
+                tcp = _tcp_of(stream)
+                await trio.aclose_forcefully(tcp if tcp is not None else stream)
+                return True
+        return False
+
+    def set_replay_allowlisted(self, allowlisted: bool) -> None:
+        """Switch the account's drop-copy allowlisting (tests of 21004=5)."""
+        self.venue.account.allowlisted = allowlisted
 
     def message_count(self, msg_type: bytes | str, direction: Direction = "in") -> int:
         """How many messages of ``msg_type`` were received (or sent) so far."""
@@ -367,11 +399,13 @@ class SimGateway:
             raise ConfigError(f"unknown endpoint {endpoint!r}", key="endpoint")
         session = self.venue.open_session(next(self._conn_ids), endpoint, trio.current_time())
         LOG.debug("connection %d opened on %s", session.conn_id, endpoint)
+        self._streams[session.conn_id] = (session, stream)
         try:
             await self._converse(session, stream)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             session.close(f"transport failed: {exc.__cause__ or exc}")
         finally:
+            self._streams.pop(session.conn_id, None)
             self._forget(session)
             if session.ending is not None and session.ending.linger:
                 await _close_gracefully(stream)

@@ -25,7 +25,8 @@ message store, so a gap is fatal on every endpoint (a real KalshiRT or KalshiPT 
 resend instead), and ResendRequest and SequenceReset are rejected.
 
 A :class:`Venue` holds what outlives a connection: the rules, the live session of each API key,
-the sequence numbers a retransmission session left behind, the order and execution ids. Each
+the sequence numbers a retransmission session left behind, and the account (orders, ExecIDs,
+resting orders filled later, the history KalshiDC replays: :mod:`fixproxy.sim.account`). Each
 connection is a :class:`VenueSession`, a sans-IO state machine in the manner of h11: the caller
 hands it one framed message at a time (:meth:`~VenueSession.receive`), tells it when bytes came
 and went, wakes it at :meth:`~VenueSession.deadline` (:meth:`~VenueSession.on_timer`), and sends
@@ -71,6 +72,7 @@ from fixproxy.fix.codec import (
 )
 from fixproxy.fix.framer import Frame
 from fixproxy.signing import verify_signature
+from fixproxy.sim.account import ORDER_ENTRY_ENDPOINTS, Account
 
 LOG: Final = logging.getLogger("fixproxy.sim")
 
@@ -86,8 +88,6 @@ TEST_REQUEST_GRACE: Final = 0.2
 """A TestRequest goes out after HeartBtInt * (1 + this) seconds without a message."""
 
 _SENDING_TIME: Final = re.compile(rb"\d{8}-\d{2}:\d{2}:\d{2}\.\d{3}")
-_ORDER_ECHO: Final = (55, 54, 38, 40, 44)
-_CANCEL_ECHO: Final = (41, 55, 54, 38)
 _LOGON_UNIQUE: Final = (
     tags.SENDER_COMP_ID, tags.TARGET_COMP_ID, tags.MSG_SEQ_NUM, tags.SENDING_TIME,
     tags.ENCRYPT_METHOD, tags.HEART_BT_INT, tags.RESET_SEQ_NUM_FLAG, tags.DEFAULT_APPL_VER_ID,
@@ -160,6 +160,15 @@ class VenueRules:
     """From the N-th message on answer nothing at all, heartbeats included, but keep reading."""
     logout_after_messages: int | None = None
     """After answering the N-th message send ``Logout 58=sim: logout after N messages``."""
+    fill_after: float | None = None
+    """Rest every new order and fill it in full this many seconds later (connected or not);
+    None: orders are only acknowledged."""
+    exchange_indexes: int = 1
+    """Exchange indexes orders are spread over (by symbol), each with its own ExecIDs."""
+    replay_allowlisted: bool = True
+    """The account may use EventResendRequest (35=U1); False: every U1 gets 21004=5."""
+    replay_server_error: bool = False
+    """Answer every EventResendRequest with 21004=2 (server error)."""
 
 
 class Answer(NamedTuple):
@@ -199,8 +208,11 @@ class Venue:
         """The Logon last received per SenderCompID, signature included."""
         self.wall_clock = wall_clock
         self.stamp = stamp if stamp is not None else SendingTimeClock()
-        self._order_ids = itertools.count(1)
-        self._exec_ids = itertools.count(1)
+        self.account = Account(wall_clock, self.stamp, exchange_indexes=rules.exchange_indexes,
+                               fill_after=rules.fill_after,
+                               allowlisted=rules.replay_allowlisted,
+                               replay_server_error=rules.replay_server_error)
+        """Orders, ExecIDs and the history the drop copy replays (:mod:`fixproxy.sim.account`)."""
         self._test_ids = itertools.count(1)
 
     def open_session(self, conn_id: int, endpoint: str, now: float) -> VenueSession:
@@ -209,11 +221,7 @@ class Venue:
 
     def new_order_id(self) -> bytes:
         """An OrderID (37) never given before."""
-        return b"SIM-%d" % next(self._order_ids)
-
-    def new_exec_id(self) -> bytes:
-        """An ExecID (17) never given before."""
-        return b"SIM-E-%d" % next(self._exec_ids)
+        return self.account.new_order_id()
 
     def new_test_req_id(self) -> bytes:
         """A TestReqID (112) never given before."""
@@ -226,7 +234,7 @@ class VenueSession:
     __slots__ = (
         "_out", "api_key", "claimed_key", "conn_id", "dropped_after", "ending", "endpoint",
         "endpoint_b", "heart_bt_int", "key_b", "last_received", "last_sent", "logout_deadline",
-        "next_in", "next_out", "phase", "received", "sender", "sender_field", "silent",
+        "next_in", "next_out", "phase", "received", "replays", "sender", "sender_field", "silent",
         "target_field", "test_req_at", "test_req_id", "venue",
     )
 
@@ -260,6 +268,8 @@ class VenueSession:
         self.silent = False
         self.dropped_after: int | None = None
         """Set when the drop fault fired, to the message count it fired on."""
+        self.replays = 0
+        """EventResendRequests received (KalshiDC)."""
         self.ending: Ending | None = None
         self._out: list[Answer] = []
 
@@ -283,6 +293,7 @@ class VenueSession:
         self.sender = self.api_key or self.claimed_key
         if LOG.isEnabledFor(logging.DEBUG):
             LOG.debug("connection %d in: %s", self.conn_id, render(raw))
+        self._settle(now)
         if phase is Phase.ACTIVE:
             self._on_message(raw, msg_type, now)
         elif phase is Phase.AWAIT_LOGON:
@@ -312,7 +323,8 @@ class VenueSession:
     def deadline(self) -> float:
         """When :meth:`on_timer` must next be called, on the caller's clock."""
         if self.phase is Phase.ACTIVE:
-            return min(self._deadlines())
+            due = self.venue.account.next_due()
+            return min(*self._deadlines(), math.inf if due is None else due)
         return self.logout_deadline
 
     def on_timer(self, now: float) -> list[Answer]:
@@ -324,6 +336,7 @@ class VenueSession:
                 self._end("no Logon received in time" if self.phase is Phase.AWAIT_LOGON
                           else "the peer did not answer our Logout", linger=False)
             return []
+        self._settle(now)
         receive, send = self._deadlines()
         if now >= receive:
             if self.test_req_id is not None:
@@ -346,6 +359,7 @@ class VenueSession:
         next Logon that does not reset them."""
         if self.api_key is not None and self.venue.live.get(self.api_key) is self:
             del self.venue.live[self.api_key]
+            self.venue.account.live_fills.pop(self.api_key, None)  # in the history only
             self.venue.seqs[(self.api_key, self.endpoint)] = (self.next_in, self.next_out)
 
     # ----- answers ------------------------------------------------------------------------
@@ -354,6 +368,16 @@ class VenueSession:
         out = self._out
         self._out = []
         return out
+
+    def _settle(self, now: float) -> None:
+        """Fill what is due on the account, and send this session its own fills (those of a
+        key with a logged-on order-entry session wait for it in ``live_fills``)."""
+        live, account = self.venue.live, self.venue.account
+        account.settle(now, lambda key: key in live and live[key].phase is Phase.ACTIVE
+                       and live[key].endpoint in ORDER_ENTRY_ENDPOINTS)
+        if live.get(self.api_key or "") is self and self.dropped_after is None:
+            for body in account.live_fills.pop(self.api_key or "", ()):
+                self._send(tags.MT_EXECUTION_REPORT, body)
 
     def _end(self, reason: str, *, linger: bool) -> None:
         if self.ending is None:
@@ -595,10 +619,10 @@ class VenueSession:
                 self._reject(seq, msg_type, 1, "Required tag missing", ref_tag=tags.TEST_REQ_ID)
             else:
                 self._send(tags.MT_HEARTBEAT, [(tags.TEST_REQ_ID, test_req_id)])
-        elif msg_type == tags.MT_NEW_ORDER_SINGLE:
-            self._new_order(raw, seq)
-        elif msg_type == b"F":
-            self._cancel_order(raw, seq)
+        elif msg_type in (tags.MT_NEW_ORDER_SINGLE, b"F"):
+            self._order(raw, msg_type, seq, now)
+        elif msg_type == b"U1" and self.endpoint == "KalshiDC":
+            self._event_resend(raw, seq)
         elif msg_type == tags.MT_LOGOUT:
             self._send(tags.MT_LOGOUT, ())
             self._end("peer logged out", linger=True)
@@ -620,32 +644,23 @@ class VenueSession:
             self._logout(f"sim: logout after {count} messages",
                          answer_by=now + LOGOUT_TIMEOUT_S)
 
-    def _new_order(self, raw: bytes, seq: int) -> None:
-        order = dict(iter_fields(raw))
-        cl_ord_id = order.get(11)
-        if cl_ord_id is None:
-            self._reject(seq, tags.MT_NEW_ORDER_SINGLE, 1, "Required tag missing", ref_tag=11)
+    def _order(self, raw: bytes, msg_type: bytes, seq: int, now: float) -> None:
+        """NewOrderSingle or OrderCancelRequest: the account answers with a report."""
+        fields = dict(iter_fields(raw))
+        if 11 not in fields:
+            self._reject(seq, msg_type, 1, "Required tag missing", ref_tag=11)
             return
-        stamp = self.venue.stamp()
-        body: list[tuple[int, FieldValue]] = [
-            (37, self.venue.new_order_id()), (11, cl_ord_id),
-            (17, self.venue.new_exec_id()), (150, b"0"), (39, b"0"),
-        ]
-        body += [(tag, order[tag]) for tag in _ORDER_ECHO if tag in order]
-        body += [(14, b"0"), (151, order.get(38, b"0")), (6, b"0"), (60, stamp)]
+        account, key, stamp = self.venue.account, self.api_key or "", self.venue.stamp()
+        body = account.new_order(key, fields, now, stamp) \
+            if msg_type == tags.MT_NEW_ORDER_SINGLE else account.cancel(key, fields, stamp)
         self._send(tags.MT_EXECUTION_REPORT, body, stamp)
 
-    def _cancel_order(self, raw: bytes, seq: int) -> None:
-        request = dict(iter_fields(raw))
-        cl_ord_id = request.get(11)
-        if cl_ord_id is None:
-            self._reject(seq, b"F", 1, "Required tag missing", ref_tag=11)
+    def _event_resend(self, raw: bytes, seq: int) -> None:
+        """EventResendRequest (35=U1): the replay then U2, or U3 alone."""
+        fields = dict(iter_fields(raw))
+        if 21001 not in fields:
+            self._reject(seq, b"U1", 1, "Required tag missing", ref_tag=21001)
             return
-        stamp = self.venue.stamp()
-        body: list[tuple[int, FieldValue]] = [
-            (37, request.get(37) or self.venue.new_order_id()), (11, cl_ord_id),
-            (17, self.venue.new_exec_id()), (150, b"4"), (39, b"4"),
-        ]
-        body += [(tag, request[tag]) for tag in _CANCEL_ECHO if tag in request]
-        body += [(14, b"0"), (151, b"0"), (6, b"0"), (60, stamp)]
-        self._send(tags.MT_EXECUTION_REPORT, body, stamp)
+        self.replays += 1
+        for msg_type, body in self.venue.account.event_resend(fields, seq, self.replays):
+            self._send(msg_type, body)

@@ -124,8 +124,6 @@ ERROR_CASES = [
          "not a UUID"),
     Case("api-key-braced-uuid", session(0, f'api_key = "{{{API_KEYS[0]}}}" #<'),
          "session[0].api_key", "not a UUID"),
-    Case("api-key-shared", session(0) + session(1, f'api_key = "{API_KEYS[0].upper()}" #<'),
-         "session[1].api_key", "one FIX connection per API key"),
     Case("missing-api-key", session(0, drop=("api_key",), header=MARK), "session[0].api_key",
          "missing required key"),
     Case("missing-name-second-session", session(0) + session(1, drop=("name",), header=MARK),

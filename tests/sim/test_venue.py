@@ -352,7 +352,7 @@ ANSWERS: dict[str, tuple[bytes, Fields, list[tuple[int, bytes]]]] = {
         (58, b"Required tag missing")]),
     "NewOrderSingle": (b"D", [(11, b"order-1"), (55, b"HIGHNY-23DEC31"), (54, b"1"),
                               (38, b"10"), (40, b"2"), (44, b"55"), (59, b"1")], [
-        (35, b"8"), (37, b"SIM-1"), (11, b"order-1"), (17, b"SIM-E-1"), (150, b"0"),
+        (35, b"8"), (37, b"SIM-1"), (11, b"order-1"), (17, b"1;1"), (150, b"0"),
         (39, b"0"), (55, b"HIGHNY-23DEC31"), (54, b"1"), (38, b"10"), (40, b"2"), (44, b"55"),
         (14, b"0"), (151, b"10"), (6, b"0"), (60, STAMP)]),
     "NewOrderSingle without 11": (b"D", [(55, b"HIGHNY-23DEC31")], [
@@ -360,11 +360,11 @@ ANSWERS: dict[str, tuple[bytes, Fields, list[tuple[int, bytes]]]] = {
         (58, b"Required tag missing")]),
     "OrderCancelRequest": (b"F", [(11, b"c-1"), (41, b"order-1"), (37, b"SIM-9"),
                                   (55, b"HIGHNY-23DEC31"), (54, b"2")], [
-        (35, b"8"), (37, b"SIM-9"), (11, b"c-1"), (17, b"SIM-E-1"), (150, b"4"), (39, b"4"),
+        (35, b"8"), (37, b"SIM-9"), (11, b"c-1"), (17, b"1;1"), (150, b"4"), (39, b"4"),
         (41, b"order-1"), (55, b"HIGHNY-23DEC31"), (54, b"2"), (14, b"0"), (151, b"0"),
         (6, b"0"), (60, STAMP)]),
     "OrderCancelRequest without 37": (b"F", [(11, b"c-1"), (41, b"order-1")], [
-        (35, b"8"), (37, b"SIM-1"), (11, b"c-1"), (17, b"SIM-E-1"), (150, b"4"), (39, b"4"),
+        (35, b"8"), (37, b"SIM-1"), (11, b"c-1"), (17, b"1;1"), (150, b"4"), (39, b"4"),
         (41, b"order-1"), (14, b"0"), (151, b"0"), (6, b"0"), (60, STAMP)]),
     "ResendRequest": (b"2", [(7, b"1"), (16, b"0")], [
         (35, b"3"), (45, b"2"), (372, b"2"), (373, b"11"),
