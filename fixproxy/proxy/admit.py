@@ -552,14 +552,15 @@ async def _run_session(engine: trio.abc.Stream, engine_framer: FixFramer,
         control=control, log=log, conn_id=conn_id,
         gateway_ids=(runtime.policy.api_key.encode(), runtime.policy.target_comp_id.encode()),
         engine_ids=_counterparty_ids(None, runtime), logon_received=logon_received,
-        clock=clock, recovery=tracker, recovery_plane=control if tracker is not None else None,
-        recovery_save_interval=runtime.recovery.config.save_interval
-        if runtime.recovery is not None else 0.0)
+        clock=clock, recovery=tracker, recovery_plane=control if tracker is not None else None)
     runtime.manager.register(conn_id, relay.shutdown)
     result: RelayResult | None = None
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_abort_when_cancelled, relay)
+            if runtime.recovery is not None:
+                nursery.start_soon(_save_recovery_every, relay,
+                                   runtime.recovery.config.save_interval)
             if runtime.run_relay is not None:
                 result = await runtime.run_relay(relay)
             else:
@@ -621,6 +622,13 @@ async def _abort_when_cancelled(relay: SessionRelay) -> None:
         await trio.sleep_forever()
     finally:
         relay.abort()
+
+
+async def _save_recovery_every(relay: SessionRelay, interval: float) -> None:
+    """Bound what a killed fixproxy loses of the recovery state to one interval."""
+    while True:
+        await trio.sleep(interval)
+        relay.save_recovery()
 
 
 def _socket_of(stream: trio.abc.Stream) -> socket.socket:

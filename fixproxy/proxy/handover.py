@@ -51,6 +51,8 @@ class Command(enum.Enum):
     """Stop now: the control plane gave up waiting (a second signal, a cancelled drain)."""
     CHECK = "check"
     """Look at the clock again (it is not the wall clock: tests move it)."""
+    SAVE_RECOVERY = "save_recovery"
+    """Hand the drop-copy recovery state to the control plane if it changed (at an interval)."""
 
 
 @dataclass(frozen=True, slots=True)

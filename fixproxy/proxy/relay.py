@@ -108,8 +108,7 @@ class SessionRelay:
                  engine_ids: tuple[bytes, bytes], logon_received: float,
                  clock: Callable[[], float], wall: Callable[[], float] = time.time,
                  recovery: RecoveryTracker | None = None,
-                 recovery_plane: RecoveryPlane | None = None,
-                 recovery_save_interval: float = 5.0) -> None:
+                 recovery_plane: RecoveryPlane | None = None) -> None:
         """Take over a session whose TLS to the gateway is open and pinned; the relay writes
         the signed Logon first.
 
@@ -127,9 +126,7 @@ class SessionRelay:
             logon_received: ``time.monotonic()`` when the engine's Logon arrived.
             clock: the machine's monotonic clock (trio's, so deadlines agree).
             recovery: the session's drop-copy state, for a session with recovery configured
-                (then ``recovery_plane`` is required); None: nothing more is looked into.
-            recovery_save_interval: seconds between saves of the recovery state while
-                reports and orders flow.
+                (with the ``recovery_plane`` it reports to); None: nothing more is looked into.
         """
         self.engine = Leg.over(engine, engine_framer, "engine")
         self._engine_fd = engine.fileno()
@@ -165,8 +162,7 @@ class SessionRelay:
         self._finished = False
         self.recovery = recovery if recovery_plane is not None else None
         self.recovery_plane = recovery_plane
-        self.recovery_save_interval = recovery_save_interval
-        self._recovery_saved_at = clock()
+        self._recovery_changed = False
         self.recovered = 0
         """Reports injected after the Logon answer."""
         # The MsgTypes looked into, per direction: more only with recovery (others pay nothing).
@@ -189,6 +185,10 @@ class SessionRelay:
     def check_timers(self) -> None:
         """Ask the relay to read its clock again now (thread-safe)."""
         self._command(Command.CHECK)
+
+    def save_recovery(self) -> None:
+        """Ask the relay to hand its recovery state over if it changed (thread-safe)."""
+        self._command(Command.SAVE_RECOVERY)
 
     def _command(self, command: Command) -> None:
         if self._finished:
@@ -650,21 +650,17 @@ class SessionRelay:
         back by one, so the engine sees no gap)."""
         tracker = self.recovery
         assert tracker is not None
-        wall = self.wall()
-        repeat = False
+        self._recovery_changed = True
         if order:
-            tracker.order(raw, wall)
-        elif tracker.report(raw, wall):
-            repeat = True
-            self.machine.gateway_activity(now, read_seq_num(raw))
-            if self.translator is not None:
-                self.translator = self.translator.shifted_in(-1)
-            self.log.info("held back a live report already recovered: %s", render(raw))
-        if now - self._recovery_saved_at >= self.recovery_save_interval \
-                and self.recovery_plane is not None:
-            self._recovery_saved_at = now
-            self.recovery_plane.save(tracker.snapshot(wall))
-        return repeat
+            tracker.order(raw, self.wall())
+            return False
+        if not tracker.report(raw, self.wall()):
+            return False
+        self.machine.gateway_activity(now, read_seq_num(raw))
+        if self.translator is not None:
+            self.translator = self.translator.shifted_in(-1)
+        self.log.info("held back a live report already recovered: %s", render(raw))
+        return True
 
     def _translated(self, raw: bytes, from_engine: bool) -> bytes:
         if self.translator is None:
@@ -789,6 +785,10 @@ class SessionRelay:
                 return
             if command is Command.SHUTDOWN and self.closing_since is None:
                 self._event(Event.SHUTDOWN)
+            elif command is Command.SAVE_RECOVERY and self._recovery_changed \
+                    and self.recovery is not None and self.recovery_plane is not None:
+                self._recovery_changed = False
+                self.recovery_plane.save(self.recovery.snapshot(self.wall()))
 
     def _check_closed(self, now: float) -> None:
         """A closing session is done once its output is written or the close time is up."""

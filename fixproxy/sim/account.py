@@ -176,6 +176,10 @@ class Account:
         """When the next resting order fills (monotonic), if any rests."""
         return min((resting.due for resting in self._resting), default=None)
 
+    def last_due(self) -> float | None:
+        """When the last resting order fills (monotonic), if any rests."""
+        return max((resting.due for resting in self._resting), default=None)
+
     def settle(self, now: float, connected: Callable[[str], bool]) -> None:
         """Fill every resting order due by ``now``, in due order, each dated at its due time;
         a fill goes to :attr:`live_fills` when ``connected(api_key)``."""
