@@ -60,7 +60,7 @@ LAYERS: Final[dict[str, int]] = {
 """The layer of each top-level module or folder; a folder's entry covers everything in it."""
 
 PURE: Final = ("fixproxy.errors", "fixproxy.kalshi", "fixproxy.fix", "fixproxy.signing",
-               "fixproxy.session", "fixproxy.sim.venue")
+               "fixproxy.session", "fixproxy.sim.venue", "fixproxy.sim.account")
 """The protocol layer: synchronous, no trio, no sockets, no TLS. The simulator's venue rules
 are held to it too, so what the simulated Kalshi decides is tested without sockets."""
 
