@@ -64,6 +64,9 @@ class EngineSettings:
     host: str = "127.0.0.1"
     heart_bt_int: int = 30
     reconnect_interval: int = 1
+    session_qualifier: str = ""
+    """Tells apart two sessions of one process with the same CompIDs (a primary and a
+    standby engine on two listeners); QuickFIX registers sessions by SessionID."""
 
     @property
     def store_dir(self) -> Path:
@@ -115,6 +118,8 @@ def render_settings(settings: EngineSettings) -> str:
         "SenderCompID": settings.sender_comp_id,
         "TargetCompID": settings.target_comp_id,
     }
+    if settings.session_qualifier:
+        session["SessionQualifier"] = settings.session_qualifier
     lines = ["[DEFAULT]", *(f"{key}={value}" for key, value in default.items()), "",
              "[SESSION]", *(f"{key}={value}" for key, value in session.items()), ""]
     return "\n".join(lines)
@@ -255,7 +260,8 @@ class QuickFixEngine:
         self._initiator = quickfix.SocketInitiator(self._application, self._store,
                                                    self._quickfix_settings, self._log)
         self.session_id = quickfix.SessionID(BEGIN_STRING, settings.sender_comp_id,
-                                             settings.target_comp_id)
+                                             settings.target_comp_id,
+                                             settings.session_qualifier)
         self._started = False
 
     def __enter__(self) -> QuickFixEngine:
@@ -342,5 +348,5 @@ def session_registered(settings: EngineSettings) -> bool:
     import quickfix
 
     session_id = quickfix.SessionID(BEGIN_STRING, settings.sender_comp_id,
-                                    settings.target_comp_id)
+                                    settings.target_comp_id, settings.session_qualifier)
     return quickfix.Session.lookupSession(session_id) is not None
