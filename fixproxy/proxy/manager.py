@@ -84,7 +84,12 @@ class SessionManager:
                                                 DEFAULT_SESSION_THREADS)
 
     def claim(self, api_key: str, session: str, conn_id: int) -> KeyHolder | None:
-        """Take ``api_key`` for a connection; returns the current holder if it is taken."""
+        """Take ``api_key`` for a connection; returns the current holder if it is taken.
+
+        Keys are compared without case (UUIDs are case-insensitive, and two sessions may
+        share a key written differently): one connection per key holds across listeners.
+        """
+        api_key = api_key.lower()
         holder = self._holders.get(api_key)
         if holder is not None:
             return holder
@@ -100,6 +105,7 @@ class SessionManager:
 
     def release(self, api_key: str, conn_id: int) -> None:
         """Give the key back, if this connection holds it."""
+        api_key = api_key.lower()
         holder = self._holders.get(api_key)
         if holder is not None and holder.conn_id == conn_id:
             del self._holders[api_key]

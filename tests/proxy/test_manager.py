@@ -195,6 +195,16 @@ def test_an_api_key_is_held_by_one_connection_at_a_time() -> None:
     assert manager.claim(KEY, "dc", 3) is None
 
 
+def test_a_key_is_one_key_whatever_its_case() -> None:
+    """Two sessions (a primary and a standby listener) may spell a shared key differently."""
+    manager = SessionManager()
+    assert manager.claim(KEY.upper(), "primary", 1) is None
+    holder = manager.claim(KEY, "standby", 2)
+    assert holder is not None and holder.session == "primary"
+    manager.release(KEY, 1)
+    assert manager.claim(KEY.upper(), "standby", 2) is None
+
+
 def test_the_holder_is_described_for_the_refused_engine() -> None:
     since = datetime(2025, 3, 4, 5, 6, 7, tzinfo=UTC).timestamp()
     assert KeyHolder("nr", 7, since).describe() \
