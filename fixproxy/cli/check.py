@@ -11,7 +11,8 @@ from fixproxy.config.model import Config
 from fixproxy.errors import FixProxyError, PinMismatchError, UpstreamError
 from fixproxy.fix.framer import SCANNER
 from fixproxy.ops.metrics import Metrics
-from fixproxy.proxy.runtime import build_runtime
+from fixproxy.proxy.recovery import check_drop_copy
+from fixproxy.proxy.runtime import SessionRuntime, build_runtime
 
 
 async def preflight(config: Config, *, online: bool, echo: Callable[[str], object]) -> bool:
@@ -33,6 +34,9 @@ async def preflight(config: Config, *, online: bool, echo: Callable[[str], objec
             ok = False
             continue
         policy = runtime.policy
+        if session.recovery is not None:
+            echo(f"ok   {label}: drop-copy key {session.recovery.private_key} loads "
+                 f"(recovery through {session.recovery.host}:{session.recovery.port})")
         echo(f"ok   {label}: key {session.private_key} loads; listens on "
              f"{session.listen[0]}:{session.listen[1]}; 141=Y "
              f"{'forced' if policy.force_reset else 'as the engine asks'}; "
@@ -53,4 +57,18 @@ async def preflight(config: Config, *, online: bool, echo: Callable[[str], objec
             await stream.aclose()
         echo(f"ok   {label}: TLS to {session.host}:{session.port} ({info.tls_version}); "
              f"certificate {info.leaf_subject} valid until {info.leaf_not_after:%Y-%m-%d}")
+        if session.recovery is not None:
+            ok = await _check_drop_copy(runtime, label, echo) and ok
     return ok
+
+
+async def _check_drop_copy(runtime: SessionRuntime, label: str,
+                           echo: Callable[[str], object]) -> bool:
+    """Log on to the session's drop copy and out again."""
+    try:
+        text = await check_drop_copy(runtime)
+    except FixProxyError as exc:
+        echo(f"FAIL {label}: {exc}")
+        return False
+    echo(f"ok   {label}: {text}")
+    return True

@@ -127,6 +127,29 @@ async def recover_session(runtime: SessionRuntime, state: RecoveryState,
     return selection.kept
 
 
+async def check_drop_copy(runtime: SessionRuntime) -> str:
+    """Log on to the session's drop copy and out again (``fixproxy check``); what happened.
+
+    Raises:
+        FixProxyError: TLS, the Logon or the deadline failed (the text says which).
+    """
+    recovery = runtime.recovery
+    if recovery is None:
+        raise FixProxyError("the session has no [session.recovery]")
+    cfg = recovery.config
+    peer = f"{cfg.host}:{cfg.port}"
+    replay = DropCopyReplay()
+    with trio.move_on_after(cfg.timeout) as scope:
+        await replay_from_drop_copy(recovery.connect, cfg.api_key, recovery.sign, (), (),
+                                    replay)
+    if scope.cancelled_caught:
+        raise FixProxyError(f"the drop copy {peer} did not answer within {cfg.timeout:g} s")
+    if replay.refused is not None:
+        raise FixProxyError(f"the drop copy {peer} refused the Logon of key {cfg.api_key}: "
+                            f"{replay.refused}")
+    return f"the drop copy {peer} accepted the Logon of key {cfg.api_key}"
+
+
 def recovery_tracker(runtime: SessionRuntime, log: logging.LoggerAdapter[logging.Logger]
                      ) -> RecoveryTracker | None:
     """The session's saved recovery state, as a tracker for its relay; None without

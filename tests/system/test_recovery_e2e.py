@@ -23,6 +23,7 @@ from support.recovery_stack import (
     run_recovery_proxy,
 )
 
+from fixproxy.cli.check import preflight
 from fixproxy.fix import tags
 from fixproxy.fix.codec import FixMessage
 from fixproxy.ops.recoverystore import RecoveryStore
@@ -231,3 +232,28 @@ async def test_the_session_works_when_recovery_cannot(
     assert ack.get(11) == b"after" and seq(ack) == seq(answer) + 1
     assert f"drop-copy recovery failed ({result})" in caplog.text
     assert "reconcile this session's orders through Kalshi's REST API" in caplog.text
+
+
+@pytest.mark.parametrize("registered", [True, False], ids=["dc_key_known", "dc_key_unknown"])
+async def test_check_logs_on_to_the_drop_copy(
+        e2e_material: E2EMaterial, dc_keys: RecoveryKeys, tmp_path: Path,
+        registered: bool) -> None:
+    """``fixproxy check`` loads the drop-copy key and, online, logs on with it and out."""
+    keys = dc_keys if registered else RecoveryKeys(
+        "44444444-4444-4444-8444-444444444444", dc_keys.private_key, dc_keys.public_key)
+    lines: list[str] = []
+    with trio.fail_after(TIMEOUT):
+        async with open_recovery_sim(e2e_material, dc_keys) as (sim, addresses):
+            proxy = RecoveryProxy(e2e_material, keys, addresses, None)
+            ok = await preflight(proxy.config(), online=True, echo=lines.append)
+            dc_logouts = [event for event in sim.events if event.endpoint == "KalshiDC"
+                          and event.msg_type == tags.MT_LOGOUT]
+    text = "\n".join(lines)
+    assert f"drop-copy key {dc_keys.private_key} loads" in text
+    assert ok is registered
+    if registered:
+        assert "the drop copy" in text and f"accepted the Logon of key {keys.api_key}" in text
+        assert [event.direction for event in dc_logouts] == ["in", "out"]
+    else:
+        assert "FAIL session 'nr' (KalshiNR): the drop copy" in text
+        assert "refused the Logon" in text
