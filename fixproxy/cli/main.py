@@ -335,16 +335,28 @@ def sim(host: str, base_port: int, key_specs: tuple[str, ...], cert: Path | None
 @click.option("--orders", default=3, show_default=True, help="Orders the scripted engine sends.")
 @click.option("--port", default=9878, show_default=True,
               help="With --serve: the port the engine connects to.")
+@click.option("--recovery", is_flag=True,
+              help="Show a fill missed across a dropped connection, recovered through the "
+                   "drop copy ([session.recovery]).")
 @log_level_option
 @log_format_option
-def demo(serve: bool, orders: int, port: int, log_level: str, log_format: str) -> None:
+def demo(serve: bool, orders: int, port: int, recovery: bool, log_level: str,
+         log_format: str) -> None:
     """Run a whole session locally: simulated Kalshi, fixproxy in front, a scripted engine.
 
     Needs no Kalshi credentials: certificates and keys are throwaway, made for this run.
     """
+    _setup_logging("warning" if log_level == "info" else log_level, log_format)
+    if recovery:
+        if serve:
+            raise click.UsageError("--recovery runs a scripted engine; it cannot be combined "
+                                   "with --serve")
+        from fixproxy.cli.demo_recovery import run_recovery_demo
+
+        _run(lambda: run_recovery_demo(orders=orders, echo=click.echo))
+        return
     from fixproxy.cli.demo import run_demo
 
-    _setup_logging("warning" if log_level == "info" else log_level, log_format)
     _run(lambda: run_demo(serve=serve, orders=orders, serve_port=port, echo=click.echo))
 
 
