@@ -48,7 +48,9 @@ from support.prometheus import (
     run_prometheus,
     write_config,
 )
+from support.recovery_stack import dead_port
 
+from fixproxy.config.model import RecoveryConfig
 from fixproxy.fix import tags
 from fixproxy.fix.codec import FixMessage, utc_timestamp
 from fixproxy.session.schedule import ALL_DAYS, MaintenanceSchedule
@@ -81,6 +83,7 @@ SILENT_HEART_BT_INT: Final = 4
 SILENT_GRACE: Final = 0.5
 SILENCE: Final = 2 * SILENT_HEART_BT_INT + SILENT_GRACE
 """Seconds after the Logon at which the silent gateway's session is declared gone."""
+DROP_COPY_KEY: Final = "6a1d4f3b-2c5e-4d7f-8b9a-0e1c2d3f4a5b"
 WRONG_PIN: Final = "sha256/" + base64.b64encode(bytes(range(32))).decode()
 SYMBOL: Final = "HIGHNY-23DEC31"
 SUBSTITUTIONS: Final = {
@@ -141,8 +144,13 @@ class _FleetThread:
     async def _serve(self) -> None:
         material = self.material
         settings: dict[str, dict[str, Any]] = {
-            # The gateway drops TCP on the first message after the traffic: session down.
-            "traffic": {"faults": SimFaults(drop_after_messages=TRAFFIC_MESSAGES + 1)},
+            # The gateway drops TCP on the first message after the traffic: session down. Its
+            # drop copy is unreachable, so the Logon after that fails to recover.
+            "traffic": {"faults": SimFaults(drop_after_messages=TRAFFIC_MESSAGES + 1),
+                        "session_overrides": {"recovery": RecoveryConfig(
+                            api_key=DROP_COPY_KEY, private_key=material.private_key,
+                            host="127.0.0.1", port=dead_port(), tls=material.tls_policy(),
+                            timeout=2.0)}},
             "pin": {"tls": material.tls_policy(pins=(WRONG_PIN,))},
             "silent": {"faults": SimFaults(silent_after_messages=0),
                        "session_overrides": {"liveness_grace": SILENT_GRACE}},
@@ -456,7 +464,8 @@ def test_dashboard_names_only_exposed_metrics(fleet: Fleet) -> None:
                    "fixproxy_sequence_number", "fixproxy_last_message_age_seconds",
                    "fixproxy_maintenance_active", "fixproxy_engine_connections_total",
                    "fixproxy_upstream_connects_total", "fixproxy_logouts_total",
-                   "fixproxy_build_info"):
+                   "fixproxy_build_info", "fixproxy_recovery_total",
+                   "fixproxy_recovered_reports_total"):
         assert needed in names, f"the dashboard does not show {needed}"
     timelines = [panel for panel in dashboard["panels"] if panel["type"] == "state-timeline"]
     assert any("fixproxy_session_state" in target["expr"]
@@ -556,3 +565,9 @@ def test_alerts_fire(fleet: Fleet) -> None:
     assert _series_for(prometheus, "fixproxy_maintenance_active == 1", maintenance)
     assert _active(prometheus, "FixproxySessionDown", maintenance) == [], \
         "FixproxySessionDown must stay quiet during Kalshi's maintenance window"
+
+    # The traffic engine logs on again: its reports left a cursor, so fixproxy asks the drop
+    # copy for what it missed; the drop copy is unreachable and the recovery fails.
+    assert _active(prometheus, "FixproxyRecoveryFailed", traffic) == []
+    fleet.run(_log_on, fleet.pairs["traffic"], TRAFFIC_HEART_BT_INT)
+    wait_firing("FixproxyRecoveryFailed", "traffic")
