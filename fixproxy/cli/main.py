@@ -317,16 +317,28 @@ def pin(target: str, server_name: str | None, ca_file: Path | None, save_path: P
               help="Private key of --cert.")
 @click.option("--cert-out", type=click.Path(path_type=Path, file_okay=False),
               help="Where to write the throwaway certificates (CA, leaf) for clients to trust.")
+@click.option("--fill-after", type=click.FloatRange(min=0), metavar="SECONDS",
+              help="Rest each new order and fill it this many seconds later, whether or not "
+                   "its engine is still connected (for drop-copy recovery).")
+@click.option("--exchange-indexes", type=click.IntRange(1, 16), default=1, show_default=True,
+              help="Exchange indexes orders are spread over, each with its own ExecIDs.")
+@click.option("--replay/--no-replay", "replay_allowlisted", default=True, show_default=True,
+              help="Whether the account is allowlisted for drop-copy replay (--no-replay: "
+                   "every EventResendRequest is refused with 21004=5).")
 @log_level_option
 @log_format_option
 def sim(host: str, base_port: int, key_specs: tuple[str, ...], cert: Path | None,
-        cert_key: Path | None, cert_out: Path | None, log_level: str, log_format: str) -> None:
+        cert_key: Path | None, cert_out: Path | None, fill_after: float | None,
+        exchange_indexes: int, replay_allowlisted: bool, log_level: str,
+        log_format: str) -> None:
     """Run the simulated Kalshi FIX gateway (strict: it verifies every Logon signature)."""
     from fixproxy.sim.run import run_sim
 
     _setup_logging(log_level, log_format)
     _run(lambda: run_sim(host=host, base_port=base_port, key_specs=list(key_specs),
-                         cert=cert, cert_key=cert_key, cert_out=cert_out, echo=click.echo))
+                         cert=cert, cert_key=cert_key, cert_out=cert_out, echo=click.echo,
+                         fill_after=fill_after, exchange_indexes=exchange_indexes,
+                         replay_allowlisted=replay_allowlisted))
 
 
 @main.command()

@@ -44,12 +44,14 @@ def _server_context(cert: Path | None, cert_key: Path | None, cert_out: Path | N
 
 async def run_sim(*, host: str, base_port: int, key_specs: list[str], cert: Path | None,
                   cert_key: Path | None, cert_out: Path | None,
-                  echo: Callable[[str], object]) -> None:
+                  echo: Callable[[str], object], fill_after: float | None = None,
+                  exchange_indexes: int = 1, replay_allowlisted: bool = True) -> None:
     """Serve every Kalshi endpoint until cancelled, printing where each one listens."""
     keys = load_sim_keys(key_specs)
     context = _server_context(cert, cert_key, cert_out, echo)
-    gateway = SimGateway(SimConfig(host=host, ports=endpoint_ports(base_port), keys=keys),
-                         context)
+    gateway = SimGateway(SimConfig(host=host, ports=endpoint_ports(base_port), keys=keys,
+                                   fill_after=fill_after, exchange_indexes=exchange_indexes,
+                                   replay_allowlisted=replay_allowlisted), context)
     async with trio.open_nursery() as nursery:
         bound: dict[str, tuple[str, int]] = await nursery.start(gateway.serve)
         for name, (bound_host, port) in bound.items():
