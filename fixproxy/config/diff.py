@@ -46,9 +46,10 @@ class ConfigChanges:
         return "sessions " + "; ".join(parts)
 
 
-LIVE_SETTINGS: Final = frozenset({"gateway", "sessions", "path", "maintenance"})
+LIVE_SETTINGS: Final = frozenset({"gateway", "sessions", "path", "maintenance", "warnings"})
 """Fields of :class:`Config` a reload applies. ``[gateway]`` reaches the program only through
-the sessions the loader resolves from it; ``[maintenance]`` is read at every Logon. Any other
+the sessions the loader resolves from it; ``[maintenance]`` is read at every Logon; the
+loader's warnings describe the file as loaded (and were logged by the loader). Any other
 table (``[proxy]`` aside, see below), one added later included, is read once at start."""
 LIVE_PROXY_SETTINGS: Final = frozenset({"shutdown_timeout", "allow_peers"})
 """``[proxy]`` keys a reload applies: the drain reads ``shutdown_timeout`` when it starts, and

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from support.config_files import API_KEYS, MARK, Case, expected_line, load, load_one, session, write
 
+from fixproxy.config.diff import keep_restart_only_settings
 from fixproxy.config.loader import load_config
 from fixproxy.config.model import DEFAULT_RECOVERY_SAVE_INTERVAL, DEFAULT_RECOVERY_TIMEOUT
 from fixproxy.errors import ConfigError
@@ -103,3 +104,11 @@ def test_a_drop_copy_key_shared_with_a_session_warns(confdir: Path) -> None:
     assert "uses the API key of [[session]] number 1 (s0)'s recovery" in later
     (earlier,) = load(confdir, session(2) + session(0) + recovery(*GOOD)).warnings
     assert "recovery fails while that session is connected" in earlier
+
+
+def test_a_reload_that_changes_only_warnings_needs_no_restart(confdir: Path) -> None:
+    alone = load(confdir, session(0) + session(1))
+    shared = load(confdir, session(0) + session(1, f'api_key = "{API_KEYS[0]}"'))
+    served, notes = keep_restart_only_settings(alone, shared)
+    assert notes == ()
+    assert served.warnings == shared.warnings
