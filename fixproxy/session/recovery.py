@@ -424,13 +424,21 @@ def report_format_flags(logon: bytes) -> tuple[tuple[int, bytes], ...]:
                  if (value := message.get(tag)) is not None)
 
 
+HINT_ORDERS: Final = 10
+"""ClOrdIDs named in a reconciliation hint; the rest are counted."""
+
+
 def reconcile_hint(plan: RecoveryPlan, since: float | None) -> str:
-    """What an operator should do when some reports could not be recovered."""
+    """What an operator should do when some reports could not be recovered: which orders to
+    look up through Kalshi's REST API, and from when."""
     span = "since the engine's last connection" if since is None else \
-        f"since {_iso(since)}"
-    return (f"reconcile this session's orders through Kalshi's REST API (GET /portfolio/fills "
-            f"and /portfolio/orders) {span}; {len(plan.cl_ord_ids)} ClOrdIDs of the last 3 "
-            f"hours are in the state file")
+        f"since {_iso(since)} (the last report the engine had)"
+    ids = sorted(plan.cl_ord_ids)
+    named = ", ".join(ids[:HINT_ORDERS]) + (f" and {len(ids) - HINT_ORDERS} more"
+                                            if len(ids) > HINT_ORDERS else "")
+    orders = f"the orders {named}" if ids else "this session's orders"
+    return (f"reconcile {orders} through Kalshi's REST API (GET /portfolio/fills and "
+            f"/portfolio/orders) {span}")
 
 
 def _iso(at: float) -> str:

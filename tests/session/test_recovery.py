@@ -25,6 +25,7 @@ from fixproxy.session.recovery import (
     injected_reports,
     parse_exec_id,
     plan_recovery,
+    reconcile_hint,
     report_format_flags,
     select_reports,
 )
@@ -301,3 +302,14 @@ def test_event_resend_request_and_logon_flags() -> None:
                     (21005, b"Y"), (8013, b"Y"), (21012, b"Y")])
     assert report_format_flags(logon) == ((21005, b"Y"), (21012, b"Y"))
     assert tags.MT_EXECUTION_REPORT == b"8"
+
+
+def test_the_reconciliation_hint_names_the_orders_and_the_span() -> None:
+    ids = tuple((f"o-{n:02d}", NOW) for n in range(12))
+    plan = plan_recovery(RecoveryState(API_KEY, "KalshiNR", cl_ord_ids=ids), NOW)
+    hint = reconcile_hint(plan, 1_700_000_000.0)
+    assert "the orders o-00, o-01," in hint and "o-09 and 2 more" in hint
+    assert "since 2023-11-14 22:13:20 UTC" in hint
+    assert "REST API" in hint
+    empty_plan = plan_recovery(RecoveryState(API_KEY, "KalshiNR"), NOW)
+    assert "this session's orders" in reconcile_hint(empty_plan, None)

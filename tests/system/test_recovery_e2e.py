@@ -231,7 +231,8 @@ async def test_the_session_works_when_recovery_cannot(
 
     assert ack.get(11) == b"after" and seq(ack) == seq(answer) + 1
     assert f"drop-copy recovery failed ({result})" in caplog.text
-    assert "reconcile this session's orders through Kalshi's REST API" in caplog.text
+    assert f"reconcile the orders {case}-0, {case}-1, {case}-2 through Kalshi's REST API" \
+        in caplog.text
 
 
 @pytest.mark.parametrize("registered", [True, False], ids=["dc_key_known", "dc_key_unknown"])
