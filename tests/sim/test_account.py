@@ -3,12 +3,15 @@ later, and KalshiDC's replay with every reject reason."""
 
 from __future__ import annotations
 
+import ssl
 from typing import Final
 
 import pytest
 
+from fixproxy.errors import ConfigError
 from fixproxy.fix.codec import FieldValue
 from fixproxy.sim.account import REPLAY_WINDOW_S, Account, exec_id_text, parse_exec_id
+from fixproxy.sim.gateway import SimConfig, SimGateway
 
 STAMP: Final = b"20270115-08:00:00.000"
 WALL: Final = 1_800_000_000.0
@@ -134,3 +137,23 @@ def test_replay_refuses_a_begin_older_than_three_hours_and_skips_old_events() ->
     acct.new_order("k", order(b"late"), 10.0, STAMP)
     newest = acct.history[0][-1]
     assert acct.replay(b"%d;%d" % newest.key, None, 1).bodies == (newest.body,)
+
+
+@pytest.mark.parametrize(("field_name", "value", "key"), [
+    ("fill_after", -1.0, "fill_after"), ("exchange_indexes", 0, "exchange_indexes"),
+    ("exchange_indexes", 17, "exchange_indexes")])
+def test_the_simulator_refuses_account_settings_out_of_range(
+        field_name: str, value: float, key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        SimConfig(keys={}, **{field_name: value})  # type: ignore[arg-type]
+    assert info.value.key == key
+
+
+def test_the_simulator_passes_its_account_settings_on() -> None:
+    gateway = SimGateway(SimConfig(keys={}, fill_after=2.5, exchange_indexes=3,
+                                   replay_allowlisted=False), ssl.create_default_context())
+    account = gateway.venue.account
+    assert (account.fill_after, account.exchange_indexes, account.allowlisted) == \
+        (2.5, 3, False)
+    gateway.set_replay_allowlisted(True)
+    assert account.allowlisted
