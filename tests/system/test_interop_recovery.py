@@ -13,6 +13,7 @@ and the simulator; the two meet at a trio event (orders acknowledged) and a thre
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from collections.abc import Awaitable, Callable, Iterator
@@ -34,6 +35,7 @@ from support.quickfix_engine import (
 from support.recovery_stack import (
     RecoveryKeys,
     RecoveryProxy,
+    dead_port,
     make_drop_copy_keys,
     open_recovery_sim,
     run_recovery_proxy,
@@ -41,7 +43,7 @@ from support.recovery_stack import (
 
 from fixproxy.fix import tags
 from fixproxy.ops.recoverystore import RecoveryStore
-from fixproxy.session.recovery import RecoveryState, parse_exec_id
+from fixproxy.session.recovery import RECOVERY_WINDOW_S, RecoveryState, parse_exec_id
 
 pytestmark = pytest.mark.interop
 
@@ -87,9 +89,9 @@ def reports(record: EngineRecord) -> list[Captured]:
 
 
 def rest_then_log_on_again(settings: EngineSettings, acked: Callable[[], None],
-                           resume: threading.Event) -> EngineRecord:
+                           resume: threading.Event, recovered: int = ORDERS) -> EngineRecord:
     """Blocking: log on, rest ORDERS orders, let the test disconnect us, wait for QuickFIX's
-    own reconnection and the recovered fills, send one live order, log out."""
+    own reconnection and the ``recovered`` fills, send one live order, log out."""
     with QuickFixEngine(settings) as engine:
         assert engine.wait_logged_on(STEP_TIMEOUT), "QuickFIX never reached onLogon"
         for n, symbol in enumerate(SYMBOLS):
@@ -101,11 +103,11 @@ def rest_then_log_on_again(settings: EngineSettings, acked: Callable[[], None],
         assert resume.wait(STEP_TIMEOUT), "the test did not disconnect the engine"
         assert engine.record.wait_until(lambda r: r.logons >= 2, STEP_TIMEOUT + RECONNECT), \
             "QuickFIX did not log on again"
-        assert engine.record.wait_until(lambda r: len(reports(r)) >= 2 * ORDERS,
+        assert engine.record.wait_until(lambda r: len(reports(r)) >= ORDERS + recovered,
                                         STEP_TIMEOUT), "the missed fills did not arrive"
         engine.send_limit_order("LIVE-1", symbol=SYMBOLS[0], side_buy=False, price=0.60,
                                 quantity=1)
-        assert engine.record.wait_until(lambda r: len(reports(r)) >= 2 * ORDERS + 1,
+        assert engine.record.wait_until(lambda r: len(reports(r)) >= ORDERS + recovered + 1,
                                         STEP_TIMEOUT), "the live order was not answered"
         engine.logout("end of test")
         assert engine.wait_logged_out(STEP_TIMEOUT), "QuickFIX never reached onLogout"
@@ -141,7 +143,8 @@ class RunningProxy:
 
 
 async def run_scenario(proxy: RecoveryProxy, settings: EngineSettings,
-                       disconnect: Callable[[RunningProxy], Awaitable[None]]) -> EngineRecord:
+                       disconnect: Callable[[RunningProxy], Awaitable[None]],
+                       recovered: int = ORDERS) -> EngineRecord:
     """Run QuickFIX through ``proxy``; once its orders are acknowledged, ``disconnect``."""
     acked = trio.Event()
     resume = threading.Event()
@@ -155,7 +158,7 @@ async def run_scenario(proxy: RecoveryProxy, settings: EngineSettings,
             try:
                 records.append(await trio.to_thread.run_sync(
                     rest_then_log_on_again, settings,
-                    lambda: trio.from_thread.run_sync(acked.set), resume))
+                    lambda: trio.from_thread.run_sync(acked.set), resume, recovered))
             finally:
                 acked.set()
                 engine_done.set()
@@ -266,6 +269,61 @@ async def test_quickfix_gets_the_fills_missed_while_fixproxy_was_killed(
             assert proxy.sample("fixproxy_recovery_total", result="ok") == 1
             assert proxy.sample("fixproxy_recovered_reports_total") == ORDERS
     check_recovered(record, settings)
+
+
+@pytest.mark.parametrize("case", ["not_allowlisted", "dc_unreachable", "window_exceeded"])
+async def test_quickfix_session_works_when_recovery_cannot(
+        e2e_material: E2EMaterial, dc_keys: RecoveryKeys, tmp_path: Path, case: str,
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """The replay is refused (21004=5), the drop copy is unreachable, or the engine's cursor
+    is older than the 3-hour window: QuickFIX logs on again and trades without a sequence
+    error, and the metric and the log say why nothing was recovered."""
+    saved_acks = trio.Event()
+    original = RecoveryStore.save
+
+    def save(store: RecoveryStore, session: str, state: RecoveryState) -> None:
+        original(store, session, state)
+        if len(state.cl_ord_ids) >= ORDERS and len(state.cursors) == 2:
+            saved_acks.set()
+
+    monkeypatch.setattr(RecoveryStore, "save", save)
+    with trio.fail_after(TEST_TIMEOUT), quickfix_log_on_failure(tmp_path):
+        async with open_recovery_sim(e2e_material, dc_keys, fill_after=FILL_AFTER,
+                                     allowlisted=case != "not_allowlisted") as (sim, addresses):
+            proxy = RecoveryProxy(e2e_material, dc_keys, addresses, tmp_path / "state",
+                                  dc_port=dead_port() if case == "dc_unreachable" else None)
+            async with run_recovery_proxy(proxy):
+                settings = engine_settings(proxy, tmp_path)
+            state = tmp_path / "state" / "nr.recovery.json"
+
+            async def disconnect(running: RunningProxy) -> None:
+                await saved_acks.wait()
+                if case != "window_exceeded":
+                    assert await sim.drop(e2e_material.api_key)
+                    return
+                # Killed, and the state aged past the window before fixproxy starts again.
+                await running.kill()
+                saved = json.loads(state.read_text())
+                for cursor in saved["cursors"]:
+                    cursor["at"] -= RECOVERY_WINDOW_S + 60
+                state.write_text(json.dumps(saved))
+                await running.start()
+
+            record = await run_scenario(proxy, settings, disconnect, recovered=0)
+            result = {"not_allowlisted": "not_enabled", "dc_unreachable": "connect_failed",
+                      "window_exceeded": "window_exceeded"}[case]
+            assert proxy.sample("fixproxy_recovery_total", result=result) == 1
+            assert proxy.sample("fixproxy_recovered_reports_total") == 0
+
+    received = reports(record)
+    assert [report.get(11) for report in received[ORDERS:]] == [b"LIVE-1"]
+    assert all(report.get(97) is None for report in received)
+    assert not record.sent_of(tags.MT_RESEND_REQUEST) and not record.sent_of(tags.MT_REJECT)
+    logons = record.received_of(tags.MT_LOGON)
+    after = record.received[record.received.index(logons[1]):]
+    assert [int(m.get(34) or 0) for m in after] == list(range(1, len(after) + 1))
+    assert f"drop-copy recovery failed ({result})" in caplog.text
+    assert "REST API" in caplog.text
 
 
 def primary_then_standby(primary: EngineSettings, standby: EngineSettings
