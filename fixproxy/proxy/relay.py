@@ -613,7 +613,9 @@ class SessionRelay:
         counters.bytes += len(data) + sum(map(len, recovered))
         if self._send(self.engine, b"".join([data, *recovered]), time.perf_counter()) \
                 and self.journal is not None:
-            self.journal.record(Direction.GATEWAY_TO_ENGINE, [data, *recovered], self.conn_id)
+            self.journal.record(Direction.GATEWAY_TO_ENGINE, [data], self.conn_id)
+            if recovered:  # fixproxy's own messages, from the drop copy's
+                self.journal.record(Direction.PROXY_TO_ENGINE, recovered, self.conn_id)
         if not accepted and msg_type != tags.MT_LOGOUT:
             # Only now: fixproxy's Logout to the engine must follow the answer it explains.
             self._event(Event.GATEWAY_ERROR, "the gateway answered the Logon with "
