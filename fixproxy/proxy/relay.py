@@ -478,19 +478,23 @@ class SessionRelay:
             except KeyError:
                 counters.count(msg_type)
             if msg_type in noted:
-                self._forward(src, dst, parts, last, now, read_at, counters, whole=False)
-                parts, last, whole_chunk = [], -1, False
-                if not self._noted(src, dst, raw, msg_type, now, counters):
-                    return
-                if not src.readable or self.closing_since is not None:
-                    return  # fixproxy logged out for this side, or the session is closing
-                noted = _EVERY_TYPE if self.awaiting_answer and not from_engine else plain
-                if self.recovery is not None and self.translator is not None:
-                    # Recovery renumbers from the Logon answer on, and again per repeat.
-                    translate = self.translator.to_gateway if from_engine \
-                        else self.translator.to_engine
-                fast = self._runs_pass and noted is plain
-                continue
+                # Recovery only (35=8 in, 35=D/F/G out): recorded, then relayed with the rest
+                # of the chunk, unless a live report repeats a recovered one: held back.
+                tracked = noted is plain and msg_type not in _NOTED_TYPES
+                if not tracked or self._recovery_note(now, raw, order=from_engine):
+                    self._forward(src, dst, parts, last, now, read_at, counters, whole=False)
+                    parts, last, whole_chunk = [], -1, False
+                    if not tracked and not self._noted(src, dst, raw, msg_type, now, counters):
+                        return
+                    if not src.readable or self.closing_since is not None:
+                        return  # fixproxy logged out for this side, or the session is closing
+                    noted = _EVERY_TYPE if self.awaiting_answer and not from_engine else plain
+                    if self.recovery is not None and self.translator is not None:
+                        # Recovery renumbers from the Logon answer on, and again per repeat.
+                        translate = self.translator.to_gateway if from_engine \
+                            else self.translator.to_engine
+                    fast = self._runs_pass and noted is plain
+                    continue
             last = raw
             if translate is not None:
                 try:
@@ -545,10 +549,6 @@ class SessionRelay:
             return self._logout(src, dst, raw, now, counters)
         if msg_type == tags.MT_HEARTBEAT:
             self._note_skew("engine" if from_engine else "gateway", raw)
-        elif self.recovery is not None and (msg_type in ORDER_MSG_TYPES if from_engine
-                                            else msg_type == tags.MT_EXECUTION_REPORT):
-            if self._recovery_note(now, raw, order=from_engine):
-                return True
         elif not from_engine:
             counters.count_reject(msg_type, raw)
             self._explain(raw)

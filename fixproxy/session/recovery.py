@@ -37,7 +37,14 @@ from datetime import UTC, datetime
 from typing import Final
 
 from fixproxy.fix import tags
-from fixproxy.fix.codec import FieldValue, FixMessage, encode, header_value, parse_uint
+from fixproxy.fix.codec import (
+    MAX_NUMBER_DIGITS,
+    FieldValue,
+    FixMessage,
+    encode,
+    header_value,
+    parse_uint,
+)
 from fixproxy.session.sequence import SequenceTranslator
 
 RECOVERY_WINDOW_S: Final = 3 * 3600.0
@@ -223,7 +230,11 @@ class RecoveryTracker:
         self.api_key = state.api_key
         self.endpoint = state.endpoint
         self.window = window
-        self._cursors = {cursor.exec_id.index: cursor for cursor in state.cursors}
+        # index -> ((clock, event), Unix time): plain tuples, since every report moves one
+        # (a Cursor is made only for a snapshot).
+        self._cursors: dict[int, tuple[tuple[int, int], float]] = {
+            cursor.exec_id.index: ((cursor.exec_id.clock, cursor.exec_id.event), cursor.at)
+            for cursor in state.cursors}
         self._ids: dict[str, float] = dict(state.cl_ord_ids)
         self._injected: set[bytes] = set()
 
@@ -237,11 +248,24 @@ class RecoveryTracker:
         if injected and value in injected:
             injected.discard(value)
             return True
-        exec_id = parse_exec_id(value)
-        if exec_id is not None:
-            current = self._cursors.get(exec_id.index)
-            if current is None or exec_id.after(current.exec_id):
-                self._cursors[exec_id.index] = Cursor(exec_id, now)
+        # parse_exec_id's rules, without building an ExecId per report.
+        parts = value.split(b";")
+        if len(parts) == 2:
+            clock, event = parts
+            index = 0
+        elif len(parts) == 3 and parts[2] != b"0" and parts[2].isdigit() \
+                and len(parts[2]) <= MAX_NUMBER_DIGITS:
+            clock, event = parts[0], parts[1]
+            index = int(parts[2])
+        else:
+            return False
+        if not (clock.isdigit() and event.isdigit()) \
+                or len(clock) > MAX_NUMBER_DIGITS or len(event) > MAX_NUMBER_DIGITS:
+            return False  # pending (-1;-1), or not Kalshi's format: never a cursor
+        key = (int(clock), int(event))
+        current = self._cursors.get(index)
+        if current is None or key > current[0]:
+            self._cursors[index] = (key, now)
         return False
 
     def order(self, raw: bytes, now: float) -> None:
@@ -270,16 +294,18 @@ class RecoveryTracker:
         ExecIDs arriving live are recognised as repeats."""
         for exec_id, _ in reports:
             self._injected.add(exec_id.text)
+            key = (exec_id.clock, exec_id.event)
             current = self._cursors.get(exec_id.index)
-            if current is None or exec_id.after(current.exec_id):
-                self._cursors[exec_id.index] = Cursor(exec_id, now)
+            if current is None or key > current[0]:
+                self._cursors[exec_id.index] = (key, now)
 
     def snapshot(self, now: float, *, clean_end: bool = False) -> RecoveryState:
         """The state now, ClOrdIDs older than the window left out."""
         horizon = now - self.window
         return RecoveryState(
             self.api_key, self.endpoint,
-            tuple(self._cursors[index] for index in sorted(self._cursors)),
+            tuple(Cursor(ExecId(index, *self._cursors[index][0]), self._cursors[index][1])
+                  for index in sorted(self._cursors)),
             tuple((key, at) for key, at in self._ids.items() if at >= horizon),
             clean_end)
 

@@ -121,6 +121,18 @@ def test_the_cursor_follows_the_newest_report_per_index() -> None:
     assert [cursor.exec_id for cursor in state.cursors] == [ExecId(0, 10, 1), ExecId(2, 1, 1)]
 
 
+@given(st.one_of(
+    st.builds(lambda e: e.text, exec_ids),
+    st.lists(st.sampled_from([b"0", b"1", b"-1", b"12", b"", b"a", b" 1", b"1_0", b"+2",
+                              b"\xd9\xa3", b"9" * 19]), min_size=1, max_size=4).map(b";".join)))
+def test_the_tracker_reads_exec_ids_as_parse_exec_id_does(text: bytes) -> None:
+    tracker = RecoveryTracker(empty())
+    tracker.report(report(text), NOW)
+    cursors = [cursor.exec_id for cursor in tracker.snapshot(NOW).cursors]
+    parsed = parse_exec_id(text)
+    assert cursors == ([] if parsed is None else [parsed])
+
+
 def test_orders_record_their_clordids_and_cancels_their_originals() -> None:
     tracker = RecoveryTracker(empty())
     tracker.order(order(b"D", b"a"), NOW)
