@@ -24,6 +24,13 @@ does not take waits in that direction's pending output, and while that holds mor
 through TCP instead of growing a buffer. The gateway's ``SSLSocket`` may hold a decrypted record
 that ``poll`` cannot see; ``pending()`` is asked after every read.
 
+A session with drop-copy recovery (``[session.recovery]``) also looks at the gateway's
+ExecutionReports and the engine's orders (35=D/F/G), which update its
+:class:`~fixproxy.session.recovery.RecoveryTracker` and then pass with the rest of their chunk;
+once Kalshi accepts the Logon, the relay waits for the control plane's replay before it writes
+the answer, then writes the recovered reports and renumbers the gateway's after them. Other
+sessions look at nothing more.
+
 The planes meet at a named rule each (the types are in :mod:`fixproxy.proxy.handover`).
 trio -> thread: :meth:`SessionRelay.shutdown` and :meth:`SessionRelay.abort` put a command on a
 deque and write one byte to the wake-up pipe. thread -> trio: rare events (the Logon's answer,
