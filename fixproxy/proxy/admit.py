@@ -19,10 +19,10 @@ An engine connection goes through two phases here, in trio, and a third in a thr
    gateway's answer on and relays until the session ends: in a thread of its own until the
    Logon is answered, then in the data plane's shared thread (:mod:`fixproxy.proxy.dataplane`).
    This task waits for the relay's end, so the listener's nursery and the shutdown drain stay
-   structured; a cancellation aborts the relay. The relay's rare events (the Logon's answer, errors, clock
-   skew) come back through :class:`_TrioControl` and are carried out in trio's thread; its
-   end is its return value, after which this task counts the end, saves sequence numbers and
-   closes both sockets.
+   structured; a cancellation aborts the relay. The relay's rare events (the Logon's answer,
+   errors, clock skew) come back through :class:`_TrioControl` and are carried out in trio's
+   thread; its end is its return value, after which this task counts the end, saves sequence
+   numbers and closes both sockets.
 
 The alternative rejected for phase 3 is relaying on trio: measured, the event loop's pass per
 wake-up cost more than everything stunnel does per message.
