@@ -62,7 +62,8 @@ async def test_outside_maintenance_the_gauge_is_zero(e2e_material: E2EMaterial) 
 
 
 async def test_a_refused_logon_holds_the_next_attempt_locally(e2e_material: E2EMaterial) -> None:
-    async with open_proxy_pair(e2e_material,
+    manager = SessionManager(None, LogonBackoff())
+    async with open_proxy_pair(e2e_material, manager=manager,
                                faults=SimFaults(refuse_logon_text="sim says no")) as pair:
         first = await pair.connect_engine()
         refused = await first.logon()
@@ -75,6 +76,11 @@ async def test_a_refused_logon_holds_the_next_attempt_locally(e2e_material: E2EM
         assert "rate-limits" in text and "retry after" in text and "UTC" in text
         assert len(pair.sim_events(direction="in", msg_type=tags.MT_LOGON)) == 1
         assert pair.sample("fixproxy_engine_connections_total", result="backoff") == 1
+        # The status board's last error is still the cause, not the hold that repeats it.
+        status = manager.status.get(pair.session.name)
+        assert status is not None
+        assert "the gateway refused the Logon" in status.last_error
+        assert "sim says no" in status.last_error
 
 
 async def test_first_logon_after_a_window_resets_even_on_kalshi_rt(
