@@ -43,8 +43,8 @@ def _required(what: str, reason: str) -> None:
 def _unit_settings(text: str) -> dict[str, list[str]]:
     """``key -> values`` of a unit file (keys may repeat, as SystemCallFilter does)."""
     settings: dict[str, list[str]] = {}
-    for line in text.splitlines():
-        line = line.strip()
+    for raw in text.splitlines():
+        line = raw.strip()
         if not line or line.startswith(("#", ";", "[")):
             continue
         key, _, value = line.partition("=")
