@@ -69,7 +69,7 @@ class _Transcript:
     def flush(self) -> None:
         entries = self.engine.transcript
         for direction, raw in entries[self.printed:]:
-            arrow = "engine -> " if direction == "sent" else "engine <- "
+            arrow = "engine ->" if direction == "sent" else "engine <-"
             self.echo(f"{arrow} {describe(raw)}: {render(raw, shorten_secrets=True)}")
         self.printed = len(entries)
 
@@ -125,13 +125,11 @@ async def _script(engine: ScriptedEngine, plan: EnginePlan, transcript: _Transcr
         await _hold(engine, plan, transcript)
     await engine.send(tags.MT_LOGOUT)
     with _step("the Logout", plan.timeout):
-        logout = await _expect(engine, _LOGOUT, "the answering Logout",
-                               logout_ends=False)
+        logout = await _expect(engine, _LOGOUT, "the answering Logout", logout_ends=False)
     transcript.flush()
     text = logout.get_str(tags.TEXT)
     return (f"ok: Logon accepted, {answered} of {plan.orders} order(s) answered by an "
-            f"ExecutionReport, TestRequest "
-            f"answered, held {plan.hold:g} s, Logout answered"
+            f"ExecutionReport, TestRequest answered, held {plan.hold:g} s, Logout answered"
             f"{f' ({text})' if text else ''}")
 
 
@@ -166,8 +164,7 @@ async def _expect(engine: ScriptedEngine, wanted: frozenset[bytes], what: str,
             raise StepFailed(f"{describe_type(message.msg_type)} while waiting for {what}: "
                              f"{_text(message)}")
         if message.msg_type == tags.MT_LOGOUT and logout_ends:
-            raise StepFailed(f"logged out while waiting for {what}: "
-                             f"{_text(message)}")
+            raise StepFailed(f"logged out while waiting for {what}: {_text(message)}")
         if message.msg_type == tags.MT_TEST_REQUEST:
             await engine.send(tags.MT_HEARTBEAT,
                               [(tags.TEST_REQ_ID, message.get(tags.TEST_REQ_ID) or b"")])

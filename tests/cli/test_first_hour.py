@@ -266,10 +266,10 @@ async def test_engine_logs_on_trades_tests_the_line_and_logs_out(pair: ProxyPair
                        "KalshiNR"
     kinds = [line.split(":", 1)[0] for line in lines[1:-1]]
     assert kinds == [
-        "engine ->  Logon", "engine <-  Logon", "engine ->  NewOrderSingle",
-        "engine ->  NewOrderSingle", "engine <-  ExecutionReport",
-        "engine <-  ExecutionReport", "engine ->  TestRequest", "engine <-  Heartbeat",
-        "engine ->  Logout", "engine <-  Logout"]
+        "engine -> Logon", "engine <- Logon", "engine -> NewOrderSingle",
+        "engine -> NewOrderSingle", "engine <- ExecutionReport",
+        "engine <- ExecutionReport", "engine -> TestRequest", "engine <- Heartbeat",
+        "engine -> Logout", "engine <- Logout"]
     assert lines[-1].startswith("ok: Logon accepted, 2 of 2 order(s) answered")
     assert pair.sim.message_count(tags.MT_NEW_ORDER_SINGLE) == 2
     # A clean Logout is a normal end (counted as the relay's thread finishes).
@@ -297,7 +297,7 @@ async def test_engine_exits_1_with_the_refusal_in_one_line(pair: ProxyPair) -> N
     assert done.returncode == 1
     line = one_error_line(done.stderr)
     assert line.startswith("fixproxy: error: the Logon was refused: fixproxy: TargetCompID (56)")
-    assert "engine <-  Logout" in done.stdout.decode()
+    assert "engine <- Logout" in done.stdout.decode()
 
 
 async def test_engine_exits_1_when_nothing_listens() -> None:

@@ -201,7 +201,7 @@ async def test_the_readme_flow_from_keygen_to_the_smoke_test(tmp_path: Path) -> 
             trading = await flow.run(flow.engine_args("--orders", "3"))
             out = trading.stdout.decode()
             assert trading.returncode == 0, out + trading.stderr.decode()
-            assert out.count("engine <-  ExecutionReport") == 3
+            assert out.count("engine <- ExecutionReport") == 3
 
 
 async def test_a_restarted_simulator_keeps_the_certificate_fixproxy_pinned(
