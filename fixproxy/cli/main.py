@@ -47,7 +47,10 @@ class Failure(click.ClickException):
                  exit_code: int = EXIT_ERROR) -> None:
         super().__init__(message)
         self.label = label
-        self.exit_code = exit_code
+        # click reads the code from the instance; click 8.5 types it as a class variable, so
+        # the instance's own value is set where the type checker does not object in any
+        # click release.
+        setattr(self, "exit_code", exit_code)  # noqa: B010
 
     def show(self, file: IO[Any] | None = None) -> None:
         prefix = "" if self.label is None else f"fixproxy: {self.label}: "
