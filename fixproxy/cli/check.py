@@ -10,13 +10,15 @@ from prometheus_client import CollectorRegistry
 from fixproxy.config.model import Config
 from fixproxy.errors import FixProxyError, PinMismatchError, UpstreamError
 from fixproxy.fix.framer import SCANNER
+from fixproxy.net.listen import open_listeners
 from fixproxy.ops.metrics import Metrics
 from fixproxy.proxy.recovery import check_drop_copy
 from fixproxy.proxy.runtime import SessionRuntime, build_runtime
 
 
 async def preflight(config: Config, *, online: bool, echo: Callable[[str], object]) -> bool:
-    """Check every session's key and TLS settings, and (online) its gateway's TLS and pins.
+    """Check every session's key, TLS settings and listen address, the metrics address, and
+    (online) each gateway's TLS and pins.
 
     Returns:
         True if every check passed; each result is reported through ``echo``.
@@ -25,6 +27,12 @@ async def preflight(config: Config, *, online: bool, echo: Callable[[str], objec
     metrics = Metrics(CollectorRegistry())
     echo(f"configuration {config.path}: {len(config.sessions)} session(s); frame scanner: "
          f"{'C accelerator' if SCANNER == 'c' else 'pure Python (the C scanner is not built)'}")
+    if config.metrics.listen is not None:
+        host, port = config.metrics.listen
+        busy = await _bind_test(host, port)
+        echo(f"FAIL [metrics] listen: {busy}" if busy is not None else
+             f"ok   [metrics] listen: can listen on {host}:{port}")
+        ok = ok and busy is None
     for session in config.sessions:
         label = f"session {session.name!r} ({session.endpoint.target_comp_id})"
         try:
@@ -37,10 +45,14 @@ async def preflight(config: Config, *, online: bool, echo: Callable[[str], objec
         if session.recovery is not None:
             echo(f"ok   {label}: drop-copy key {session.recovery.private_key} loads "
                  f"(recovery through {session.recovery.host}:{session.recovery.port})")
-        echo(f"ok   {label}: key {session.private_key} loads; listens on "
-             f"{session.listen[0]}:{session.listen[1]}; 141=Y "
+        echo(f"ok   {label}: key {session.private_key} loads; 141=Y "
              f"{'forced' if policy.force_reset else 'as the engine asks'}; "
              f"verify {session.tls.verify}")
+        host, port = session.listen
+        busy = await _bind_test(host, port)
+        echo(f"FAIL {label}: {busy}" if busy is not None else
+             f"ok   {label}: can listen on {host}:{port}")
+        ok = ok and busy is None
         if not online:
             continue
         try:
@@ -72,3 +84,17 @@ async def _check_drop_copy(runtime: SessionRuntime, label: str,
         return False
     echo(f"ok   {label}: {text}")
     return True
+
+
+async def _bind_test(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be listened on (as ``run`` would), or None if it can."""
+    try:
+        listeners = await open_listeners(host, port, "listen")
+    except FixProxyError as exc:
+        text = str(exc).removeprefix("listen: ")
+        if "in use" in text:
+            text += " (another process listens there: is fixproxy already running?)"
+        return text
+    for listener in listeners:
+        await listener.aclose()
+    return None

@@ -20,13 +20,13 @@ from prometheus_client import CollectorRegistry
 from fixproxy.config.model import Config, GatewayConfig, MetricsConfig, SessionConfig, TLSPolicy
 from fixproxy.errors import FixProxyError
 from fixproxy.fix import tags
-from fixproxy.fix.codec import FixMessage, render
+from fixproxy.fix.codec import render
 from fixproxy.kalshi import ENDPOINTS
 from fixproxy.ops.metrics import Metrics
 from fixproxy.proxy.server import BoundAddresses, serve_proxy
 from fixproxy.signing import generate_key_pair, load_public_key
 from fixproxy.sim.certs import generate_certificates
-from fixproxy.sim.engine import ScriptedEngine
+from fixproxy.sim.engine import ScriptedEngine, describe
 from fixproxy.sim.gateway import SimConfig, SimGateway
 
 Echo = Callable[[str], object]
@@ -34,15 +34,6 @@ DEMO_ENDPOINT: Final = "KalshiNR"
 SERVE_PORT: Final = 9878
 """The engine-facing port of ``fixproxy demo --serve`` (the example config's first session)."""
 DEMO_TIMEOUT: Final = 30.0
-
-_NAMES: Final = {b"A": "Logon", b"5": "Logout", b"0": "Heartbeat", b"1": "TestRequest",
-                 b"D": "NewOrderSingle", b"8": "ExecutionReport", b"3": "Reject",
-                 b"j": "BusinessMessageReject"}
-
-
-def _describe(raw: bytes) -> str:
-    message = FixMessage.parse(raw)
-    return _NAMES.get(message.msg_type, f"35={message.msg_type.decode()}")
 
 
 async def run_demo(*, serve: bool, orders: int, echo: Echo, serve_port: int = SERVE_PORT) -> None:
@@ -116,7 +107,7 @@ def _print_transcript(engine: ScriptedEngine, sim: SimGateway, api_key: str,
             arrow = "engine   -> fixproxy"
         else:
             arrow = "engine   -> Kalshi  " if direction == "sent" else "Kalshi   -> engine  "
-        echo(f"{arrow}  {_describe(raw)}: {render(raw)}")
+        echo(f"{arrow}  {describe(raw)}: {render(raw)}")
         if is_logon and signed is not None:
             echo(f"fixproxy -> Kalshi    Logon, signed: {render(signed, shorten_secrets=True)}")
     echo("")

@@ -48,7 +48,10 @@ class Failure(click.ClickException):
                  exit_code: int = EXIT_ERROR) -> None:
         super().__init__(message)
         self.label = label
-        self.exit_code = exit_code
+        # click reads the code from the instance; click 8.5 types it as a class variable, so
+        # the instance's own value is set where the type checker does not object in any
+        # click release.
+        setattr(self, "exit_code", exit_code)  # noqa: B010
 
     def show(self, file: IO[Any] | None = None) -> None:
         prefix = "" if self.label is None else f"fixproxy: {self.label}: "
@@ -316,7 +319,11 @@ def pin(target: str, server_name: str | None, ca_file: Path | None, save_path: P
 @click.option("--cert-key", type=click.Path(path_type=Path, dir_okay=False, exists=True),
               help="Private key of --cert.")
 @click.option("--cert-out", type=click.Path(path_type=Path, file_okay=False),
-              help="Where to write the throwaway certificates (CA, leaf) for clients to trust.")
+              help="Directory of the simulator's certificates (ca.pem is the CA for clients "
+                   "to trust): kept there and reused on the next start, made if missing.")
+@click.option("--config-out", type=click.Path(path_type=Path, dir_okay=False),
+              help="Write a fixproxy configuration for these ports, certificate and keys "
+                   "(one session per --key; needs --cert-out).")
 @click.option("--fill-after", type=click.FloatRange(min=0), metavar="SECONDS",
               help="Rest each new order and fill it this many seconds later, whether or not "
                    "its engine is still connected (for drop-copy recovery).")
@@ -328,17 +335,58 @@ def pin(target: str, server_name: str | None, ca_file: Path | None, save_path: P
 @log_level_option
 @log_format_option
 def sim(host: str, base_port: int, key_specs: tuple[str, ...], cert: Path | None,
-        cert_key: Path | None, cert_out: Path | None, fill_after: float | None,
-        exchange_indexes: int, replay_allowlisted: bool, log_level: str,
+        cert_key: Path | None, cert_out: Path | None, config_out: Path | None,
+        fill_after: float | None, exchange_indexes: int, replay_allowlisted: bool,
+        log_level: str,
         log_format: str) -> None:
     """Run the simulated Kalshi FIX gateway (strict: it verifies every Logon signature)."""
     from fixproxy.sim.run import run_sim
 
     _setup_logging(log_level, log_format)
     _run(lambda: run_sim(host=host, base_port=base_port, key_specs=list(key_specs),
-                         cert=cert, cert_key=cert_key, cert_out=cert_out, echo=click.echo,
-                         fill_after=fill_after, exchange_indexes=exchange_indexes,
+                         cert=cert, cert_key=cert_key, cert_out=cert_out, config_out=config_out,
+                         echo=click.echo, fill_after=fill_after,
+                         exchange_indexes=exchange_indexes,
                          replay_allowlisted=replay_allowlisted))
+
+
+@main.command()
+@click.option("--connect", "target", required=True, metavar="HOST:PORT",
+              help="The fixproxy listener to connect to (a session's listen address).")
+@click.option("--sender", required=True, metavar="KEY",
+              help="SenderCompID (49): the session's api_key.")
+@click.option("--target", "target_comp_id", required=True, metavar="ENDPOINT",
+              help="TargetCompID (56): KalshiNR, KalshiRT, KalshiDC, ...")
+@click.option("--orders", default=0, show_default=True, type=click.IntRange(min=0),
+              help="NewOrderSingles to send, each waiting for its ExecutionReport. None by "
+                   "default: the smoke test does not trade unless asked.")
+@click.option("--symbol", default="HIGHNY-23DEC31", show_default=True,
+              help="The market ticker (55) of the orders.")
+@click.option("--hold", default=0.0, show_default=True, type=click.FloatRange(min=0),
+              help="Seconds to stay logged on after the TestRequest, heartbeating.")
+@click.option("--reset", is_flag=True, help="Send ResetSeqNumFlag 141=Y on the Logon.")
+@click.option("--timeout", default=10.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="Seconds each step may wait for its answer.")
+def engine(target: str, sender: str, target_comp_id: str, orders: int, symbol: str,
+           hold: float, reset: bool, timeout: float) -> None:
+    """Log on through a running fixproxy as a FIX engine would: the smoke test of a session.
+
+    Logon, the orders asked for, a TestRequest, an optional hold, a Logout; every message is
+    printed. Exits 0 when each step got its answer, 1 with the step that did not.
+    """
+    from fixproxy.cli.engine import EnginePlan, run_engine
+
+    host, port = _host_port(target)
+    plan = EnginePlan(host=host, port=port, sender=sender, target=target_comp_id,
+                      orders=orders, hold=hold, timeout=timeout, reset=reset, symbol=symbol)
+    click.echo(_run(lambda: run_engine(plan, click.echo)))
+
+
+def _host_port(target: str) -> tuple[str, int]:
+    host, sep, port_text = target.rpartition(":")
+    if not sep or not port_text.isdigit() or not host:
+        raise Failure(f"expected HOST:PORT, got {target!r}", exit_code=EXIT_USAGE)
+    return host.strip("[]"), int(port_text)
 
 
 @main.command()
@@ -350,15 +398,17 @@ def sim(host: str, base_port: int, key_specs: tuple[str, ...], cert: Path | None
 @click.option("--recovery", is_flag=True,
               help="Show a fill missed across a dropped connection, recovered through the "
                    "drop copy ([session.recovery]).")
-@log_level_option
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
+              help="How much to log (to stderr). Default: info with --serve (each engine "
+                   "connection is logged), warning otherwise (the transcript says it all).")
 @log_format_option
-def demo(serve: bool, orders: int, port: int, recovery: bool, log_level: str,
+def demo(serve: bool, orders: int, port: int, recovery: bool, log_level: str | None,
          log_format: str) -> None:
     """Run a whole session locally: simulated Kalshi, fixproxy in front, a scripted engine.
 
     Needs no Kalshi credentials: certificates and keys are throwaway, made for this run.
     """
-    _setup_logging("warning" if log_level == "info" else log_level, log_format)
+    _setup_logging(log_level or ("info" if serve else "warning"), log_format)
     if recovery:
         if serve:
             raise click.UsageError("--recovery runs a scripted engine; it cannot be combined "

@@ -141,7 +141,8 @@ class Reader:
             except OSError as exc:  # a directory on the way that we may not search
                 state = f"cannot be checked ({exc.strerror or exc})"
             if state:
-                raise table.error(name, f"{what} file {str(path)!r} {state}")
+                raise table.error(name, f"{what} file {str(path)!r} {state}"
+                                        f"{_how_to_make(name, path, state)}")
         return path
 
     def pins(self, table: Table) -> tuple[str, ...] | None:
@@ -206,3 +207,12 @@ class Reader:
                 "verify", f"{value!r} is not a verify mode; expected one of "
                           f"{', '.join(map(repr, VERIFY_MODES))}")
         return cast(VerifyMode, value)
+
+
+def _how_to_make(name: str, path: Path, state: str) -> str:
+    """How to create a missing private key where the configuration expects it."""
+    if name != "private_key" or state != "does not exist":
+        return ""
+    stem = path.name.removesuffix(".key")
+    return (f"; create one with `fixproxy keygen --out {path.parent} --name {stem}` and upload "
+            f"{stem}.pub.pem to Kalshi for this session's API key")

@@ -22,7 +22,13 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Final
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -198,6 +204,10 @@ class Metrics:
     """Every metric fixproxy exports, on one private registry."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        # No <counter>_created series: one more sample per label set that no dashboard or
+        # alert reads. The switch is prometheus_client's and process-wide; fixproxy is the
+        # process.
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # prometheus_client leaves it unannotated
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         self.engine_connections = Counter(

@@ -180,7 +180,9 @@ async def _serve_connection(engine: trio.abc.Stream, runtime: SessionRuntime,
         if claimed:
             runtime.manager.release(runtime.policy.api_key, conn_id)
             status.connection_ended(conn_id, time.time())
-        status.error(f"refused engine connection #{conn_id}: {refusal.text}", time.time())
+        if refusal.result != "backoff":
+            # A backoff only repeats an earlier failure: the last error stays its cause.
+            status.error(f"refused engine connection #{conn_id}: {refusal.text}", time.time())
         metrics.engine_connections.labels(session=name, result=refusal.result).inc()
         if refusal.result in _UPSTREAM_NOT_TRIED:
             metrics.upstream_connects.labels(session=name, result=refusal.result).inc()
@@ -327,8 +329,10 @@ async def _open_gateway(runtime: SessionRuntime,
     except PinMismatchError as exc:
         metrics.upstream_connects.labels(session=cfg.name, result=exc.result).inc()
         metrics.pin_mismatches.labels(session=cfg.name).inc()
-        log.exception("gateway %s:%d presented pins %s; configured %s", cfg.host, cfg.port,
-                  list(exc.presented), list(exc.expected))
+        # An operator's condition, not a fault: one line (the traceback at debug only).
+        log.error("gateway %s:%d presented pins %s; configured %s", cfg.host,  # noqa: TRY400
+                  cfg.port, list(exc.presented), list(exc.expected))
+        log.debug("the pin mismatch in full", exc_info=exc)
         raise _Refusal(
             f"the Kalshi gateway {cfg.host}:{cfg.port} presented a certificate that matches "
             f"none of the configured pins (presented: {', '.join(exc.presented)}). If Kalshi "
@@ -554,6 +558,8 @@ async def _run_session(engine: trio.abc.Stream, engine_framer: FixFramer,
         engine_ids=_counterparty_ids(None, runtime), logon_received=logon_received,
         clock=clock, recovery=tracker, recovery_plane=control if tracker is not None else None)
     runtime.manager.register(conn_id, relay.shutdown)
+    # The counters are the session's, across its connections: this one's are the difference.
+    counted_before = _traffic_totals(relay)
     result: RelayResult | None = None
     try:
         async with trio.open_nursery() as nursery:
@@ -580,9 +586,11 @@ async def _run_session(engine: trio.abc.Stream, engine_framer: FixFramer,
         if result is not None and (result.logged_on or result.crashed is not None):
             # A fault before the Logon's answer still sent the engine a Logout: counted.
             _count_end(runtime, result, log)
-        log.info("session closed (%s): %s; engine->gateway %d bytes, gateway->engine %d "
-                 "bytes", machine.state, machine.close_reason, relay.to_gateway.bytes,
-                 relay.to_engine.bytes)
+        counted = [now - before for now, before in zip(_traffic_totals(relay), counted_before,
+                                                       strict=True)]
+        log.info("session closed (%s): %s; this connection: engine->gateway %d messages, %d "
+                 "bytes, gateway->engine %d messages, %d bytes", machine.state,
+                 machine.close_reason, *counted)
     return result
 
 
@@ -615,6 +623,12 @@ async def _relay_in_threads(relay: SessionRelay, manager: SessionManager,
     with trio.CancelScope(shield=True):
         await ended.wait()
     return results[0]
+
+
+def _traffic_totals(relay: SessionRelay) -> tuple[int, int, int, int]:
+    """(messages, bytes) engine to gateway, then gateway to engine, as counted so far."""
+    up, down = relay.to_gateway, relay.to_engine
+    return sum(up.messages.values()), up.bytes, sum(down.messages.values()), down.bytes
 
 
 async def _abort_when_cancelled(relay: SessionRelay) -> None:

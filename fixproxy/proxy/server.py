@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 
 import trio
 
+from fixproxy import __version__
 from fixproxy.config.model import Config
 from fixproxy.net.http import serve_metrics
 from fixproxy.ops.control import PidFile, ReloadRecord, write_reload_record
@@ -191,6 +192,7 @@ async def run_until_signal(config: Config, metrics: Metrics) -> None:
     # as the file exists must reach this loop, not the default action (terminate).
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         pid_file = PidFile.claim(state_dir) if state_dir is not None else None
+        logger.info("%s", start_banner(config))
         try:
             server = ProxyServer(config, metrics)
             async with trio.open_nursery() as sessions:
@@ -231,3 +233,13 @@ async def run_until_signal(config: Config, metrics: Metrics) -> None:
         finally:
             if pid_file is not None:
                 pid_file.release()
+    logger.info("fixproxy stopped (pid %d)", os.getpid())
+
+
+def start_banner(config: Config) -> str:
+    """The line ``run`` logs first: what runs, from which file, as which process, serving
+    which sessions."""
+    sessions = ", ".join(f"{s.name} ({s.endpoint.target_comp_id} on {s.listen[0]}:"
+                         f"{s.listen[1]})" for s in config.sessions)
+    return (f"fixproxy {__version__} starting: config {config.path}, pid {os.getpid()}, "
+            f"{len(config.sessions)} session(s): {sessions or 'none'}")

@@ -22,7 +22,7 @@ CLOCK_SKEW_WARNING: Final = 5.0
 messages more than 30 s off (Reject 373=10)."""
 
 END_CAUSES: Final[dict[Event, tuple[str, str]]] = {
-    Event.ENGINE_LOGOUT: ("engine", "other"),
+    Event.ENGINE_LOGOUT: ("engine", "normal"),
     Event.ENGINE_CLOSED: ("engine", "engine_disconnect"),
     Event.ENGINE_ERROR: ("engine", "other"),
     Event.GATEWAY_CLOSED: ("gateway", "other"),
@@ -31,7 +31,8 @@ END_CAUSES: Final[dict[Event, tuple[str, str]]] = {
     Event.ENGINE_SILENT: ("proxy", "heartbeat_timeout"),
     Event.SHUTDOWN: ("proxy", "shutdown"),
 }
-"""(initiator, reason) labels of fixproxy_logouts_total by the event that ended a session."""
+"""(initiator, reason) labels of fixproxy_logouts_total by the event that ended a session. A
+clean Logout from the engine is ``normal``: the session ended as sessions should."""
 
 EVENT_TEXT: Final[dict[Event, str]] = {
     Event.GATEWAY_SILENT: "the Kalshi gateway sent nothing for longer than 2 x HeartBtInt + "
@@ -95,6 +96,12 @@ _GATEWAY_HINTS: Final = (
     ("sendingtime", "other",
      "Kalshi rejected SendingTime (52): the engine's clock is more than 30 s off; "
      "synchronise it (NTP)"),
+    ("msgseqnum too low", "other",
+     "Kalshi expected a higher MsgSeqNum (34) than the engine sent. KalshiRT keeps sequence "
+     "numbers across connections, so an engine that lost its store (or a test engine that "
+     "starts at 1) is behind: restore the engine's store, or reset both sides with a Logon "
+     "carrying 141=Y (QuickFIX ResetOnLogon=Y, `fixproxy engine --reset`, or "
+     "reset_on_logon = \"always\" for this session); other endpoints reset on every Logon"),
 )
 
 

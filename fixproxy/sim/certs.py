@@ -119,6 +119,36 @@ class SimCertificates:
         return context
 
 
+def read_certificates(directory: Path, *, valid_for: dt.timedelta = dt.timedelta(0)
+                      ) -> SimCertificates | None:
+    """The set :meth:`SimCertificates.write` left in ``directory``, if it is whole and its leaf
+    is still valid ``valid_for`` from now; None otherwise (missing, unreadable, expired).
+
+    Raises:
+        ConfigError: the files are there but are not certificates and a key.
+    """
+    files = CertificateFiles(directory / CA_CERT_FILE, directory / LEAF_CERT_FILE,
+                             directory / LEAF_KEY_FILE)
+    try:
+        ca_pem, leaf_pem, key_pem = (path.read_bytes() for path in
+                                     (files.ca_cert, files.leaf_cert, files.leaf_key))
+    except OSError:
+        return None
+    try:
+        leaf = x509.load_pem_x509_certificate(leaf_pem)
+        x509.load_pem_x509_certificate(ca_pem)
+        serialization.load_pem_private_key(key_pem, password=None)
+    except ValueError as exc:
+        raise ConfigError(f"{directory} holds files that are not the simulator's certificates "
+                          f"({exc}); remove them to make new ones", path=str(directory)) from exc
+    if leaf.not_valid_after_utc - valid_for <= dt.datetime.now(dt.UTC):
+        return None
+    names = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    hostname = next(iter(names.get_values_for_type(x509.DNSName)), DEFAULT_HOSTNAME)
+    return SimCertificates(ca_cert_pem=ca_pem, leaf_cert_pem=leaf_pem, leaf_key_pem=key_pem,
+                           hostname=hostname)
+
+
 def _write(path: Path, data: bytes, mode: int) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     with os.fdopen(fd, "wb") as out:

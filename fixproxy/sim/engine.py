@@ -17,6 +17,16 @@ from fixproxy.fix.codec import FieldValue, FixMessage, encode, utc_timestamp
 from fixproxy.fix.framer import FixFramer
 
 RECEIVE_SIZE: Final = 65536
+MESSAGE_NAMES: Final = {b"A": "Logon", b"5": "Logout", b"0": "Heartbeat", b"1": "TestRequest",
+                        b"D": "NewOrderSingle", b"8": "ExecutionReport", b"3": "Reject",
+                        b"j": "BusinessMessageReject", b"2": "ResendRequest",
+                        b"4": "SequenceReset"}
+
+
+def describe(raw: bytes) -> str:
+    """A message's type by name (``35=<code>`` for the unnamed ones), for transcripts."""
+    message = FixMessage.parse(raw)
+    return MESSAGE_NAMES.get(message.msg_type, f"35={message.msg_type.decode()}")
 
 
 class ScriptedEngine:

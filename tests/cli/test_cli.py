@@ -103,7 +103,7 @@ async def _fixproxy(*args: str, check: bool = False) -> subprocess.CompletedProc
 def test_help_lists_every_command() -> None:
     result = CliRunner().invoke(main, ["--help"])
     assert result.exit_code == 0
-    for command in ("run", "check", "demo", "pin", "keygen", "sim"):
+    for command in ("run", "check", "demo", "pin", "keygen", "sim", "engine"):
         assert command in result.output
 
 

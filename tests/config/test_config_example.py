@@ -39,7 +39,8 @@ def test_example_config_loads() -> None:
     assert len({s.api_key for s in config.sessions}) == 5
     assert len({s.name for s in config.sessions}) == 5
     for one in config.sessions:
-        assert one.private_key == EXAMPLE.parent / ".." / "keys" / f"{one.name}.key"
+        # The file `fixproxy keygen --out keys --name <session name>` writes.
+        assert one.private_key == EXAMPLE.parent / "keys" / f"{one.name}.key"
         assert one.tls.server_name == one.host
         assert not one.listener
     flags = {s.endpoint.target_comp_id: s.kalshi_flags() for s in config.sessions}
@@ -53,15 +54,17 @@ def test_example_config_loads() -> None:
 
 
 def test_example_config_with_its_keys_in_place(tmp_path: Path) -> None:
-    # Installed as documented (conf/ beside keys/), the example passes the file checks too.
-    (tmp_path / "conf").mkdir()
+    # Installed as the README does (fixproxy.toml beside keys/), the example passes the file
+    # checks too; a missing key says which keygen command makes it.
     (tmp_path / "keys").mkdir()
-    path = Path(shutil.copy(EXAMPLE, tmp_path / "conf" / "fixproxy.toml"))
+    path = Path(shutil.copy(EXAMPLE, tmp_path / "fixproxy.toml"))
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert info.value.key == "session[0].private_key"
     assert info.value.line is not None
-    assert 'private_key = "../keys/' in path.read_text().splitlines()[info.value.line - 1]
+    assert 'private_key = "keys/' in path.read_text().splitlines()[info.value.line - 1]
+    assert (f"create one with `fixproxy keygen --out {tmp_path / 'keys'} --name order-entry`"
+            in str(info.value))
     for name in ("order-entry", "order-entry-rt", "drop-copy", "post-trade", "rfq"):
         (tmp_path / "keys" / f"{name}.key").write_bytes(b"")
     assert len(load_config(path).sessions) == 5

@@ -249,3 +249,14 @@ def test_declared_event_counters_start_at_zero() -> None:
     assert value(samples, "fixproxy_heartbeat_timeouts_total", session=SESSION) == 0
     for result in ("accepted", "refused_locally", "refused_by_gateway", "no_answer"):
         assert value(samples, "fixproxy_logons_total", session=SESSION, result=result) == 0
+
+
+def test_no_created_series_are_exported() -> None:
+    metrics = Metrics(CollectorRegistry())
+    metrics.declare_session("s1")
+    metrics.logouts.labels(session="s1", initiator="engine", reason="normal").inc()
+    metrics.logon_seconds.labels(session="s1").observe(0.01)
+    text = generate_latest(metrics.registry).decode()
+    assert 'fixproxy_logouts_total{initiator="engine",reason="normal",session="s1"} 1.0' in text
+    assert "fixproxy_logon_seconds_count" in text
+    assert "_created" not in text

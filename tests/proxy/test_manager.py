@@ -5,6 +5,8 @@ API key, when a reset is due, and the drain on shutdown."""
 from __future__ import annotations
 
 import dataclasses
+import logging
+import re
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -62,7 +64,8 @@ async def test_outside_maintenance_the_gauge_is_zero(e2e_material: E2EMaterial) 
 
 
 async def test_a_refused_logon_holds_the_next_attempt_locally(e2e_material: E2EMaterial) -> None:
-    async with open_proxy_pair(e2e_material,
+    manager = SessionManager(None, LogonBackoff())
+    async with open_proxy_pair(e2e_material, manager=manager,
                                faults=SimFaults(refuse_logon_text="sim says no")) as pair:
         first = await pair.connect_engine()
         refused = await first.logon()
@@ -75,6 +78,11 @@ async def test_a_refused_logon_holds_the_next_attempt_locally(e2e_material: E2EM
         assert "rate-limits" in text and "retry after" in text and "UTC" in text
         assert len(pair.sim_events(direction="in", msg_type=tags.MT_LOGON)) == 1
         assert pair.sample("fixproxy_engine_connections_total", result="backoff") == 1
+        # The status board's last error is still the cause, not the hold that repeats it.
+        status = manager.status.get(pair.session.name)
+        assert status is not None
+        assert "the gateway refused the Logon" in status.last_error
+        assert "sim says no" in status.last_error
 
 
 async def test_first_logon_after_a_window_resets_even_on_kalshi_rt(
@@ -283,3 +291,34 @@ async def test_drain_waits_for_a_connection_still_opening_tls(
     with trio.move_on_after(5.0) as bounded:
         await manager.drain()
     assert bounded.cancelled_caught
+
+
+_CLOSED_COUNTS = re.compile(r"this connection: engine->gateway (\d+) messages, (\d+) bytes, "
+                            r"gateway->engine (\d+) messages, (\d+) bytes")
+
+
+async def test_a_closed_session_reports_its_own_connections_counts(
+        e2e_material: E2EMaterial, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="fixproxy.relay")
+    async with open_proxy_pair(e2e_material) as pair:
+        for closes, orders in enumerate((2, 0), start=1):
+            engine = await pair.connect_engine()
+            answer = await engine.logon()
+            assert answer is not None and answer.msg_type == tags.MT_LOGON
+            for _ in range(orders):
+                await engine.new_order()
+                await engine.receive_type(tags.MT_EXECUTION_REPORT)
+            await engine.logout()
+            assert await engine.receive() is None
+            await engine.aclose()
+            # Logged as the relay's thread ends, after the engine saw the close.
+            while sum("session closed" in r.getMessage() for r in caplog.records) < closes:
+                await trio.testing.wait_all_tasks_blocked(0.01)
+    closed = [_CLOSED_COUNTS.search(r.getMessage()) for r in caplog.records
+              if "session closed" in r.getMessage()]
+    assert len(closed) == 2 and all(closed)
+    first, second = ([int(n) for n in match.groups()] for match in closed if match)
+    # The same Logon and Logout each time: the first connection's extra counts are its two
+    # orders and their two ExecutionReports, not the second's included in the session totals.
+    assert first[0] - second[0] == 2 and first[2] - second[2] == 2
+    assert first[1] > second[1] > 0 and first[3] > second[3] > 0

@@ -227,4 +227,4 @@ def test_the_first_gateway_message_answers_the_logon_even_after_an_engine_logout
     result = harness.finish()
     assert ("logon_answered", True) in harness.control.calls
     assert result.logged_on
-    assert result.end_cause == ("engine", "other")
+    assert result.end_cause == ("engine", "normal")

@@ -84,40 +84,59 @@ class EngineSettings:
         return self.workdir / "quickfix.cfg"
 
 
-def render_settings(settings: EngineSettings) -> str:
-    """The QuickFIX 1.16 settings text for ``settings``.
+SHIPPED_SETTINGS: Final = Path(__file__).resolve().parents[2] / "conf" / "quickfix"
+"""The initiator settings fixproxy ships, one file per kind of endpoint."""
+RESETTING_SETTINGS: Final = SHIPPED_SETTINGS / "order-entry.cfg"
+"""For endpoints that reset sequence numbers on every Logon (ResetOnLogon=Y)."""
+KEEPING_SETTINGS: Final = SHIPPED_SETTINGS / "order-entry-rt.cfg"
+"""For KalshiRT, which keeps them (ResetOnLogon=N)."""
+TEST_OWN_KEYS: Final = frozenset({
+    "SenderCompID", "TargetCompID", "SocketConnectHost", "SocketConnectPort",
+    "FileStorePath", "FileLogPath", "TransportDataDictionary", "AppDataDictionary",
+    "HeartBtInt", "ReconnectInterval", "SessionQualifier"})
+"""What a test sets itself: where to connect, as whom, where files go, and its timers.
+Everything else (versions, reset, validation) is the shipped file's."""
 
-    Validation is relaxed only where Kalshi's own tags need it (user-defined fields such as
-    8013 or 21005 and fields the dictionary does not list); checksums, lengths and required
+
+def read_settings(path: Path) -> dict[str, dict[str, str]]:
+    """A QuickFIX settings file as ``section -> key -> value`` (one [SESSION] here)."""
+    sections: dict[str, dict[str, str]] = {}
+    current: dict[str, str] | None = None
+    for raw in path.read_text(encoding="ascii").splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            current = sections.setdefault(line[1:-1], {})
+            continue
+        assert current is not None, f"{path}: {line!r} before any section"
+        key, sep, value = line.partition("=")
+        assert sep, f"{path}: {line!r} is not key=value"
+        current[key.strip()] = value.strip()
+    return sections
+
+
+def render_settings(settings: EngineSettings) -> str:
+    """The QuickFIX 1.16 settings text for ``settings``: the shipped file for its kind of
+    endpoint (conf/quickfix), with the test's own connection, CompIDs, paths and timers.
+
+    Validation is relaxed there only where Kalshi's own tags need it (user-defined fields such
+    as 8013 or 21005 and fields the dictionary does not list); checksums, lengths and required
     fields stay checked, so a malformed message through the proxy still fails the test.
     """
-    def yn(value: bool) -> str:
-        return "Y" if value else "N"
-
-    default = {
-        "ConnectionType": "initiator",
-        "BeginString": BEGIN_STRING,
-        "DefaultApplVerID": DEFAULT_APPL_VER_ID,
-        "TransportDataDictionary": str(dictionary_path(TRANSPORT_DICTIONARY)),
-        "AppDataDictionary": str(dictionary_path(APP_DICTIONARY)),
-        "UseDataDictionary": "Y",
-        "ValidateUserDefinedFields": "N",
-        "AllowUnknownMsgFields": "Y",
-        "StartTime": "00:00:00",
-        "EndTime": "00:00:00",
-        "HeartBtInt": str(settings.heart_bt_int),
-        "ReconnectInterval": str(settings.reconnect_interval),
-        "ResetOnLogon": yn(settings.reset_on_logon),
-        "FileStorePath": str(settings.store_dir),
-        "FileLogPath": str(settings.log_dir),
-        "SocketConnectHost": settings.host,
-        "SocketConnectPort": str(settings.port),
-    }
-    session = {
-        "BeginString": BEGIN_STRING,
-        "SenderCompID": settings.sender_comp_id,
-        "TargetCompID": settings.target_comp_id,
-    }
+    shipped = read_settings(RESETTING_SETTINGS if settings.reset_on_logon else KEEPING_SETTINGS)
+    default = {**shipped["DEFAULT"],
+               "TransportDataDictionary": str(dictionary_path(TRANSPORT_DICTIONARY)),
+               "AppDataDictionary": str(dictionary_path(APP_DICTIONARY)),
+               "HeartBtInt": str(settings.heart_bt_int),
+               "ReconnectInterval": str(settings.reconnect_interval),
+               "FileStorePath": str(settings.store_dir),
+               "FileLogPath": str(settings.log_dir),
+               "SocketConnectHost": settings.host,
+               "SocketConnectPort": str(settings.port)}
+    session = {**shipped["SESSION"],
+               "SenderCompID": settings.sender_comp_id,
+               "TargetCompID": settings.target_comp_id}
     if settings.session_qualifier:
         session["SessionQualifier"] = settings.session_qualifier
     lines = ["[DEFAULT]", *(f"{key}={value}" for key, value in default.items()), "",

@@ -231,3 +231,11 @@ async def test_quickfix_with_wrong_target_is_told_why(tmp_path: Path) -> None:
             assert stack.api_key not in stack.sim.last_logon
             assert not logons_from(stack.sim.events, stack.api_key)
             assert not stack.sim.events
+
+    # Where the operator finds fixproxy's words (README): the session's messages log holds the
+    # Logout with its Text; the event log only says a Logout came.
+    stem = f"FIXT.1.1-{stack.api_key}-KalshiXX"
+    messages = (settings.log_dir / f"{stem}.messages.current.log").read_text(encoding="ascii")
+    assert "\x0135=5\x01" in messages and "\x0158=fixproxy: TargetCompID (56)" in messages
+    events = (settings.log_dir / f"{stem}.event.current.log").read_text(encoding="ascii")
+    assert "Received logout request" in events

@@ -422,6 +422,38 @@ def test_rules_for_test_shortens_every_hold(tmp_path: Path) -> None:
     assert holds == ["1s"] * len(alert_names())
 
 
+def test_the_dashboard_asks_for_its_data_source_on_import() -> None:
+    dashboard = _dashboard()
+    (data_source,) = dashboard["__inputs"]
+    assert data_source["type"] == "datasource"
+    assert data_source["pluginId"] == "prometheus"
+    # Grafana's import dialog replaces every ${DS_...} of an input with the chosen source; the
+    # panels use the data source variable, whose default becomes that choice.
+    text = DASHBOARD.read_text(encoding="utf-8")
+    placeholders = set(re.findall(r"\$\{(DS_[A-Z0-9_]+)\}", text))
+    assert placeholders == {data_source["name"]}
+    variables = {variable["name"]: variable for variable in dashboard["templating"]["list"]}
+    assert variables["datasource"]["current"]["value"] == f"${{{data_source['name']}}}"
+    panel_sources = {json.dumps(panel.get("datasource"), sort_keys=True)
+                     for panel in dashboard["panels"] if panel.get("targets")}
+    assert panel_sources == {json.dumps({"type": "prometheus", "uid": "${datasource}"},
+                                        sort_keys=True)}
+
+
+def test_the_dashboard_states_the_grafana_it_needs() -> None:
+    dashboard = _dashboard()
+    requires = {(item["type"], item["id"]): item for item in dashboard["__requires"]}
+    version = requires[("grafana", "grafana")]["version"]
+    assert re.fullmatch(r"\d+\.\d+\.\d+", version)
+    assert ("datasource", "prometheus") in requires
+    panel_types = {panel["type"] for panel in dashboard["panels"] if panel["type"] != "row"}
+    assert {key[1] for key in requires if key[0] == "panel"} == panel_types
+    # The README tells the operator the same minimum.
+    major_minor = ".".join(version.split(".")[:2])
+    readme = (REPO / "grafana" / "README.md").read_text(encoding="utf-8")
+    assert f"Grafana {major_minor} or later" in readme
+
+
 # --- 2. the dashboard names only what /metrics exposes --------------------------------------
 
 

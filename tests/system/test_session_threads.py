@@ -243,7 +243,7 @@ async def test_reload_under_heavy_traffic_loses_and_reorders_nothing(
             assert answer is not None and answer.msg_type == tags.MT_LOGOUT
             assert await trader.engine.receive() is None
             assert fleet.sample("fixproxy_logouts_total", name, initiator="engine",
-                                reason="other") == 1
+                                reason="normal") == 1
 
 
 @pytest.mark.slow
@@ -428,7 +428,7 @@ async def test_every_session_gives_back_its_thread_and_descriptors(
 
         for name in fleet.names:
             assert fleet.sample("fixproxy_logouts_total", name, initiator="engine",
-                                reason="other") == 1
+                                reason="normal") == 1
             assert fleet.sample("fixproxy_logouts_total", name, initiator="gateway",
                                 reason="other") == 1
             assert fleet.sample("fixproxy_session_up", name) == 0
