@@ -596,9 +596,10 @@ async def _run_session(engine: trio.abc.Stream, engine_framer: FixFramer,
 
 async def _relay_in_threads(relay: SessionRelay, manager: SessionManager,
                             thread_name: str) -> RelayResult:
-    """Run ``relay`` to its end: in a thread of its own until logged on, then in the data
-    plane's shared thread (:mod:`fixproxy.proxy.dataplane`), or on in its own thread where
-    there is no data plane running."""
+    """Run ``relay`` to its end: in a thread of its own until logged on; then on in that
+    thread while it is the only live session, else in the data plane's shared thread
+    (:mod:`fixproxy.proxy.dataplane`), where the sessions do not take turns at the
+    interpreter lock. Where no data plane runs, a session keeps its thread."""
     plane = manager.data_plane
     result = await trio.to_thread.run_sync(
         relay.run if plane is None else relay.run_logon, abandon_on_cancel=False,
@@ -606,6 +607,16 @@ async def _relay_in_threads(relay: SessionRelay, manager: SessionManager,
     if result is not None:
         return result
     assert plane is not None  # only run_logon stops before the end
+    if manager.alone_relaying == 0 and plane.relaying == 0:
+        # Alone, a thread of its own costs no turns at the lock and saves the shared loop's
+        # bookkeeping on every wake-up; sessions that log on meanwhile join the data plane.
+        manager.alone_relaying += 1
+        try:
+            return await trio.to_thread.run_sync(
+                relay.run_rest, abandon_on_cancel=False, limiter=manager.session_threads,
+                thread_name=thread_name)
+        finally:
+            manager.alone_relaying -= 1
     token = trio.lowlevel.current_trio_token()
     ended = trio.Event()
     results: list[RelayResult] = []

@@ -159,30 +159,44 @@ class DataPlane:
                 return
             due = min(map(_DUE, hosted.values()), default=math.inf)
             timeout = None if due == math.inf else max(0, math.ceil((due - clock()) * 1000))
+            events = poller.poll(timeout)
+            timers_due = due <= clock()
+            if len(events) == 1 and not timers_due:
+                # The usual wake-up: one descriptor of one session, nothing else due.
+                entry = owners.get(events[0][0])
+                if entry is not None:
+                    self._handle(poller, hosted, entry, events, owners)
+                    continue
             ready: dict[_Hosted, list[tuple[int, int]]] = {}
-            for fd, mask in poller.poll(timeout):
+            for fd, mask in events:
                 if fd == wake:
                     self._take_inbox(poller, hosted, owners)
                     continue
                 entry = owners.get(fd)
                 if entry is not None:
                     ready.setdefault(entry, []).append((fd, mask))
-            if due != math.inf:
+            if timers_due:
                 now = clock()
                 for entry in hosted.values():
                     if entry.due <= now and entry not in ready:
                         ready[entry] = []
-            for entry, events in ready.items():
-                relay = entry.relay
-                try:
-                    relay.handle(events)
-                except Exception as exc:
-                    self._finish(poller, hosted, entry, relay.fail(exc), owners)
-                    continue
-                if relay.done:
-                    self._finish(poller, hosted, entry, relay.result(), owners)
-                else:
-                    self._arm(poller, entry, owners)
+            for entry, mine in ready.items():
+                self._handle(poller, hosted, entry, mine, owners)
+
+    def _handle(self, poller: select.poll, hosted: dict[SessionRelay, _Hosted], entry: _Hosted,
+                events: list[tuple[int, int]], owners: dict[int, _Hosted]) -> None:
+        """Let ``entry``'s relay act on its events (or its deadline), then wait for it again,
+        or take it out once it has ended."""
+        relay = entry.relay
+        try:
+            relay.handle(events)
+        except Exception as exc:
+            self._finish(poller, hosted, entry, relay.fail(exc), owners)
+            return
+        if relay.done:
+            self._finish(poller, hosted, entry, relay.result(), owners)
+        else:
+            self._arm(poller, entry, owners)
 
     def _idle_and_stopping(self) -> bool:
         with self._lock:

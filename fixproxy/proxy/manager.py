@@ -69,6 +69,9 @@ class SessionManager:
         self._sessions = 0
         """Threads for session relays: one per live session, sized by :meth:`size_for`
         rather than trio's default of 40 shared with every other thread use."""
+        self.alone_relaying = 0
+        """Logged-on sessions relayed in their own thread beside the data plane (at most
+        one: the first, while no other session is live)."""
         self.data_plane: DataPlane | None = None
         """The shared thread that relays logged-on sessions, while the server runs it;
         None: each session keeps the thread it logged on in."""

@@ -374,10 +374,12 @@ def _plane(fleet: Fleet) -> DataPlane:
 
 
 def assert_in_data_plane(fleet: Fleet, sessions: int) -> None:
-    """Every logged-on session is relayed by the one shared thread; none kept its own."""
-    assert relay_threads() == []
+    """The first session to log on kept its own thread (it was alone); every other one is
+    relayed by the one shared thread."""
+    assert len(relay_threads()) == 1
+    assert fleet.server.manager.alone_relaying == 1
     assert data_plane_threads() == [DATA_PLANE_THREAD]
-    assert _plane(fleet).relaying == sessions
+    assert _plane(fleet).relaying == sessions - 1
 
 
 DROP_AFTER: Final = 4
