@@ -769,15 +769,20 @@ class SessionRelay:
                 self._deadline = None
         return Action.SWALLOW in actions
 
-    def _own_logout(self, dst: Leg, text: str) -> None:
+    def _logout_to(self, dst: Leg, text: str) -> bytes:
+        """A Logout of fixproxy's own for ``dst``, numbered in the stream of the peer it
+        speaks for (and renumbered for the engine when sequences are translated)."""
         to_gateway = dst is self.gateway
         seq = self.machine.next_logout_seq(to_gateway=to_gateway)
         if self.translator is not None:
             seq = self.translator.gateway_seq_for_engine(seq) if to_gateway \
                 else self.translator.engine_seq_for_gateway(seq)
         sender, target = self.gateway_ids if to_gateway else self.engine_ids
-        message = logout(text if to_gateway else f"fixproxy: {text}", sender=sender,
-                         target=target, seq=seq, now=self.wall())
+        return logout(text, sender=sender, target=target, seq=seq, now=self.wall())
+
+    def _own_logout(self, dst: Leg, text: str) -> None:
+        to_gateway = dst is self.gateway
+        message = self._logout_to(dst, text if to_gateway else f"fixproxy: {text}")
         self.log.info("sending Logout to the %s: %s", dst.name, text)
         if self._send(dst, message, time.perf_counter()) and self.journal is not None:
             self.journal.record(Direction.PROXY_TO_GATEWAY if to_gateway
@@ -835,12 +840,6 @@ class SessionRelay:
         that follows tells the peer if this does not reach it)."""
         if not dst.writable:
             return
-        to_gateway = dst is self.gateway
-        seq = self.machine.next_logout_seq(to_gateway=to_gateway)
-        if self.translator is not None:
-            seq = self.translator.gateway_seq_for_engine(seq) if to_gateway \
-                else self.translator.engine_seq_for_gateway(seq)
-        sender, target = self.gateway_ids if to_gateway else self.engine_ids
-        message = logout(text, sender=sender, target=target, seq=seq, now=self.wall())
+        message = self._logout_to(dst, text)
         with contextlib.suppress(OSError):  # TLS's want-read/want-write are OSErrors too
             dst.send(dst.pending + message)
