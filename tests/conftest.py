@@ -16,7 +16,7 @@ from support.frames import MakeFrame
 from support.frames import make_frame as _make_frame
 from support.relay import close_socket_pairs
 
-pytest_plugins = ("support.config_files", "support.e2e")
+pytest_plugins = ("support.config_files", "support.e2e", "support.quickfix_engine")
 
 
 @pytest.fixture(scope="session")

@@ -25,12 +25,15 @@ from __future__ import annotations
 
 import functools
 import importlib
+import os
 import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
+
+import pytest
 
 from fixproxy.fix.codec import iter_fields
 
@@ -369,3 +372,15 @@ def session_registered(settings: EngineSettings) -> bool:
     session_id = quickfix.SessionID(BEGIN_STRING, settings.sender_comp_id,
                                     settings.target_comp_id, settings.session_qualifier)
     return quickfix.Session.lookupSession(session_id) is not None
+
+
+@pytest.fixture
+def quickfix_available() -> None:
+    """Skip without QuickFIX, except in CI, which installs it: there its absence is a failure.
+    Interop modules ask for it with ``pytest.mark.usefixtures("quickfix_available")``."""
+    try:
+        import quickfix  # noqa: F401  optional: the interop extra
+    except ImportError as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"QuickFIX must be installed in CI (pip install '.[interop]'): {exc}")
+        pytest.skip("QuickFIX is not installed: pip install '.[interop]'")

@@ -9,7 +9,6 @@ STEP_TIMEOUT, so the thread always returns well inside the test's own deadline.
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -34,7 +33,7 @@ from fixproxy.signing import generate_key_pair, load_public_key, verify_signatur
 from fixproxy.sim.certs import generate_certificates
 from fixproxy.sim.gateway import SimConfig, SimEvent, SimGateway
 
-pytestmark = pytest.mark.interop
+pytestmark = [pytest.mark.interop, pytest.mark.usefixtures("quickfix_available")]
 
 TEST_TIMEOUT: Final = 60.0
 STEP_TIMEOUT: Final = 10.0
@@ -42,17 +41,6 @@ STEP_TIMEOUT: Final = 10.0
 10 s) stay inside TEST_TIMEOUT, so a stuck engine fails the test instead of hanging it."""
 ORDERS: Final = 5
 SYMBOL: Final = "KXTEST-26JAN01-T1"
-
-
-@pytest.fixture(autouse=True)
-def _quickfix_available() -> None:
-    """Skip without QuickFIX, except in CI, which installs it: there its absence is a failure."""
-    try:
-        import quickfix  # noqa: F401
-    except ImportError as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"QuickFIX must be installed in CI (pip install '.[interop]'): {exc}")
-        pytest.skip("QuickFIX is not installed: pip install '.[interop]'")
 
 
 @dataclass(frozen=True, slots=True)

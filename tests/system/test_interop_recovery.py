@@ -14,7 +14,6 @@ and the simulator; the two meet at a trio event (orders acknowledged) and a thre
 from __future__ import annotations
 
 import json
-import os
 import threading
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -45,7 +44,7 @@ from fixproxy.fix import tags
 from fixproxy.ops.recoverystore import RecoveryStore
 from fixproxy.session.recovery import RECOVERY_WINDOW_S, RecoveryState, parse_exec_id
 
-pytestmark = pytest.mark.interop
+pytestmark = [pytest.mark.interop, pytest.mark.usefixtures("quickfix_available")]
 
 TEST_TIMEOUT: Final = 90.0
 STEP_TIMEOUT: Final = 15.0
@@ -55,17 +54,6 @@ FILL_AFTER: Final = 2.0
 """The simulator fills each order this long after it arrives..."""
 RECONNECT: Final = 6
 """...while QuickFIX waits this long before reconnecting: the fills fall in between."""
-
-
-@pytest.fixture(autouse=True)
-def _quickfix_available() -> None:
-    """Skip without QuickFIX, except in CI, which installs it: there its absence is a failure."""
-    try:
-        import quickfix  # noqa: F401
-    except ImportError as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"QuickFIX must be installed in CI (pip install '.[interop]'): {exc}")
-        pytest.skip("QuickFIX is not installed: pip install '.[interop]'")
 
 
 @pytest.fixture(name="dc_keys", scope="module")

@@ -15,7 +15,6 @@ by STEP_TIMEOUT, so the thread always returns well inside the test's own deadlin
 from __future__ import annotations
 
 import functools
-import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -50,7 +49,7 @@ from fixproxy.signing import generate_key_pair, load_public_key, verify_signatur
 from fixproxy.sim.certs import generate_certificates
 from fixproxy.sim.gateway import SimConfig, SimEvent, SimGateway
 
-pytestmark = pytest.mark.interop
+pytestmark = [pytest.mark.interop, pytest.mark.usefixtures("quickfix_available")]
 
 TEST_TIMEOUT: Final = 60.0
 STEP_TIMEOUT: Final = 10.0
@@ -66,17 +65,6 @@ SEQUENCE_TROUBLE: Final = (
 """What QuickFIX writes to its event log when the numbers it receives are not the ones it
 expects, when it asks for (or is sent) a resend, or when a 141=Y makes it reset (QuickFIX
 spells that one "reseting")."""
-
-
-@pytest.fixture(autouse=True)
-def _quickfix_available() -> None:
-    """Skip without QuickFIX, except in CI, which installs it: there its absence is a failure."""
-    try:
-        import quickfix  # noqa: F401
-    except ImportError as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"QuickFIX must be installed in CI (pip install '.[interop]'): {exc}")
-        pytest.skip("QuickFIX is not installed: pip install '.[interop]'")
 
 
 class ReleaseWatcher(SessionManager):
