@@ -22,7 +22,7 @@ from click.testing import CliRunner
 from support.e2e import E2EMaterial, ProxyPair, open_proxy_pair
 from support.faults import wait_for_sample
 from support.fleet import ProcessOutput
-from support.reload_harness import Session, config_text, free_port
+from support.reload_harness import Session, config_text, free_fixed_port, free_port
 
 from fixproxy import __version__
 from fixproxy.cli.main import main
@@ -203,7 +203,7 @@ async def test_an_unreachable_gateway_at_run_time_is_one_line(
 
 
 async def test_demo_serve_logs_each_engine_connection() -> None:
-    port = free_port()
+    port = free_fixed_port()  # the demo's simulator binds port 0 beside it
     process = await trio.lowlevel.open_process(
         [*FIXPROXY, "demo", "--serve", "--port", str(port)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE)

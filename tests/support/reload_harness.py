@@ -9,6 +9,7 @@ registered with the simulator (:data:`KEYS`). The subprocess tests write the sam
 
 from __future__ import annotations
 
+import random
 import socket
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -42,6 +43,21 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def free_fixed_port() -> int:
+    """A free port below the kernel's ephemeral range, for a process that binds it while it
+    also binds port 0 elsewhere: an ephemeral port just released could be handed to that
+    process's own bind(0) first, and its fixed bind would then fail."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for port in random.sample(range(max(1024, low - 8000), low), 200):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 @dataclass(frozen=True)
