@@ -42,7 +42,7 @@ from fixproxy.proxy.server import ProxyServer
 from fixproxy.sim.engine import ScriptedEngine
 from fixproxy.sim.gateway import SimConfig, SimFaults, SimGateway
 from support.e2e import LOOPBACK, E2EMaterial
-from support.reload_harness import free_port
+from support.reload_harness import Session, config_text, free_port
 
 ENDPOINT: Final = "KalshiNR"
 RELAY_THREAD_PREFIX: Final = "fixproxy session "
@@ -283,39 +283,13 @@ class ConfigFile:
         """Write the first ``count`` sessions (or those named), with ``pins`` (default: the
         simulator's)."""
         names = list(self.keys)[:count] if isinstance(count, int) else list(count)
-        pin_list = ", ".join(f'"{pin}"' for pin in (pins or [self.material.certs.leaf_pin]))
-        text = f"""
-[gateway]
-host = "127.0.0.1"
-server_name = "localhost"
-ca_file = "{self.material.cert_files.ca_cert}"
-pins = [{pin_list}]
-connect_timeout = 5.0
-
-[metrics]
-listen = ""
-
-[maintenance]
-enabled = false
-
-[proxy]
-state_dir = "{self.state_dir}"
-shutdown_timeout = {self.shutdown_timeout}
-"""
-        for name in names:
-            key = self.keys[name]
-            port = self.ports.setdefault(name, free_port())
-            text += f"""
-[[session]]
-name = "{name}"
-listen = "127.0.0.1:{port}"
-endpoint = "{ENDPOINT}"
-port = {self.sim_port}
-api_key = "{key}"
-private_key = "{self.material.private_key}"
-"""
-            if self.logout_wait is not None:
-                text += f"logout_wait = {self.logout_wait}\n"
+        sessions = [Session(name, self.ports.setdefault(name, free_port()), key=self.keys[name])
+                    for name in names]
+        text = config_text(
+            self.material, self.sim_port, self.state_dir, sessions, pins=pins,
+            extra=f"shutdown_timeout = {self.shutdown_timeout}",
+            session_extra="" if self.logout_wait is None
+            else f"logout_wait = {self.logout_wait}\n")
         self.path.write_text(text)
 
 

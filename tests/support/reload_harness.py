@@ -74,7 +74,9 @@ class Session:
 
 def config_text(material: E2EMaterial, sim_port: int, state_dir: Path,
                 sessions: Sequence[Session], *, pins: Sequence[str] | None = None,
-                extra: str = "") -> str:
+                extra: str = "", session_extra: str = "") -> str:
+    """A configuration file's text: ``extra`` goes into ``[proxy]``, ``session_extra`` into
+    every ``[[session]]``."""
     pin_list = ", ".join(f'"{pin}"' for pin in (pins or [material.certs.leaf_pin]))
     text = f"""
 [gateway]
@@ -103,7 +105,7 @@ endpoint = "KalshiNR"
 port = {sim_port}
 api_key = "{session.api_key}"
 private_key = "{session.private_key or material.private_key}"
-"""
+{session_extra}"""
     return text
 
 

@@ -237,11 +237,7 @@ async def test_reload_under_heavy_traffic_loses_and_reorders_nothing(
             "fixproxy_config_reload_total", {"result": "ok"}) == 2
         assert fleet.sample("fixproxy_pin_mismatches_total", added) == 1
         for name, trader in traders.items():
-            assert not trader.closed
-            check_clean_trading(fleet, name, trader)
-            answer = await trader.engine.logout()
-            assert answer is not None and answer.msg_type == tags.MT_LOGOUT
-            assert await trader.engine.receive() is None
+            await log_out_after_clean_trading(fleet, name, trader)
             assert fleet.sample("fixproxy_logouts_total", name, initiator="engine",
                                 reason="normal") == 1
 
@@ -365,6 +361,16 @@ async def _returned_to(fleet: Fleet, baseline_fds: int, baseline: set[threading.
     tokens = fleet.server.manager.session_threads.total_tokens
     assert len(idle_workers) <= tokens
     assert threading.active_count() <= len(baseline) + tokens
+
+
+async def log_out_after_clean_trading(fleet: Fleet, name: str, trader: Trader) -> None:
+    """``trader`` is still connected and traded cleanly; its Logout is answered, then the
+    connection closes."""
+    assert not trader.closed
+    check_clean_trading(fleet, name, trader)
+    answer = await trader.engine.logout()
+    assert answer is not None and answer.msg_type == tags.MT_LOGOUT
+    assert await trader.engine.receive() is None
 
 
 def _plane(fleet: Fleet) -> DataPlane:
@@ -526,11 +532,7 @@ async def test_a_failing_relay_thread_ends_its_session_only(
             for trader in traders.values():
                 trader.finish()
         for name, trader in traders.items():
-            assert not trader.closed
-            check_clean_trading(fleet, name, trader)
-            answer = await trader.engine.logout()
-            assert answer is not None and answer.msg_type == tags.MT_LOGOUT
-            assert await trader.engine.receive() is None
+            await log_out_after_clean_trading(fleet, name, trader)
             assert fleet.sample("fixproxy_logouts_total", name, initiator="proxy",
                                 reason="internal_error") == 0
         # The failed thread gave back what it held, like every other.
