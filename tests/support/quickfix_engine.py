@@ -29,6 +29,7 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -384,3 +385,14 @@ def quickfix_available() -> None:
         if os.environ.get("CI"):
             pytest.fail(f"QuickFIX must be installed in CI (pip install '.[interop]'): {exc}")
         pytest.skip("QuickFIX is not installed: pip install '.[interop]'")
+
+
+@contextmanager
+def quickfix_log_on_failure(workdir: Path) -> Iterator[None]:
+    """Print QuickFIX's own logs if the block fails: that is where it says what it disliked."""
+    try:
+        yield
+    except BaseException:
+        for text in iter_log_text(workdir):
+            print(text)
+        raise

@@ -10,8 +10,8 @@ STEP_TIMEOUT, so the thread always returns well inside the test's own deadline.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -21,7 +21,11 @@ import trio
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from prometheus_client import CollectorRegistry
 from support.config import config_with, session_config
-from support.quickfix_engine import EngineSettings, QuickFixEngine, iter_log_text
+from support.quickfix_engine import (
+    EngineSettings,
+    QuickFixEngine,
+    quickfix_log_on_failure,
+)
 
 from fixproxy.config.model import TLSPolicy
 from fixproxy.fix import tags
@@ -79,17 +83,6 @@ async def running_stack(tmp_path: Path, endpoints: tuple[str, ...]) -> AsyncIter
             serve_proxy, config, Metrics(CollectorRegistry()))
         yield Stack(sim, api_key, public_key, dict(bound.sessions))
         nursery.cancel_scope.cancel()
-
-
-@contextmanager
-def quickfix_log_on_failure(workdir: Path) -> Iterator[None]:
-    """Print QuickFIX's own logs if the block fails: that is where it says what it disliked."""
-    try:
-        yield
-    except BaseException:
-        for text in iter_log_text(workdir):
-            print(text)
-        raise
 
 
 def engine_settings(stack: Stack, tmp_path: Path, *, target: str, listener: str,

@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Final
 
@@ -29,7 +28,7 @@ from support.quickfix_engine import (
     EngineSettings,
     QuickFixEngine,
     event_log_text,
-    iter_log_text,
+    quickfix_log_on_failure,
 )
 from support.recovery_stack import (
     RecoveryKeys,
@@ -59,17 +58,6 @@ RECONNECT: Final = 6
 @pytest.fixture(name="dc_keys", scope="module")
 def dc_keys_fixture(tmp_path_factory: pytest.TempPathFactory) -> RecoveryKeys:
     return make_drop_copy_keys(tmp_path_factory.mktemp("dc-keys"))
-
-
-@contextmanager
-def quickfix_log_on_failure(workdir: Path) -> Iterator[None]:
-    """Print QuickFIX's own logs if the block fails: that is where it says what it disliked."""
-    try:
-        yield
-    except BaseException:
-        for text in iter_log_text(workdir):
-            print(text)
-        raise
 
 
 def reports(record: EngineRecord) -> list[Captured]:

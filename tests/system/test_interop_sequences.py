@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import functools
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -33,7 +33,7 @@ from support.quickfix_engine import (
     EngineSettings,
     QuickFixEngine,
     event_log_text,
-    iter_log_text,
+    quickfix_log_on_failure,
     session_registered,
 )
 
@@ -145,17 +145,6 @@ async def running_proxy(gateway: Gateway) -> AsyncIterator[Proxy]:
             serve_proxy, config, Metrics(CollectorRegistry()), manager=manager))
         yield Proxy(bound.sessions[ENDPOINT], manager)
         nursery.cancel_scope.cancel()
-
-
-@contextmanager
-def quickfix_log_on_failure(workdir: Path) -> Iterator[None]:
-    """Print QuickFIX's own logs if the block fails: that is where it says what it disliked."""
-    try:
-        yield
-    except BaseException:
-        for text in iter_log_text(workdir):
-            print(text)
-        raise
 
 
 def engine_settings(gateway: Gateway, proxy: Proxy, tmp_path: Path) -> EngineSettings:
