@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import math
 import socket
 import threading
 import time
@@ -301,11 +302,19 @@ def _check_window_and_backoff(runtime: SessionRuntime, now: datetime) -> None:
     clock = trio.current_time()
     if not manager.backoff.allowed(api_key, clock):
         retry_at = manager.backoff.retry_at(api_key) or clock
-        wait = retry_at - clock
-        when = (now + timedelta(seconds=wait)).strftime("%H:%M:%S UTC")
-        raise _Refusal(f"the last Logon attempt with this API key failed and Kalshi rate-limits "
-                       f"Logons, so fixproxy holds new attempts for {wait:.0f} s more; retry "
-                       f"after {when}", "backoff")
+        raise _Refusal(held_text(retry_at - clock, now), "backoff")
+
+
+def held_text(wait: float, now: datetime) -> str:
+    """What an engine held by the backoff is told: whole seconds, rounded up, so an engine
+    that retries at the time it is given is not held again."""
+    seconds = max(1, math.ceil(wait))
+    when = now + timedelta(seconds=wait)
+    if when.microsecond:
+        when = when.replace(microsecond=0) + timedelta(seconds=1)
+    return (f"the last Logon attempt with this API key failed and Kalshi rate-limits Logons, "
+            f"so fixproxy holds new attempts for {seconds} s more; retry after "
+            f"{when.strftime('%H:%M:%S UTC')}")
 
 
 def _rewrite(first: Frame, runtime: SessionRuntime, *, force_reset: bool) -> RewrittenLogon:
