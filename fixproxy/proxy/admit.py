@@ -582,7 +582,8 @@ async def _run_session(engine: trio.abc.Stream, engine_framer: FixFramer,
         engine=_socket_of(engine), gateway=_socket_of(gateway), logon=rewritten.raw,
         engine_framer=engine_framer, machine=machine, translator=translator,
         reset_forced=rewritten.reset_forced,
-        journal=None if runtime.proxy is None else open_journal(runtime.proxy, cfg.name),
+        journal=None if runtime.proxy is None else open_journal(
+            runtime.proxy, cfg.name, runtime.metrics.state_writes),
         to_gateway=runtime.metrics.traffic(cfg.name, Direction.ENGINE_TO_GATEWAY),
         to_engine=runtime.metrics.traffic(cfg.name, Direction.GATEWAY_TO_ENGINE),
         control=control, log=log, conn_id=conn_id,
@@ -705,10 +706,13 @@ def _save_sequences(runtime: SessionRuntime, machine: SessionMachine,
         api_key=cfg.api_key, endpoint=cfg.endpoint.target_comp_id,
         engine_next_out=machine.engine_last_seq + 1,
         engine_next_in=machine.gateway_last_seq + 1 + in_offset)
+    writes = runtime.metrics.state_writes
     try:
         store.save(cfg.name, sequences)
     except FixProxyError as exc:
-        log.error("%s", exc)  # noqa: TRY400  the message says it all
+        writes.report(cfg.name, "sequences", str(exc), log)
+    else:
+        writes.recovered(cfg.name, "sequences", f"sequence state of session {cfg.name}", log)
 
 
 def _count_end(runtime: SessionRuntime, result: RelayResult, log: _ConnectionLog) -> None:
