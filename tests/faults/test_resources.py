@@ -8,6 +8,10 @@ trading, and that fixproxy recovers once the resource is back.
 
 from __future__ import annotations
 
+import errno
+import json
+import os
+import re
 import time
 from pathlib import Path
 from typing import Final
@@ -18,6 +22,7 @@ from support.e2e import E2EMaterial
 from support.resources import (
     SESSION,
     LimitedProxy,
+    mounted_tmpfs,
     open_fds,
     open_limited_proxy,
     wait_for_fds,
@@ -40,6 +45,10 @@ CPU_BOUND: Final = 0.3
 """Share of one core fixproxy may use during the shortage: generous, only a busy loop (or a
 log line per retry) comes near it."""
 FD_TEXT: Final = "out of file descriptors"
+DISK_SIZE: Final = "512k"
+"""The tmpfs holding state_dir and journal_dir: room for some thousand journal lines."""
+JOURNAL_LINE: Final = re.compile(r"\S+Z \d+ \S+ 8=FIXT\.1\.1\|.*\|10=\d{3}\|")
+"""A whole journal line: time, connection, direction, and a message up to its CheckSum."""
 
 
 async def trade(engine: ScriptedEngine, count: int) -> list[bytes]:
@@ -188,3 +197,95 @@ async def test_out_of_file_descriptors(e2e_material: E2EMaterial, tmp_path: Path
               f"connections held, {connections:.0f} answered with a Logout, CPU "
               f"{cpu_share:.1%} of a core during the shortage, answered in at most "
               f"{max(answer_times):.3f} s, resumed in {resumed:.2f} s")
+
+
+def fill(disk: Path) -> int:
+    """Append to a filler file on ``disk`` until not one more byte fits; its size."""
+    filler = disk / "filler"
+    with filler.open("ab", buffering=0) as out:
+        for chunk in (65536, 4096, 1):
+            while True:
+                try:
+                    out.write(b"\0" * chunk)
+                except OSError as exc:
+                    assert exc.errno == errno.ENOSPC, exc
+                    break
+    return filler.stat().st_size
+
+
+async def session(proxy: LimitedProxy, orders: int) -> None:
+    """One connection: log on, trade ``orders`` orders (answered in order), log out."""
+    engine = await proxy.logged_on(reset=True)
+    await trade(engine, orders)
+    assert await engine.logout() is not None
+    await trio.aclose_forcefully(engine.stream)
+
+
+def error_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if " ERROR " in line]
+
+
+async def test_full_filesystem(e2e_material: E2EMaterial, tmp_path: Path) -> None:
+    with mounted_tmpfs(tmp_path / "disk", DISK_SIZE) as disk:
+        state, journal_dir = disk / "state", disk / "journal"
+        async with open_limited_proxy(e2e_material, tmp_path, guard=GUARD, state_dir=state,
+                                      journal_dir=journal_dir) as proxy:
+            saved = state / f"{SESSION}.json"
+            journal = journal_dir / f"{SESSION}.log"
+            output = proxy.output
+            # A connection with room to spare: the state is saved, the journal written.
+            await session(proxy, 5)
+            await output.wait_for("session closed")
+            good = json.loads(saved.read_text())
+
+            # The disk fills while a session trades: it goes on, every order answered.
+            engine = await proxy.logged_on(reset=True)
+            await trade(engine, 5)
+            filler = fill(disk)
+            await trade(engine, 20)
+            assert await engine.logout() is not None
+            await trio.aclose_forcefully(engine.stream)
+            await output.wait_for("cannot write sequence state")
+            await output.wait_for(f"journal of session {SESSION} switched off")
+            # Nothing written before is damaged, and nothing half-written is left.
+            assert json.loads(saved.read_text()) == good
+            assert not [path.name for path in state.iterdir() if ".tmp" in path.name]
+            lines = journal.read_text().splitlines(keepends=True)
+            assert lines and all(line.endswith("\n") and JOURNAL_LINE.fullmatch(line[:-1])
+                                 for line in lines), lines[-3:]
+            journalled = len(lines)
+
+            # Still full: the next connection trades too, and the log does not repeat itself.
+            fill(disk)
+            await session(proxy, 5)
+            await output.wait_for("cannot write sequence state")
+            await output.wait_for("session closed", 3)
+            errors = error_lines(output.text)
+            assert len(errors) == 2, errors
+            assert "No space left on device" in errors[0]
+            assert {"journal", "sequence state"} <= {
+                word for line in errors for word in ("journal", "sequence state")
+                if word in line}
+            failed = {store: await proxy.sample("fixproxy_state_write_errors_total",
+                                                session=SESSION, store=store)
+                      for store in ("journal", "sequences")}
+            assert failed["sequences"] == 2, failed
+            assert failed["journal"] is not None and failed["journal"] >= 2, failed
+            assert json.loads(saved.read_text()) == good
+            assert not [path.name for path in state.iterdir() if ".tmp" in path.name]
+
+            # Space freed: the next connection is journalled and its numbers saved again.
+            freed = time.monotonic()
+            (disk / "filler").unlink()
+            await session(proxy, 7)  # two orders more: numbers the saved state never held
+            await output.wait_for("sequence state of session res written again")
+            await output.wait_for(f"journal of session {SESSION} is written again")
+            recovered = time.monotonic() - freed
+            assert json.loads(saved.read_text()) != good
+            lines = journal.read_text().splitlines(keepends=True)
+            assert len(lines) > journalled
+            assert all(JOURNAL_LINE.fullmatch(line[:-1]) for line in lines)
+            assert len(error_lines(output.text)) == 2
+            print(f"tmpfs {DISK_SIZE}, filler {filler} bytes, {journalled} journal lines kept "
+                  f"whole, errors counted {failed}, recovered in {recovered:.2f} s")
+            assert not [name for name in os.listdir(state) if ".tmp" in name]
