@@ -21,16 +21,17 @@ rotation (``<session>.log``, ``.1`` ... ``.N``) bounds the disk used to ``max_by
 ``backups + 1`` per session.
 
 A journal must never stop trading: every ``OSError`` (a full disk, a removed directory, a
-permission change) switches the journal off, logged once at ERROR and counted in
+permission change) switches the journal off and is counted in
 ``fixproxy_state_write_errors_total{store="journal"}``; :meth:`SessionJournal.record` and
-:meth:`SessionJournal.close` never raise. A write cut short by a full disk is truncated back
-to the last whole line, so the file never holds a partial line. While off, the journal tries
-to reopen its file every :data:`RETRY_INTERVAL` seconds as messages come (one ``open`` per
-interval, counted when it fails, silent otherwise), so an operator who frees the disk gets the
-journal back without reconnecting the engine; the WARNING that says it resumed gives how many
-messages are missing from it. The alternative, off for the rest of the connection, leaves a
-day-long session unjournalled after a brief shortage. The files hold order flow, so the
-directory is created 0700 and the files 0600.
+:meth:`SessionJournal.close` never raise. The log hears of it once per run of failures, across
+the session's connections (:class:`~fixproxy.ops.statewrites.StateWriteErrors`): an ERROR
+when writing starts to fail, a WARNING, with how many messages are missing, when a write works
+again. A write cut short by a full disk is truncated back to the last whole line, so the file
+never holds a partial line. While off, the journal tries to reopen its file every
+:data:`RETRY_INTERVAL` seconds as messages come (one ``open`` per interval), so an operator
+who frees the disk gets the journal back without reconnecting the engine (the alternative,
+off for the rest of the connection, leaves a day-long session unjournalled after a brief
+shortage). The files hold order flow, so the directory is created 0700 and the files 0600.
 """
 
 from __future__ import annotations
@@ -162,7 +163,8 @@ class SessionJournal:
             clock: monotonic seconds, for the flush and retry intervals.
             wall: seconds since the epoch, for the timestamps.
             retry_interval: seconds between attempts to reopen after a write error.
-            errors: counts each failed write or reopen (the metric), if given.
+            errors: counts each failed write or reopen and decides what is logged; the
+                process's (shared by every session and connection), or one of its own.
         Raises:
             FixProxyError: a session name that is not a plain file name, or non-positive
                 ``max_bytes``, or negative ``backups`` (the configuration loader rules
@@ -188,7 +190,7 @@ class SessionJournal:
         self._fd: int | None = None
         self._last_flush = clock()
         self._retry_interval = retry_interval
-        self._errors = errors
+        self._errors = errors if errors is not None else StateWriteErrors()
         self._retry_at: float | None = None
         """When to try to reopen; None unless a write error switched the journal off."""
         self._missing = 0
@@ -244,6 +246,12 @@ class SessionJournal:
         except OSError as exc:
             self._missing += len(lines)  # some may be in a file rotated out meanwhile
             self._fail("cannot write", exc)
+            return
+        if self._errors.succeeded(self.session, "journal"):
+            logger.warning("journal of session %s is written again, to %s; %d messages of "
+                           "this connection relayed while it was off are missing from it",
+                           self.session, self.path, self._missing)
+            self._missing = 0
 
     def close(self) -> None:
         """Flush and close the file; further records are dropped. Never raises."""
@@ -332,10 +340,9 @@ class SessionJournal:
         self._open()
 
     def _fail(self, what: str, exc: OSError) -> None:
-        """Switch the journal off until the next retry, saying why once per run of failures."""
-        if self._errors is not None:
-            self._errors.failed(self.session, "journal")
-        if self._retry_at is None:
+        """Switch the journal off until the next retry; say why if writing just began to
+        fail."""
+        if self._errors.failed(self.session, "journal"):
             logger.error("journal of session %s switched off: %s %s (%s); trading continues "
                          "without it, and fixproxy tries to reopen it every %g s",
                          self.session, what, self.path, exc.strerror or exc,
@@ -352,7 +359,7 @@ class SessionJournal:
 
     def _resume(self) -> bool:
         """Reopen a journal switched off by an error, once its retry time has come; True if
-        it is writing again."""
+        it is open again (the next successful write says so in the log)."""
         if self._closed or self._retry_at is None or self._clock() < self._retry_at:
             return False
         try:
@@ -360,10 +367,5 @@ class SessionJournal:
         except OSError as exc:
             self._fail("cannot reopen", exc)
             return False
-        logger.warning("journal of session %s resumed in %s; %d messages relayed while it was "
-                       "off are missing from it", self.session, self.path, self._missing)
-        if self._errors is not None:
-            self._errors.succeeded(self.session, "journal")
         self._retry_at = None
-        self._missing = 0
         return True

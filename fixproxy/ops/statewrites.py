@@ -26,19 +26,22 @@ STORES: Final = ("journal", "sequences", "recovery")
 class StateWriteErrors:
     """Counts failed state writes and decides which of them the log hears about."""
 
-    def __init__(self, counter: Counter) -> None:
+    def __init__(self, counter: Counter | None = None) -> None:
+        """``counter``: fixproxy_state_write_errors_total; None counts nothing (tests)."""
         self._counter = counter
         self._failing: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
 
     def declare(self, session: str, stores: tuple[str, ...]) -> None:
         """Create the session's series at zero, so that ``increase()`` sees the first error."""
-        for store in stores:
-            self._counter.labels(session=session, store=store)
+        if self._counter is not None:
+            for store in stores:
+                self._counter.labels(session=session, store=store)
 
     def failed(self, session: str, store: str) -> bool:
         """Count one failed write; True if it starts a run of failures (log it at ERROR)."""
-        self._counter.labels(session=session, store=store).inc()
+        if self._counter is not None:
+            self._counter.labels(session=session, store=store).inc()
         with self._lock:
             first = (session, store) not in self._failing
             self._failing.add((session, store))

@@ -21,12 +21,16 @@ accept(2) failing for want of descriptors or memory never stops the serving, bec
 would refuse every later engine of the session over a shortage that passes; any other accept
 error is raised and ends the serving. For descriptors (EMFILE, ENFILE), leaving the engine in
 the kernel's backlog would have it hang until its own timeout, so one descriptor is held in
-reserve (:class:`~fixproxy.net.listen.DescriptorReserve`): on EMFILE it is given up, the
-pending connection accepted with it and handed to the refusal handler (a Logout saying
-fixproxy is out of descriptors, then a close), and the spare is taken again. When the spare
-cannot be taken back, and for a shortage of memory, accepting is retried after
-:data:`ACCEPT_RETRY_DELAY`. Either way the log says so once per shortage, when it begins,
-and once when accepting succeeds again; nothing is logged per refused connection.
+reserve (:class:`~fixproxy.net.listen.DescriptorReserve`). Linux's accept(2) fails with
+EMFILE before it looks at the queue, so on EMFILE the loop first waits for a connection (the
+spare held, nothing spinning), tries a plain accept again (descriptors may have freed), and
+only then gives the spare up, accepts the connection with it, hands it to the refusal handler
+(a Logout saying fixproxy is out of descriptors, then a close, within
+:data:`REFUSAL_TIMEOUT`) and takes the spare back. When the spare cannot be taken back, and
+for a shortage of memory, accepting is retried after :data:`ACCEPT_RETRY_DELAY`. Either way
+the log says so once when a shortage begins (at most once per
+:data:`SHORTAGE_LOG_INTERVAL`) and once when accepting succeeds again; nothing is logged per
+refused connection.
 """
 
 from __future__ import annotations
@@ -60,6 +64,9 @@ ACCEPT_CAPACITY_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENO
 is broken: wait and try again rather than stop serving every session."""
 ACCEPT_RETRY_DELAY: Final = 0.1
 """Seconds to wait before accepting again after one of those errors."""
+SHORTAGE_LOG_INTERVAL: Final = 60.0
+"""Seconds within which a new shortage is not logged again at ERROR (a process at its limit
+may run out, recover and run out again with every connection)."""
 
 REFUSAL_TIMEOUT: Final = 0.5
 """Seconds at most spent answering one engine while out of descriptors, its Logout included:
@@ -131,6 +138,9 @@ class SessionListeners:
         self.refused_for_descriptors = 0
         """Connections answered with the spare descriptor, since start."""
         self._refused_in_shortage = 0
+        self._shortage_said: float | None = None
+        """When a shortage was last logged at ERROR (trio's clock)."""
+        self._shortage_loud = False
         self._listeners: dict[str, _Listener] = {}
         self._nursery: trio.Nursery | None = None
         self._connections: trio.Nursery | None = None
@@ -299,11 +309,22 @@ class SessionListeners:
             connections.start_soon(self._run_handler, stream, runtime)
 
     def _shortage_began(self, listener: _Listener, exc: OSError) -> None:
-        """Say once, when a shortage begins, what it is and what to do."""
+        """Say once, when a shortage begins, what it is and what to do; a process hovering
+        at its limit starts one shortage after another, said at most once per
+        :data:`SHORTAGE_LOG_INTERVAL`."""
         if self._shortage is not None:
             return
         self._shortage = exc.strerror or str(exc)
         self._refused_in_shortage = 0
+        now = trio.current_time()
+        if self._shortage_said is not None and now - self._shortage_said < \
+                SHORTAGE_LOG_INTERVAL:
+            self._shortage_loud = False
+            logger.debug("session %s: accept failed again (%s)", listener.session,
+                         self._shortage)
+            return
+        self._shortage_said = now
+        self._shortage_loud = True
         if exc.errno in DESCRIPTOR_ERRNOS:
             logger.error("session %s: accept failed (%s): %s", listener.session,
                          self._shortage, descriptor_shortage_log(open_file_limit()))
@@ -314,6 +335,9 @@ class SessionListeners:
 
     def _shortage_ended(self) -> None:
         if self._shortage is None:
+            return
+        if not self._shortage_loud:
+            self._shortage = None
             return
         logger.warning("accepting engine connections again after a shortage (%s); %d "
                        "connections were refused meanwhile", self._shortage,

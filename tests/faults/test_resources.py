@@ -148,8 +148,13 @@ async def test_out_of_file_descriptors(e2e_material: E2EMaterial, tmp_path: Path
         cpu_share = (proxy.cpu_seconds() - cpu_before) / (time.monotonic() - started)
         assert cpu_share < CPU_BOUND, f"fixproxy used {cpu_share:.0%} of a core while short"
         await trade(trader, 5)
+        # Prometheus still gets its scrape, answered with the metrics endpoint's spare.
+        during = await proxy.sample("fixproxy_engine_connections_total", session=SESSION,
+                                    result="fd_limit")
+        assert during == refused, (during, refused)
         assert proxy.output.text.count("out of file descriptors (its limit") == 1, \
             proxy.output.text
+        assert len(error_lines(proxy.output.text)) == 2, error_lines(proxy.output.text)
 
         # 3. A Logon that fixproxy cannot open the gateway connection for: the trader logs
         # out (its key is free), one idle connection closes so that exactly one descriptor is
@@ -186,6 +191,7 @@ async def test_out_of_file_descriptors(e2e_material: E2EMaterial, tmp_path: Path
         resumed = time.monotonic() - freed
         await trade(engine, 5)
         assert "accepting engine connections again" in proxy.output.text
+        assert len(error_lines(proxy.output.text)) == 2, error_lines(proxy.output.text)
 
         connections = await proxy.sample("fixproxy_engine_connections_total", session=SESSION,
                                          result="fd_limit")

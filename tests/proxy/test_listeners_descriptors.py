@@ -80,7 +80,8 @@ async def test_engines_waiting_while_out_of_descriptors_are_answered_then_served
             async with trio.open_nursery() as nursery:
                 listeners._connections = nursery  # what serve() sets up
                 listeners._reserve = reserve
-                nursery.start_soon(listeners._accept, listener, short)
+                nursery.start_soon(listeners._accept, listener,
+                                   cast(trio.SocketListener, short))
                 for _ in range(3):
                     assert await answer() == b"out of descriptors"
                 # Idle while short: the spare is back and the loop waits for the next
