@@ -20,6 +20,7 @@ import pytest
 import trio
 from support.e2e import E2EMaterial
 from support.resources import (
+    SECOND,
     SESSION,
     LimitedProxy,
     mounted_tmpfs,
@@ -103,6 +104,8 @@ async def fill_descriptors(proxy: LimitedProxy) -> tuple[list[trio.SocketStream]
         stream, logout = await hog(proxy)
         if logout is not None:
             await trio.aclose_forcefully(stream)
+            # Settled: the answered connection closed and the spare taken back.
+            await wait_for_fds(proxy.pid, lambda count: count == NOFILE)
             return held, logout
         held.append(stream)
     raise AssertionError(f"fixproxy accepted {len(held)} connections under a limit of {NOFILE}")
@@ -156,23 +159,17 @@ async def test_out_of_file_descriptors(e2e_material: E2EMaterial, tmp_path: Path
             proxy.output.text
         assert len(error_lines(proxy.output.text)) == 2, error_lines(proxy.output.text)
 
-        # 3. A Logon that fixproxy cannot open the gateway connection for: the trader logs
-        # out (its key is free), one idle connection closes so that exactly one descriptor is
-        # free, and the next engine's Logon takes it: none is left for the gateway's socket.
-        full = open_fds(proxy.pid)
-        assert await trader.logout() is not None
-        await trio.aclose_forcefully(trader.stream)
-        # The engine's and the gateway's sockets:
-        await wait_for_fds(proxy.pid, lambda count: count <= full - 2)
-        more, _ = await fill_descriptors(proxy)
-        held += more
-        full = open_fds(proxy.pid)
+        # 3. A Logon that fixproxy cannot open the gateway connection for: one idle
+        # connection closes, so that exactly one descriptor is free, and an engine of the
+        # second session (its key is free) takes it with its connection: none is left for
+        # the gateway's socket.
         await trio.aclose_forcefully(held.pop())
-        await wait_for_fds(proxy.pid, lambda count: count < full)
-        engine = await proxy.engine()
-        answer = await engine.logon(reset=True)
-        upstream = text_of(answer)
+        await wait_for_fds(proxy.pid, lambda count: count == NOFILE - 1)
+        engine = await proxy.engine(SECOND)
+        upstream = text_of(await engine.logon(reset=True))
         assert FD_TEXT in upstream and "connection to the Kalshi gateway" in upstream, upstream
+        await trio.aclose_forcefully(engine.stream)
+        await trade(trader, 5)
 
         # 4. Descriptors free up: accepting resumes and a new engine logs on and trades.
         freed = time.monotonic()
@@ -180,7 +177,7 @@ async def test_out_of_file_descriptors(e2e_material: E2EMaterial, tmp_path: Path
             await trio.aclose_forcefully(stream)
         await wait_for_fds(proxy.pid, lambda count: count <= baseline)
         while True:
-            engine = await proxy.engine()
+            engine = await proxy.engine(SECOND)
             answer = await engine.logon(reset=True)
             assert answer is not None
             if answer.msg_type == tags.MT_LOGON:
@@ -190,14 +187,15 @@ async def test_out_of_file_descriptors(e2e_material: E2EMaterial, tmp_path: Path
             await trio.sleep(0.1)
         resumed = time.monotonic() - freed
         await trade(engine, 5)
+        await trade(trader, 5)
         assert "accepting engine connections again" in proxy.output.text
         assert len(error_lines(proxy.output.text)) == 2, error_lines(proxy.output.text)
 
         connections = await proxy.sample("fixproxy_engine_connections_total", session=SESSION,
                                          result="fd_limit")
-        assert connections is not None and connections >= refused + 1
+        assert connections == refused
         upstream_count = await proxy.sample("fixproxy_upstream_connects_total",
-                                            session=SESSION, result="fd_limit")
+                                            session=SECOND, result="fd_limit")
         assert upstream_count == 1
         print(f"limit {NOFILE}, baseline {baseline} descriptors, {len(held) + 1} idle "
               f"connections held, {connections:.0f} answered with a Logout, CPU "

@@ -1,6 +1,6 @@
 """``fixproxy run`` as a real process short of a resource, in front of the in-process simulator.
 
-:func:`open_limited_proxy` writes a one-session configuration (the reload harness's writer,
+:func:`open_limited_proxy` writes a two-session configuration (the reload harness's writer,
 with the metrics endpoint on a free loopback port and, optionally, a journal), starts
 ``fixproxy run`` under ``prlimit`` when an open-file limit is asked for, and waits until the
 session listens. Leaving the block kills the process whatever happened, and closes every
@@ -32,10 +32,13 @@ from fixproxy.fix import tags
 from fixproxy.sim.engine import ScriptedEngine
 from fixproxy.sim.gateway import SimConfig, SimGateway
 from support.e2e import LOOPBACK, E2EMaterial
-from support.fleet import FIXPROXY, ProcessOutput
+from support.fleet import FIXPROXY, ProcessOutput, fleet_key
 from support.reload_harness import Session, config_text, free_port
 
 SESSION: Final = "res"
+SECOND: Final = "res2"
+"""A second session, with a key of its own, that logs on only when a test asks."""
+SECOND_KEY: Final = fleet_key(2)
 ENDPOINT: Final = "KalshiNR"
 REQUIRE_ENV: Final = "FIXPROXY_REQUIRE_NETNS"
 
@@ -61,7 +64,8 @@ class LimitedProxy:
     sim: SimGateway
     process: trio.Process
     output: ProcessOutput
-    listen: tuple[str, int]
+    listen: dict[str, tuple[str, int]]
+    """Session name -> its listen address."""
     metrics: tuple[str, int]
     state_dir: Path
     journal_dir: Path | None
@@ -75,23 +79,24 @@ class LimitedProxy:
         """CPU time (user + system, every thread) the process has used so far."""
         return cpu_ticks(self.pid) / CLOCK_TICKS
 
-    async def connect(self) -> trio.SocketStream:
-        """A plain TCP connection to the session's listener, closed when the block ends."""
-        stream = await trio.open_tcp_stream(*self.listen)
+    async def connect(self, session: str = SESSION) -> trio.SocketStream:
+        """A plain TCP connection to a session's listener, closed when the block ends."""
+        stream = await trio.open_tcp_stream(*self.listen[session])
         self._streams.append(stream)
         return stream
 
-    async def engine(self) -> ScriptedEngine:
-        """A scripted engine connected with the session's CompIDs (not yet logged on)."""
-        stream = await self.connect()
-        return ScriptedEngine(stream, sender=self.material.api_key, target=ENDPOINT)
+    def _key(self, session: str) -> str:
+        return self.material.api_key if session == SESSION else SECOND_KEY
 
-    async def logged_on(self, *, first_seq: int = 1, reset: bool | None = None
+    async def engine(self, session: str = SESSION) -> ScriptedEngine:
+        """A scripted engine connected with the session's CompIDs (not yet logged on)."""
+        return ScriptedEngine(await self.connect(session), sender=self._key(session),
+                              target=ENDPOINT)
+
+    async def logged_on(self, session: str = SESSION, *, reset: bool | None = None
                         ) -> ScriptedEngine:
         """An engine logged on through fixproxy; fails unless the gateway accepts it."""
-        stream = await self.connect()
-        engine = ScriptedEngine(stream, sender=self.material.api_key, target=ENDPOINT,
-                                first_seq=first_seq)
+        engine = await self.engine(session)
         answer = await engine.logon(reset=reset)
         assert answer is not None and answer.msg_type == tags.MT_LOGON, \
             f"{answer}\n{self.output.text}"
@@ -131,7 +136,8 @@ async def open_limited_proxy(material: E2EMaterial, workdir: Path, *, guard: flo
                              journal_dir: Path | None = None, session_extra: str = "",
                              proxy_extra: str = "", tables: str = ""
                              ) -> AsyncIterator[LimitedProxy]:
-    """The simulator and ``fixproxy run`` with one session, all within ``guard`` seconds.
+    """The simulator and ``fixproxy run`` with two sessions (:data:`SESSION` and
+    :data:`SECOND`), all within ``guard`` seconds.
 
     Args:
         nofile: the process's open-file limit (soft and hard), through ``prlimit``.
@@ -141,10 +147,12 @@ async def open_limited_proxy(material: E2EMaterial, workdir: Path, *, guard: flo
         proxy_extra: further lines of the ``[proxy]`` table.
         tables: further top-level tables (``[backoff]`` ...), after the session.
     """
-    sim = SimGateway(SimConfig(ports={ENDPOINT: 0}, keys={material.api_key: material.public_key}),
+    sim = SimGateway(SimConfig(ports={ENDPOINT: 0},
+                               keys=dict.fromkeys((material.api_key, SECOND_KEY),
+                                                  material.public_key)),
                      material.certs.server_context())
     state = state_dir if state_dir is not None else workdir / "state"
-    listen = (LOOPBACK, free_port())
+    listen = {SESSION: (LOOPBACK, free_port()), SECOND: (LOOPBACK, free_port())}
     metrics = (LOOPBACK, free_port())
     prefix: list[str] = []
     if nofile is not None:
@@ -159,10 +167,15 @@ async def open_limited_proxy(material: E2EMaterial, workdir: Path, *, guard: flo
             if journal_dir is not None:
                 extra += f'\njournal_dir = "{journal_dir}"'
             text = config_text(material, addresses[ENDPOINT][1], state,
-                               [Session(SESSION, listen[1], key=material.api_key)],
+                               [Session(SESSION, listen[SESSION][1], key=material.api_key),
+                                Session(SECOND, listen[SECOND][1], key=SECOND_KEY)],
                                extra=extra, session_extra=session_extra)
+            # No readiness probe after the one at start: a probe opens a gateway connection
+            # at a moment of its own, which would take the one descriptor a test frees for
+            # an engine.
             text = text.replace('[metrics]\nlisten = ""',
-                                '[metrics]\nlisten = "{}:{}"'.format(*metrics)) + tables
+                                '[metrics]\nlisten = "{}:{}"\nreadiness_interval = 3600'
+                                .format(*metrics)) + tables
             path = workdir / "fixproxy.toml"
             path.write_text(text)
             process = await trio.lowlevel.open_process(
@@ -176,7 +189,7 @@ async def open_limited_proxy(material: E2EMaterial, workdir: Path, *, guard: flo
                                      output=output, listen=listen, metrics=metrics,
                                      state_dir=state, journal_dir=journal_dir)
                 try:
-                    await output.wait_for("listening on")
+                    await output.wait_for("listening on", len(listen))
                     yield proxy
                 except BaseException:
                     print(f"fixproxy's log:\n{output.text}")  # shown with the failure
