@@ -309,19 +309,21 @@ class SessionListeners:
             connections.start_soon(self._run_handler, stream, runtime)
 
     def _shortage_began(self, listener: _Listener, exc: OSError) -> None:
-        """Say once, when a shortage begins, what it is and what to do; a process hovering
-        at its limit starts one shortage after another, said at most once per
-        :data:`SHORTAGE_LOG_INTERVAL`."""
-        if self._shortage is not None:
+        """Note a failed accept; say what it is and what to do when a shortage begins.
+
+        A process hovering at its limit starts one shortage after another: within
+        :data:`SHORTAGE_LOG_INTERVAL` of the last ERROR a new one stays quiet (its end too),
+        until it has lasted past that interval, when it is said after all.
+        """
+        if self._shortage is None:
+            self._shortage = exc.strerror or str(exc)
+            self._refused_in_shortage = 0
+            self._shortage_loud = False
+        if self._shortage_loud:
             return
-        self._shortage = exc.strerror or str(exc)
-        self._refused_in_shortage = 0
         now = trio.current_time()
         if self._shortage_said is not None and now - self._shortage_said < \
                 SHORTAGE_LOG_INTERVAL:
-            self._shortage_loud = False
-            logger.debug("session %s: accept failed again (%s)", listener.session,
-                         self._shortage)
             return
         self._shortage_said = now
         self._shortage_loud = True

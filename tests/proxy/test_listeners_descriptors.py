@@ -104,3 +104,36 @@ async def test_engines_waiting_while_out_of_descriptors_are_answered_then_served
     assert len(lines) == 2, lines
     assert lines[0][0] == logging.ERROR and "out of file descriptors" in lines[0][1]
     assert lines[1][0] == logging.WARNING and "3 connections were refused" in lines[1][1]
+
+
+async def test_shortages_close_together_are_said_once_unless_one_lasts(
+        mock_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture) -> None:
+    async def serve(stream: trio.SocketStream, runtime: SessionRuntime) -> None:
+        raise AssertionError("nothing is accepted here")
+
+    [real] = await open_listeners("127.0.0.1", 0, "test")
+    try:
+        listeners = SessionListeners({"s": RUNTIME}, serve)
+        listener = _Listener("s", ("127.0.0.1", 0), [real])
+        emfile = OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+
+        def said() -> list[int]:
+            return [record.levelno for record in caplog.records
+                    if record.name == "fixproxy.reload"]
+
+        listeners._shortage_began(listener, emfile)
+        listeners._shortage_began(listener, emfile)
+        listeners._shortage_ended()
+        assert said() == [logging.ERROR, logging.WARNING]
+        mock_clock.jump(10)  # a new shortage soon after: quiet, its end too
+        listeners._shortage_began(listener, emfile)
+        listeners._shortage_ended()
+        mock_clock.jump(10)
+        listeners._shortage_began(listener, emfile)
+        assert said() == [logging.ERROR, logging.WARNING]
+        mock_clock.jump(60)  # that one lasts: said after all, and so is its end
+        listeners._shortage_began(listener, emfile)
+        listeners._shortage_ended()
+        assert said() == [logging.ERROR, logging.WARNING, logging.ERROR, logging.WARNING]
+    finally:
+        await real.aclose()
