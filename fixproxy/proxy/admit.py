@@ -48,6 +48,7 @@ from fixproxy.errors import (
     FixProxyError,
     FramingError,
     LogonRefused,
+    OutOfDescriptors,
     PinMismatchError,
     UpstreamError,
 )
@@ -56,6 +57,7 @@ from fixproxy.fix import tags
 from fixproxy.fix.codec import FixMessage, parse_utc_timestamp, render
 from fixproxy.fix.framer import FixFramer, Frame
 from fixproxy.fix.logon import RewrittenLogon, rewrite_logon
+from fixproxy.net.listen import open_file_limit
 from fixproxy.net.streams import NonBlockingSocketStream, RawSocketStream
 from fixproxy.net.tls import HandshakeInfo
 from fixproxy.ops.journal import open_journal
@@ -66,7 +68,11 @@ from fixproxy.proxy.manager import SessionManager
 from fixproxy.proxy.recovery import ended_cleanly, recover_session, recovery_tracker, save_recovery
 from fixproxy.proxy.relay import CLOSE_TIMEOUT, SessionRelay
 from fixproxy.proxy.runtime import SessionRuntime, declare_status
-from fixproxy.session.explain import clock_skew_warning, describe_bad_start
+from fixproxy.session.explain import (
+    clock_skew_warning,
+    describe_bad_start,
+    descriptor_shortage_text,
+)
 from fixproxy.session.machine import Direction, Event, SessionMachine
 from fixproxy.session.recovery import ExecId, RecoveryState, report_format_flags
 from fixproxy.session.sequence import SequenceTranslator
@@ -347,6 +353,11 @@ async def _open_gateway(runtime: SessionRuntime,
             f"none of the configured pins (presented: {', '.join(exc.presented)}). If Kalshi "
             f"rotated its certificate, verify the new one and update pins or pinned_cert "
             f"(fixproxy pin {cfg.host}:{cfg.port} prints them)", exc.result) from exc
+    except OutOfDescriptors as exc:
+        metrics.upstream_connects.labels(session=cfg.name, result=exc.result).inc()
+        raise _Refusal(descriptor_shortage_text(
+            open_file_limit(), f"a connection to the Kalshi gateway {cfg.host}:{cfg.port}"),
+            exc.result) from exc
     except UpstreamError as exc:
         metrics.upstream_connects.labels(session=cfg.name, result=exc.result).inc()
         raise _Refusal(
@@ -358,6 +369,27 @@ async def _open_gateway(runtime: SessionRuntime,
     metrics.set_certificate_expiry(cfg.name, info.leaf_subject,
                                    info.leaf_not_after.timestamp())
     return gateway, info
+
+
+async def refuse_for_descriptors(engine: trio.SocketStream, runtime: SessionRuntime) -> None:
+    """Answer an engine accepted with the spare descriptor while fixproxy has none left:
+    counted as ``fixproxy_engine_connections_total{result="fd_limit"}``, a Logout saying so
+    (its CompIDs the session's, since its Logon is not read), then a clean close."""
+    name = runtime.config.name
+    runtime.metrics.engine_connections.labels(session=name, result="fd_limit").inc()
+    peers = runtime.config.allow_peers
+    if not peers.unrestricted:
+        try:
+            host = str(engine.socket.getpeername()[0])
+        except OSError:
+            host = ""
+        if not peers.allows(host):
+            # Its Logon is not read, so there is nothing to mirror: a peer not allowed must
+            # not learn the session's CompIDs (the API key).
+            await engine.aclose()
+            return
+    text = descriptor_shortage_text(open_file_limit(), "this connection")
+    await _refuse(engine, runtime, None, text)
 
 
 async def _refuse_peer(engine: trio.abc.Stream, runtime: SessionRuntime, text: str) -> None:
@@ -559,7 +591,8 @@ async def _run_session(engine: trio.abc.Stream, engine_framer: FixFramer,
         engine=_socket_of(engine), gateway=_socket_of(gateway), logon=rewritten.raw,
         engine_framer=engine_framer, machine=machine, translator=translator,
         reset_forced=rewritten.reset_forced,
-        journal=None if runtime.proxy is None else open_journal(runtime.proxy, cfg.name),
+        journal=None if runtime.proxy is None else open_journal(
+            runtime.proxy, cfg.name, runtime.metrics.state_writes),
         to_gateway=runtime.metrics.traffic(cfg.name, Direction.ENGINE_TO_GATEWAY),
         to_engine=runtime.metrics.traffic(cfg.name, Direction.GATEWAY_TO_ENGINE),
         control=control, log=log, conn_id=conn_id,
@@ -682,10 +715,13 @@ def _save_sequences(runtime: SessionRuntime, machine: SessionMachine,
         api_key=cfg.api_key, endpoint=cfg.endpoint.target_comp_id,
         engine_next_out=machine.engine_last_seq + 1,
         engine_next_in=machine.gateway_last_seq + 1 + in_offset)
+    writes = runtime.metrics.state_writes
     try:
         store.save(cfg.name, sequences)
     except FixProxyError as exc:
-        log.error("%s", exc)  # noqa: TRY400  the message says it all
+        writes.report(cfg.name, "sequences", str(exc), log)
+    else:
+        writes.recovered(cfg.name, "sequences", f"sequence state of session {cfg.name}", log)
 
 
 def _count_end(runtime: SessionRuntime, result: RelayResult, log: _ConnectionLog) -> None:

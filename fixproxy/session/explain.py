@@ -119,3 +119,23 @@ def classify_gateway_answer(raw: bytes) -> GatewayAnswer:
         if needle in text:
             return GatewayAnswer(reason, own, hint)
     return GatewayAnswer("other", own, None)
+
+
+def descriptor_shortage_text(limit: int | None, what: str) -> str:
+    """What an engine is told when fixproxy has no file descriptor left for ``what`` (this
+    connection, or the connection to the gateway); ``limit`` is the open-file limit, if any.
+    """
+    where = f"its limit of {limit} open files" if limit is not None else "its open-file limit"
+    return (f"fixproxy is out of file descriptors ({where}) and cannot open {what}; raise "
+            f"the limit (LimitNOFILE= in fixproxy's systemd unit, ulimit -n in the shell that "
+            f"starts it, or the container's nofile ulimit), or find what holds the "
+            f"descriptors (ls /proc/<fixproxy pid>/fd), then reconnect")
+
+
+def descriptor_shortage_log(limit: int | None) -> str:
+    """The one log line that opens a shortage of descriptors at accept(2)."""
+    where = f"its limit of {limit} open files" if limit is not None else "its open-file limit"
+    return (f"fixproxy is out of file descriptors ({where}): engines connecting now are "
+            f"answered with a Logout saying so and closed, until descriptors free up. Raise "
+            f"the limit (LimitNOFILE= in the systemd unit, ulimit -n) or find what holds them "
+            f"(ls /proc/<pid>/fd)")
