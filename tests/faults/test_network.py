@@ -47,6 +47,8 @@ GATEWAY_PORT: Final = 8228
 LISTEN_PORT: Final = 9878
 START_TIMEOUT: Final = 20
 SILENCE_TEXT: Final = "the Kalshi gateway sent nothing for longer than 2 x HeartBtInt"
+METRICS_PORT: Final = 9464
+JOURNAL_MAX_BYTES: Final = 64 * 1024 * 1024
 
 
 @dataclass
@@ -78,6 +80,10 @@ class Stack:
                             'private_key = "keys/engine.key"\n'
                             f"liveness_grace = {GRACE}\nconnect_timeout = {CONNECT_TIMEOUT}")
         text += f"\n[backoff]\nfloor = {BACKOFF_FLOOR}\nceiling = 4\n"
+        # The journal is fixproxy's record of what it read from each peer (after TLS, whose
+        # records are authenticated): what the gateway wrote, to compare with what the
+        # engine got. Large enough that the MTU case never rotates it.
+        text += f'\n[proxy]\njournal_dir = "journal"\njournal_max_bytes = {JOURNAL_MAX_BYTES}\n'
         config.write_text(text)
         self.proxy = self.net.start(self.net.px, [
             sys.executable, "-m", "fixproxy.cli", "run", "--config", "fixproxy.toml"],
@@ -261,6 +267,18 @@ async def _reconnect_until_logged_on(stack: Stack, deadline: float
     raise AssertionError(f"no Logon answered before the deadline: {attempts}\n{stack.logs()}")
 
 
+async def _relogon_as_the_link_returns(stack: Stack, up_at: float) -> list[Attempt]:
+    """Bring the link up at ``up_at`` while reconnecting; every attempt, the last logged on."""
+    async with trio.open_nursery() as nursery:
+        async def link_up() -> None:
+            await trio.sleep(max(0.0, up_at - time.monotonic()))
+            stack.net.link(up=True)
+        nursery.start_soon(link_up)
+        attempts, scripted = await _reconnect_until_logged_on(stack, up_at + 30)
+    await trio.aclose_forcefully(scripted.stream)
+    return attempts
+
+
 def _established_to_gateway(stack: Stack) -> list[str]:
     out = stack.net.run(stack.net.px, ["ss", "-tnH", "state", "established", "dst",
                                        stack.net.gw_address])
@@ -287,13 +305,7 @@ async def test_blackholed_link_is_detected_within_the_liveness_bound_then_recove
     # The engine reconnects at once, while the link is still down: fixproxy cannot reach
     # Kalshi and says so, then holds the key's next Logon for its backoff.
     up_at = down_at + 3 * HEART_BT_INT
-    async with trio.open_nursery() as nursery:
-        async def link_up() -> None:
-            await trio.sleep(max(0.0, up_at - time.monotonic()))
-            stack.net.link(up=True)
-        nursery.start_soon(link_up)
-        attempts, scripted = await _reconnect_until_logged_on(stack, up_at + 30)
-    await trio.aclose_forcefully(scripted.stream)
+    attempts = await _relogon_as_the_link_returns(stack, up_at)
     refused = attempts[:-1]
     assert attempts[-1].at >= up_at, attempts
     assert refused, "no attempt was made while the link was down"
@@ -341,6 +353,106 @@ async def test_gateway_rebooted_behind_a_dark_link_answers_the_old_connection_wi
     await trio.aclose_forcefully(scripted.stream)
     stack.figures["reboot_relogon_attempts"] = len(attempts)
     print(f"\nthe engine's Logout: {text}")
+
+
+PUMP_ORDERS: Final = 200_000
+
+
+@dataclass
+class Pump:
+    """Orders the engine sends as fast as fixproxy takes them."""
+
+    orders: int = 0
+    bytes: int = 0
+    finished: bool = False
+    broken: bool = False
+
+
+def _socket_queues(stack: Stack, selector: list[str]) -> tuple[int, int]:
+    """(Recv-Q, Send-Q) of the one established connection ``ss`` selects in the proxy's
+    namespace (0, 0 when there is none)."""
+    out = stack.net.run(stack.net.px, ["ss", "-tnH", "state", "established", *selector])
+    lines = [line.split() for line in out.splitlines() if line.strip()]
+    assert len(lines) <= 1, out
+    return (int(lines[0][0]), int(lines[0][1])) if lines else (0, 0)
+
+
+async def _http_get(stack: Stack, path: str) -> bytes:
+    """``path`` from fixproxy's metrics endpoint, asked from inside the proxy's namespace."""
+    sock = trio.socket.from_stdlib_socket(stack.net.socket(stack.net.px))
+    stream = trio.SocketStream(sock)
+    async with stream:
+        await sock.connect(("127.0.0.1", METRICS_PORT))
+        await stream.send_all(f"GET {path} HTTP/1.0\r\n\r\n".encode())
+        chunks = []
+        while chunk := await stream.receive_some(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def test_blackhole_under_a_stream_of_orders_blocks_nothing(
+        stack: Stack, engine_session: Engine) -> None:
+    """The link goes dark while the engine keeps sending orders as fast as it can.
+
+    fixproxy's writes to the gateway stop being taken (the kernel's send queue fills with
+    segments nobody acknowledges), its pending output reaches its bound and it stops reading
+    the engine, so TCP holds the engine back. None of that may block the data plane: the
+    liveness rule still fires at its bound, the engine gets its Logout, the metrics endpoint
+    answers meanwhile, the gateway's connection is let go, and the session logs on again once
+    the link is back.
+    """
+    engine = engine_session
+    await engine.sync("before-dark-stream")
+    marker = len(engine.received)
+    pump = Pump()
+
+    async def send_orders() -> None:
+        try:
+            for n in range(PUMP_ORDERS):
+                raw = await engine.send(tags.MT_NEW_ORDER_SINGLE, [
+                    (11, f"dark-{n:06d}"), (38, 1), (40, 2), (44, 50), (54, 1),
+                    (55, "HIGHNY-23DEC31"), (59, 1)])
+                pump.orders += 1
+                pump.bytes += len(raw)
+            pump.finished = True
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pump.broken = True
+
+    gateway_conn = ["dst", stack.net.gw_address]
+    engine_conn = ["sport", "=", f":{LISTEN_PORT}"]
+    async with trio.open_nursery() as nursery:
+        down_at = time.monotonic()
+        stack.net.link(up=False)
+        nursery.start_soon(send_orders)
+        # Halfway to the bound: the queues are full and the process still answers.
+        await trio.sleep(LIVENESS_BOUND / 2)
+        _, gateway_send_q = _socket_queues(stack, gateway_conn)
+        engine_recv_q, _ = _socket_queues(stack, engine_conn)
+        orders_then = pump.orders
+        with trio.fail_after(5):
+            healthz = await _http_get(stack, "/healthz")
+        assert healthz.startswith(b"HTTP/1.0 200") and healthz.endswith(b"ok\n"), healthz
+        logout = await engine.wait_for(tags.MT_LOGOUT, LIVENESS_BOUND + 10, start=marker)
+        detected = time.monotonic() - down_at
+        # The orders stopped: fixproxy read no more of them once its output was full.
+        assert not pump.finished, (pump, stack.logs())
+        assert pump.orders - orders_then < PUMP_ORDERS // 100, (orders_then, pump)
+        with trio.fail_after(10):
+            await engine.done.wait()
+        nursery.cancel_scope.cancel()
+    text = logout.get_str(tags.TEXT) or ""
+    assert SILENCE_TEXT in text, text
+    assert LIVENESS_BOUND - 0.5 <= detected <= LIVENESS_BOUND + 2, (detected, stack.logs())
+    assert gateway_send_q > 0 and engine_recv_q > 0, (gateway_send_q, engine_recv_q)
+    assert _established_to_gateway(stack) == [], "the dark connection is still held"
+    assert stack.proxy is not None and stack.proxy.poll() is None, stack.logs()
+    stack.figures.update({
+        "dark_stream_detection_s": round(detected, 2), "dark_stream_orders_taken": pump.orders,
+        "dark_stream_bytes_taken": pump.bytes, "dark_stream_gateway_send_q": gateway_send_q,
+        "dark_stream_engine_recv_q": engine_recv_q})
+
+    attempts = await _relogon_as_the_link_returns(stack, down_at + 3 * HEART_BT_INT)
+    stack.figures["dark_stream_relogon_attempts"] = len(attempts)
 
 
 ORDERS: Final = 10_000
