@@ -1,4 +1,5 @@
-"""Real network faults: a link that goes dark, a gateway that reboots behind it, a small MTU.
+"""Real network faults: a link that goes dark (idle, and under a stream of orders), a gateway
+that reboots behind it, a small MTU.
 
 The simulated gateway (``fixproxy sim``) runs in one network namespace, fixproxy (``fixproxy
 run``) in another, joined by a veth link (``tests/support/netns.py``); the engine is this
@@ -10,7 +11,9 @@ liveness bound is 2 x 4 s + ``liveness_grace`` (1 s here) = 9 s of silence from 
 Before each fault the engine sends a TestRequest and waits for its Heartbeat, so the gateway's
 last message is known to within a round trip and the detection time can be held to the bound
 from both sides. Those tolerances are about correctness (the rule fires, not early and not
-minutes late), not speed.
+minutes late), not speed. fixproxy keeps its message journal, which records each message as it
+read it from its peer: compared with the engine's own transcript, it shows the bytes passed
+unchanged both ways.
 """
 
 from __future__ import annotations
@@ -472,6 +475,33 @@ async def test_ten_thousand_orders_cross_a_576_byte_mtu_in_order(stack: Stack) -
         assert mss is not None and int(mss.group(1)) <= 536, info
         stack.figures["mtu_576_mss"] = int(mss.group(1))
         await _pipeline_orders(stack, engine)
+        transcript = list(engine.scripted.transcript)
+    # The session ends with the engine's connection; its journal is then complete.
+    journal = _closed_journal(stack)
+    sent = [raw for way, raw in transcript if way == "sent"][1:]
+    received = [raw for way, raw in transcript if way == "received"][1:]
+    # After the Logons (fixproxy signs the engine's), every byte passed unchanged both ways:
+    # the engine's orders as the gateway's TLS leg carried them, and the gateway's reports
+    # as it wrote them (TLS records are authenticated, so what fixproxy read is that).
+    assert journal["engine_to_gateway"][1:] == sent
+    assert journal["gateway_to_engine"][1:len(received) + 1] == received
+    after = journal["gateway_to_engine"][len(received) + 1:]
+    assert all(b"\x0135=5\x01" in raw for raw in after), after
+
+
+def _closed_journal(stack: Stack) -> dict[str, list[bytes]]:
+    """The one session's journal, by direction, once fixproxy has closed it (its log says
+    the session closed after the relay closed the journal)."""
+    assert stack.proxy is not None
+    _wait_for(lambda: "session closed (" in stack.net.log_text("fixproxy.log"), stack.proxy,
+              "the session's end", stack.net, "fixproxy.log")
+    paths = list((stack.workdir / "journal").glob("*.log"))
+    assert len(paths) == 1, paths
+    by_direction: dict[str, list[bytes]] = {}
+    for line in paths[0].read_bytes().splitlines():
+        _, _, direction, message = line.split(b" ", 3)
+        by_direction.setdefault(direction.decode(), []).append(message.replace(b"|", b"\x01"))
+    return by_direction
 
 
 async def _pipeline_orders(stack: Stack, engine: Engine) -> None:
