@@ -73,8 +73,10 @@ class Stack:
             sys.executable, "-m", "fixproxy.cli", "sim", "--host", self.net.gw_address,
             "--base-port", str(GATEWAY_PORT), "--key", f"{API_KEY}=keys/engine.pub.pem",
             "--cert-out", "certs", "--config-out", "fixproxy.toml"], log)
-        _wait_for(lambda: "simulated gateway listening" in self.net.log_text(log),
-                  self.sim, f"the simulator ({log})", self.net, log)
+        # The simulator says it listens before it writes the configuration: wait for the
+        # line that follows the write, or fixproxy may find no (or half a) file.
+        _wait_for(lambda: "fixproxy configuration for these ports written to"
+                  in self.net.log_text(log), self.sim, f"the simulator ({log})", self.net, log)
 
     def start_proxy(self) -> None:
         config = self.workdir / "fixproxy.toml"
