@@ -19,6 +19,7 @@ unchanged both ways.
 from __future__ import annotations
 
 import itertools
+import os
 import re
 import signal
 import subprocess
@@ -32,6 +33,7 @@ from typing import Final
 
 import pytest
 import trio
+from support import netns
 from support.netns import NetPair, veth_pair
 
 from fixproxy.fix import tags
@@ -549,3 +551,19 @@ async def _pipeline_orders(stack: Stack, engine: Engine) -> None:
     assert not any(m.msg_type == tags.MT_LOGOUT for m in engine.received), stack.logs()
     stack.figures["mtu_576_orders"] = ORDERS
     stack.figures["mtu_576_seconds"] = round(elapsed, 2)
+
+
+@pytest.mark.parametrize("required", [False, True])
+def test_without_root_the_harness_skips_unless_required(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, required: bool) -> None:
+    """No namespaces without root: a skip that says why, or under FIXPROXY_REQUIRE_NETNS=1
+    (CI) a failure, so these tests can never be skipped silently there."""
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    if required:
+        monkeypatch.setenv(netns.REQUIRE_ENV, "1")
+    else:
+        monkeypatch.delenv(netns.REQUIRE_ENV, raising=False)
+    expected = pytest.fail.Exception if required else pytest.skip.Exception
+    with pytest.raises(expected, match="needs root") as raised, veth_pair(tmp_path):
+        pytest.fail("namespaces were made without root")
+    assert ("forbids skipping" in str(raised.value)) == required
