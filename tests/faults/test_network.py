@@ -1,4 +1,5 @@
-"""Real network faults: a link that goes dark, a gateway that reboots behind it, a small MTU.
+"""Real network faults: a link that goes dark (idle, and under a stream of orders), a gateway
+that reboots behind it, a small MTU.
 
 The simulated gateway (``fixproxy sim``) runs in one network namespace, fixproxy (``fixproxy
 run``) in another, joined by a veth link (``tests/support/netns.py``); the engine is this
@@ -10,12 +11,15 @@ liveness bound is 2 x 4 s + ``liveness_grace`` (1 s here) = 9 s of silence from 
 Before each fault the engine sends a TestRequest and waits for its Heartbeat, so the gateway's
 last message is known to within a round trip and the detection time can be held to the bound
 from both sides. Those tolerances are about correctness (the rule fires, not early and not
-minutes late), not speed.
+minutes late), not speed. fixproxy keeps its message journal, which records each message as it
+read it from its peer: compared with the engine's own transcript, it shows the bytes passed
+unchanged both ways.
 """
 
 from __future__ import annotations
 
 import itertools
+import os
 import re
 import signal
 import subprocess
@@ -29,6 +33,7 @@ from typing import Final
 
 import pytest
 import trio
+from support import netns
 from support.netns import NetPair, veth_pair
 
 from fixproxy.fix import tags
@@ -47,6 +52,8 @@ GATEWAY_PORT: Final = 8228
 LISTEN_PORT: Final = 9878
 START_TIMEOUT: Final = 20
 SILENCE_TEXT: Final = "the Kalshi gateway sent nothing for longer than 2 x HeartBtInt"
+METRICS_PORT: Final = 9464
+JOURNAL_MAX_BYTES: Final = 64 * 1024 * 1024
 
 
 @dataclass
@@ -68,8 +75,10 @@ class Stack:
             sys.executable, "-m", "fixproxy.cli", "sim", "--host", self.net.gw_address,
             "--base-port", str(GATEWAY_PORT), "--key", f"{API_KEY}=keys/engine.pub.pem",
             "--cert-out", "certs", "--config-out", "fixproxy.toml"], log)
-        _wait_for(lambda: "simulated gateway listening" in self.net.log_text(log),
-                  self.sim, f"the simulator ({log})", self.net, log)
+        # The simulator says it listens before it writes the configuration: wait for the
+        # line that follows the write, or fixproxy may find no (or half a) file.
+        _wait_for(lambda: "fixproxy configuration for these ports written to"
+                  in self.net.log_text(log), self.sim, f"the simulator ({log})", self.net, log)
 
     def start_proxy(self) -> None:
         config = self.workdir / "fixproxy.toml"
@@ -78,6 +87,10 @@ class Stack:
                             'private_key = "keys/engine.key"\n'
                             f"liveness_grace = {GRACE}\nconnect_timeout = {CONNECT_TIMEOUT}")
         text += f"\n[backoff]\nfloor = {BACKOFF_FLOOR}\nceiling = 4\n"
+        # The journal is fixproxy's record of what it read from each peer (after TLS, whose
+        # records are authenticated): what the gateway wrote, to compare with what the
+        # engine got. Large enough that the MTU case never rotates it.
+        text += f'\n[proxy]\njournal_dir = "journal"\njournal_max_bytes = {JOURNAL_MAX_BYTES}\n'
         config.write_text(text)
         self.proxy = self.net.start(self.net.px, [
             sys.executable, "-m", "fixproxy.cli", "run", "--config", "fixproxy.toml"],
@@ -261,6 +274,26 @@ async def _reconnect_until_logged_on(stack: Stack, deadline: float
     raise AssertionError(f"no Logon answered before the deadline: {attempts}\n{stack.logs()}")
 
 
+async def _one_attempt(stack: Stack) -> Attempt:
+    """One Logon on a new connection; its answer (the connection is then closed)."""
+    scripted, answer = await _log_on(stack)
+    await trio.aclose_forcefully(scripted.stream)
+    return Attempt(time.monotonic(), answer.msg_type if answer is not None else b"",
+                   (answer.get_str(tags.TEXT) or "") if answer is not None else "closed")
+
+
+async def _relogon_as_the_link_returns(stack: Stack, up_at: float) -> list[Attempt]:
+    """Bring the link up at ``up_at`` while reconnecting; every attempt, the last logged on."""
+    async with trio.open_nursery() as nursery:
+        async def link_up() -> None:
+            await trio.sleep(max(0.0, up_at - time.monotonic()))
+            stack.net.link(up=True)
+        nursery.start_soon(link_up)
+        attempts, scripted = await _reconnect_until_logged_on(stack, up_at + 30)
+    await trio.aclose_forcefully(scripted.stream)
+    return attempts
+
+
 def _established_to_gateway(stack: Stack) -> list[str]:
     out = stack.net.run(stack.net.px, ["ss", "-tnH", "state", "established", "dst",
                                        stack.net.gw_address])
@@ -287,13 +320,7 @@ async def test_blackholed_link_is_detected_within_the_liveness_bound_then_recove
     # The engine reconnects at once, while the link is still down: fixproxy cannot reach
     # Kalshi and says so, then holds the key's next Logon for its backoff.
     up_at = down_at + 3 * HEART_BT_INT
-    async with trio.open_nursery() as nursery:
-        async def link_up() -> None:
-            await trio.sleep(max(0.0, up_at - time.monotonic()))
-            stack.net.link(up=True)
-        nursery.start_soon(link_up)
-        attempts, scripted = await _reconnect_until_logged_on(stack, up_at + 30)
-    await trio.aclose_forcefully(scripted.stream)
+    attempts = await _relogon_as_the_link_returns(stack, up_at)
     refused = attempts[:-1]
     assert attempts[-1].at >= up_at, attempts
     assert refused, "no attempt was made while the link was down"
@@ -343,6 +370,113 @@ async def test_gateway_rebooted_behind_a_dark_link_answers_the_old_connection_wi
     print(f"\nthe engine's Logout: {text}")
 
 
+PUMP_ORDERS: Final = 200_000
+
+
+@dataclass
+class Pump:
+    """Orders the engine sends as fast as fixproxy takes them."""
+
+    orders: int = 0
+    bytes: int = 0
+    finished: bool = False
+    broken: bool = False
+
+
+def _socket_queues(stack: Stack, selector: list[str]) -> tuple[int, int]:
+    """(Recv-Q, Send-Q) of the one established connection ``ss`` selects in the proxy's
+    namespace (0, 0 when there is none)."""
+    out = stack.net.run(stack.net.px, ["ss", "-tnH", "state", "established", *selector])
+    lines = [line.split() for line in out.splitlines() if line.strip()]
+    assert len(lines) <= 1, out
+    return (int(lines[0][0]), int(lines[0][1])) if lines else (0, 0)
+
+
+async def _http_get(stack: Stack, path: str) -> bytes:
+    """``path`` from fixproxy's metrics endpoint, asked from inside the proxy's namespace."""
+    sock = trio.socket.from_stdlib_socket(stack.net.socket(stack.net.px))
+    stream = trio.SocketStream(sock)
+    async with stream:
+        await sock.connect(("127.0.0.1", METRICS_PORT))
+        await stream.send_all(f"GET {path} HTTP/1.0\r\n\r\n".encode())
+        chunks = []
+        while chunk := await stream.receive_some(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def test_blackhole_under_a_stream_of_orders_blocks_nothing(
+        stack: Stack, engine_session: Engine) -> None:
+    """The link goes dark while the engine keeps sending orders as fast as it can.
+
+    fixproxy's writes to the gateway stop being taken (the kernel's send queue fills with
+    segments nobody acknowledges), its pending output reaches its bound and it stops reading
+    the engine, so TCP holds the engine back. None of that may block the data plane: the
+    liveness rule still fires at its bound, the engine gets its Logout, the metrics endpoint
+    answers meanwhile, the gateway's connection is let go, and the session logs on again once
+    the link is back.
+    """
+    engine = engine_session
+    await engine.sync("before-dark-stream")
+    marker = len(engine.received)
+    pump = Pump()
+
+    async def send_orders() -> None:
+        try:
+            for n in range(PUMP_ORDERS):
+                raw = await engine.send(tags.MT_NEW_ORDER_SINGLE, [
+                    (11, f"dark-{n:06d}"), (38, 1), (40, 2), (44, 50), (54, 1),
+                    (55, "HIGHNY-23DEC31"), (59, 1)])
+                pump.orders += 1
+                pump.bytes += len(raw)
+            pump.finished = True
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pump.broken = True
+
+    gateway_conn = ["dst", stack.net.gw_address]
+    engine_conn = ["sport", "=", f":{LISTEN_PORT}"]
+    async with trio.open_nursery() as nursery:
+        down_at = time.monotonic()
+        stack.net.link(up=False)
+        nursery.start_soon(send_orders)
+        # Halfway to the bound: the queues are full and the process still answers.
+        await trio.sleep(LIVENESS_BOUND / 2)
+        _, gateway_send_q = _socket_queues(stack, gateway_conn)
+        engine_recv_q, _ = _socket_queues(stack, engine_conn)
+        orders_then = pump.orders
+        with trio.fail_after(5):
+            healthz = await _http_get(stack, "/healthz")
+        assert healthz.startswith(b"HTTP/1.0 200") and healthz.endswith(b"ok\n"), healthz
+        logout = await engine.wait_for(tags.MT_LOGOUT, LIVENESS_BOUND + 10, start=marker)
+        detected = time.monotonic() - down_at
+        # The orders stopped: fixproxy read no more of them once its output was full.
+        assert not pump.finished, (pump, stack.logs())
+        assert pump.orders - orders_then < PUMP_ORDERS // 100, (orders_then, pump)
+        with trio.fail_after(10):
+            await engine.done.wait()
+        nursery.cancel_scope.cancel()
+    text = logout.get_str(tags.TEXT) or ""
+    assert SILENCE_TEXT in text, text
+    assert LIVENESS_BOUND - 0.5 <= detected <= LIVENESS_BOUND + 2, (detected, stack.logs())
+    assert gateway_send_q > 0 and engine_recv_q > 0, (gateway_send_q, engine_recv_q)
+    assert _established_to_gateway(stack) == [], "the dark connection is still held"
+    assert stack.proxy is not None and stack.proxy.poll() is None, stack.logs()
+    stack.figures.update({
+        "dark_stream_detection_s": round(detected, 2), "dark_stream_orders_taken": pump.orders,
+        "dark_stream_bytes_taken": pump.bytes, "dark_stream_gateway_send_q": gateway_send_q,
+        "dark_stream_engine_recv_q": engine_recv_q})
+
+    # Still dark: the next Logon fails upstream, and one made at once after it is held by the
+    # backoff (its first wait is at least floor / 2) and answered by fixproxy itself.
+    failed = await _one_attempt(stack)
+    assert failed.answer == tags.MT_LOGOUT and "could not open TLS" in failed.text, failed
+    held = await _one_attempt(stack)
+    assert held.answer == tags.MT_LOGOUT and "holds new attempts" in held.text, held
+    up_at = max(down_at + 3 * HEART_BT_INT, time.monotonic())
+    attempts = await _relogon_as_the_link_returns(stack, up_at)
+    stack.figures["dark_stream_relogon_after_link_up_s"] = round(attempts[-1].at - up_at, 2)
+
+
 ORDERS: Final = 10_000
 
 
@@ -360,6 +494,33 @@ async def test_ten_thousand_orders_cross_a_576_byte_mtu_in_order(stack: Stack) -
         assert mss is not None and int(mss.group(1)) <= 536, info
         stack.figures["mtu_576_mss"] = int(mss.group(1))
         await _pipeline_orders(stack, engine)
+        transcript = list(engine.scripted.transcript)
+    # The session ends with the engine's connection; its journal is then complete.
+    journal = _closed_journal(stack)
+    sent = [raw for way, raw in transcript if way == "sent"][1:]
+    received = [raw for way, raw in transcript if way == "received"][1:]
+    # After the Logons (fixproxy signs the engine's), every byte passed unchanged both ways:
+    # the engine's orders as the gateway's TLS leg carried them, and the gateway's reports
+    # as it wrote them (TLS records are authenticated, so what fixproxy read is that).
+    assert journal["engine_to_gateway"][1:] == sent
+    assert journal["gateway_to_engine"][1:len(received) + 1] == received
+    after = journal["gateway_to_engine"][len(received) + 1:]
+    assert all(b"\x0135=5\x01" in raw for raw in after), after
+
+
+def _closed_journal(stack: Stack) -> dict[str, list[bytes]]:
+    """The one session's journal, by direction, once fixproxy has closed it (its log says
+    the session closed after the relay closed the journal)."""
+    assert stack.proxy is not None
+    _wait_for(lambda: "session closed (" in stack.net.log_text("fixproxy.log"), stack.proxy,
+              "the session's end", stack.net, "fixproxy.log")
+    paths = list((stack.workdir / "journal").glob("*.log"))
+    assert len(paths) == 1, paths
+    by_direction: dict[str, list[bytes]] = {}
+    for line in paths[0].read_bytes().splitlines():
+        _, _, direction, message = line.split(b" ", 3)
+        by_direction.setdefault(direction.decode(), []).append(message.replace(b"|", b"\x01"))
+    return by_direction
 
 
 async def _pipeline_orders(stack: Stack, engine: Engine) -> None:
@@ -390,3 +551,19 @@ async def _pipeline_orders(stack: Stack, engine: Engine) -> None:
     assert not any(m.msg_type == tags.MT_LOGOUT for m in engine.received), stack.logs()
     stack.figures["mtu_576_orders"] = ORDERS
     stack.figures["mtu_576_seconds"] = round(elapsed, 2)
+
+
+@pytest.mark.parametrize("required", [False, True])
+def test_without_root_the_harness_skips_unless_required(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, required: bool) -> None:
+    """No namespaces without root: a skip that says why, or under FIXPROXY_REQUIRE_NETNS=1
+    (CI) a failure, so these tests can never be skipped silently there."""
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    if required:
+        monkeypatch.setenv(netns.REQUIRE_ENV, "1")
+    else:
+        monkeypatch.delenv(netns.REQUIRE_ENV, raising=False)
+    expected = pytest.fail.Exception if required else pytest.skip.Exception
+    with pytest.raises(expected, match="needs root") as raised, veth_pair(tmp_path):
+        pytest.fail("namespaces were made without root")
+    assert ("forbids skipping" in str(raised.value)) == required
