@@ -1,0 +1,118 @@
+"""A peer that stops reading (SIGSTOP) under pipelined load, with real processes on 127.0.0.1.
+
+fixproxy runs as ``python3 -m fixproxy.cli run``; the simulated gateway and the load engine
+are processes of their own (:mod:`support.stopped_peer_procs`), so either can be frozen with
+SIGSTOP while the other keeps pushing. A frozen peer reads nothing and sends nothing: fixproxy
+must keep what it holds for it bounded (``MAX_PENDING_BYTES`` per direction, then it stops
+reading the other side), end the session by the liveness rule (``2 x HeartBtInt +
+liveness_grace``, HeartBtInt 4, the smallest the simulator takes), leave nothing behind that a
+thawed peer could mistake for a live session, and keep every other session of the shared
+data-plane thread trading meanwhile.
+
+Every wait polls the peers' report files and is bounded; nothing asserts how fast anything is.
+The bounds on fixproxy's resident set size are stated from the code: the baseline measured
+under the same load before the stop, plus what fixproxy may hold per direction of the stuck
+session, plus a margin for the allocator.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Final
+
+import pytest
+from support.stopped_peer import Peer, Stack, first, open_stack
+from support.stopped_peer_procs import HEART_BT_INT
+
+from fixproxy.proxy.legs import MAX_PENDING_BYTES, RECEIVE_SIZE
+
+pytestmark = [pytest.mark.faults]
+
+GRACE: Final = 0.5
+LIVENESS_S: Final = 2 * HEART_BT_INT + GRACE
+"""When fixproxy gives up on a silent peer."""
+DETECTION_SLACK_S: Final = 6.0
+"""How late past :data:`LIVENESS_S` the end may come on a loaded machine before the test calls
+it missed (fixproxy checks its timers at least once a second)."""
+PER_DIRECTION_KIB: Final = (MAX_PENDING_BYTES + RECEIVE_SIZE) // 1024 + 64
+"""What one direction of a session may hold: the pending output, one read, a partial frame."""
+ALLOCATOR_MARGIN_KIB: Final = 8 * 1024
+"""Growth of a Python process that is not buffering: the allocator's arenas, TLS records,
+parsed messages in flight. Unbounded buffering of a pipelined engine grows by megabytes a
+second, far past it in the seconds of a stop."""
+WARM_UP_ORDERS: Final = 300
+GAP_LIMIT_S: Final = 1.0
+"""The longest the healthy session of the shared plane may go without an ExecutionReport."""
+
+
+def _rss_bound(baseline_kib: int, stuck_sessions: int = 1) -> int:
+    return baseline_kib + stuck_sessions * 2 * PER_DIRECTION_KIB + ALLOCATOR_MARGIN_KIB
+
+
+def _count(peer: Peer, **match: Any) -> int:
+    return sum(1 for line in peer.lines() if all(line.get(k) == v for k, v in match.items()))
+
+
+def _logon_conn(gateway: Peer) -> int:
+    logons = [line for line in gateway.lines() if line.get("type") == "A"
+              and line.get("dir") == "in"]
+    assert logons, "the gateway received no Logon"
+    return int(logons[-1]["conn"])
+
+
+def _warm_up(stack: Stack, *engines: Peer) -> int:
+    """Wait until each engine's orders are being answered; fixproxy's RSS under that load."""
+    for engine in engines:
+        stack.wait(lambda engine=engine: _count(engine, e="er") >= WARM_UP_ORDERS, 30.0,
+                   f"{WARM_UP_ORDERS} orders answered")
+    return stack.sample_rss(1.0)
+
+
+@pytest.fixture(name="stack")
+def stack_fixture(tmp_path: Path) -> Any:
+    with open_stack(tmp_path, 3) as stack:
+        yield stack
+
+
+def test_gateway_stopped_under_load(stack: Stack) -> None:
+    account = stack.material.accounts[0]
+    gateway, gateway_port = stack.gateway("gateway", [account])
+    [port] = stack.start_fixproxy([(account, gateway_port)], liveness_grace=GRACE)
+    engine = stack.engine("engine", port, account)
+    baseline = _warm_up(stack, engine)
+    conn = _logon_conn(gateway)
+
+    stopped = time.monotonic()
+    gateway.stop_signal()
+    stack.wait(lambda: first(engine.lines(), e="eof") is not None, LIVENESS_S + 20,
+               "end of the session")
+    logout = first(engine.lines(), e="logout")
+    assert logout is not None, "fixproxy closed the engine's connection without a Logout"
+    assert "gateway sent nothing" in logout["text"], logout
+    detection = logout["t"] - stopped
+    assert LIVENESS_S - 1.0 <= detection <= LIVENESS_S + DETECTION_SLACK_S, detection
+    peak = stack.rss_peak_kib
+    assert peak <= _rss_bound(baseline), (peak, baseline)
+    eof = first(engine.lines(), e="eof")
+    assert eof is not None
+    seen_before = len(gateway.lines())
+
+    gateway.cont_signal()
+    stack.wait(lambda: first(gateway.lines(), closed=conn) is not None, 20.0,
+               "the gateway's end of the old connection")
+    after = gateway.lines()
+    closed = first(after, closed=conn)
+    assert closed is not None
+    old_in = [line for line in after if line.get("conn") == conn and line.get("dir") == "in"]
+    assert [line["type"] for line in old_in].count("A") == 1, "a second Logon on the old one"
+    assert sum(1 for line in old_in if line["type"] == "D") <= eof["sent"]
+    # Nothing reached the old connection once the gateway saw it end.
+    assert after.index(closed) > max(after.index(line) for line in old_in)
+    print(f"gateway stop: baseline {baseline} KiB, peak {peak} KiB, bound "
+          f"{_rss_bound(baseline)} KiB; Logout after {detection:.2f} s (rule {LIVENESS_S} s); "
+          f"{len(after) - seen_before} records after SIGCONT; old connection: {closed['reason']}")
+
+    again = stack.engine("engine-again", port, account)
+    stack.wait(lambda: _count(again, e="er") >= 50, 30.0, "orders answered after reconnecting")
+    assert _logon_conn(gateway) != conn
