@@ -116,3 +116,46 @@ def test_gateway_stopped_under_load(stack: Stack) -> None:
     again = stack.engine("engine-again", port, account)
     stack.wait(lambda: _count(again, e="er") >= 50, 30.0, "orders answered after reconnecting")
     assert _logon_conn(gateway) != conn
+
+
+def test_engine_stopped_under_load(stack: Stack) -> None:
+    account = stack.material.accounts[0]
+    gateway, gateway_port = stack.gateway("gateway", [account])
+    [port] = stack.start_fixproxy([(account, gateway_port)], liveness_grace=GRACE)
+    engine = stack.engine("engine", port, account)
+    baseline = _warm_up(stack, engine)
+    conn = _logon_conn(gateway)
+
+    stopped = time.monotonic()
+    engine.stop_signal()
+    stack.wait(lambda: first(gateway.lines(), closed=conn) is not None, LIVENESS_S + 20,
+               "the end of the gateway's connection")
+    lines = gateway.lines()
+    logout = first(lines, conn=conn, dir="in", type="5")
+    assert logout is not None, "fixproxy closed the gateway's connection without a Logout"
+    assert "engine sent nothing" in (logout["text"] or ""), logout
+    detection = logout["t"] - stopped
+    assert LIVENESS_S - 1.0 <= detection <= LIVENESS_S + DETECTION_SLACK_S, detection
+    # The gateway kept answering the orders in flight and heartbeating until then.
+    answers = [line for line in lines if line.get("conn") == conn and line.get("dir") == "out"
+               and line["t"] > stopped]
+    assert answers, "the gateway sent nothing while the engine was stopped"
+    peak = stack.rss_peak_kib
+    assert peak <= _rss_bound(baseline), (peak, baseline)
+    # Nothing of the engine's reached the gateway after fixproxy's Logout.
+    assert all(line.get("type") != "D" for line in lines[lines.index(logout) + 1:]
+               if line.get("conn") == conn)
+
+    engine.cont_signal()
+    stack.wait(lambda: first(engine.lines(), e="eof") is not None, 20.0,
+               "the thawed engine to read to the end of its connection")
+    eof = first(engine.lines(), e="eof")
+    assert eof is not None
+    assert eof["t"] > stopped
+    late = gateway.lines()
+    assert all(line.get("type") != "D" for line in late[late.index(logout) + 1:]
+               if line.get("conn") == conn), "orders reached the gateway after the Logout"
+    print(f"engine stop: baseline {baseline} KiB, peak {peak} KiB, bound "
+          f"{_rss_bound(baseline)} KiB; Logout to the gateway after {detection:.2f} s (rule "
+          f"{LIVENESS_S} s); {len(answers)} gateway messages while stopped; engine read "
+          f"{eof['answered']} reports, then the end")
