@@ -17,7 +17,9 @@ session, plus a margin for the allocator.
 
 from __future__ import annotations
 
+import itertools
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
 
@@ -42,6 +44,10 @@ ALLOCATOR_MARGIN_KIB: Final = 8 * 1024
 parsed messages in flight. Unbounded buffering of a pipelined engine grows by megabytes a
 second, far past it in the seconds of a stop."""
 WARM_UP_ORDERS: Final = 300
+LOGOUT_WAIT_S: Final = 2.0
+"""``logout_wait``'s default: how long fixproxy waits for the answer to its Logout."""
+LOGOUT_SENT_FOR_ENGINE: Final = ("sending Logout to the gateway: the engine sent nothing for "
+                                 "longer than 2 x HeartBtInt + grace")
 GAP_LIMIT_S: Final = 1.0
 """The longest the healthy session of the shared plane may go without an ExecutionReport."""
 
@@ -63,14 +69,13 @@ def _logon_conn(gateway: Peer) -> int:
 
 def _warm_up(stack: Stack, *engines: Peer) -> int:
     """Wait until each engine's orders are being answered; fixproxy's RSS under that load."""
-    for engine in engines:
-        stack.wait(lambda engine=engine: _count(engine, e="er") >= WARM_UP_ORDERS, 30.0,
-                   f"{WARM_UP_ORDERS} orders answered")
+    stack.wait(lambda: all(_count(engine, e="er") >= WARM_UP_ORDERS for engine in engines),
+               30.0, f"{WARM_UP_ORDERS} orders answered")
     return stack.sample_rss(1.0)
 
 
 @pytest.fixture(name="stack")
-def stack_fixture(tmp_path: Path) -> Any:
+def stack_fixture(tmp_path: Path) -> Iterator[Stack]:
     with open_stack(tmp_path, 3) as stack:
         yield stack
 
@@ -159,3 +164,73 @@ def test_engine_stopped_under_load(stack: Stack) -> None:
           f"{_rss_bound(baseline)} KiB; Logout to the gateway after {detection:.2f} s (rule "
           f"{LIVENESS_S} s); {len(answers)} gateway messages while stopped; engine read "
           f"{eof['answered']} reports, then the end")
+
+
+def _reports(engine: Peer) -> list[dict[str, Any]]:
+    return [line for line in engine.lines() if line.get("e") == "er"]
+
+
+@pytest.mark.parametrize("stopped_peer", ["gateway", "engine"])
+def test_a_stopped_peer_does_not_hold_up_the_shared_plane(stack: Stack,
+                                                          stopped_peer: str) -> None:
+    alone, stuck, healthy = stack.material.accounts
+    # One gateway process for the stuck session alone, so stopping it stops nothing else.
+    shared_gateway, shared_port = stack.gateway("gateway-shared", [alone, healthy])
+    stuck_gateway, stuck_port = stack.gateway("gateway-stuck", [stuck])
+    ports = stack.start_fixproxy([(alone, shared_port), (stuck, stuck_port),
+                                  (healthy, shared_port)], liveness_grace=GRACE)
+    # The first session to log on relays in a thread of its own; the two after it share the
+    # data plane's thread. The first keeps trading one order at a time (that is its
+    # heartbeat).
+    first_engine = stack.engine("engine-alone", ports[0], alone, window=1)
+    stuck_engine = stack.engine("engine-stuck", ports[1], stuck)
+    healthy_engine = stack.engine("engine-healthy", ports[2], healthy, window=50)
+    baseline = _warm_up(stack, stuck_engine, healthy_engine)
+    stuck_conn = _logon_conn(stuck_gateway)
+
+    victim = stuck_gateway if stopped_peer == "gateway" else stuck_engine
+    stopped = time.monotonic()
+    victim.stop_signal()
+    if stopped_peer == "gateway":
+        ended = stack.wait(lambda: first(stuck_engine.lines(), e="eof") is not None,
+                           LIVENESS_S + 20, "the end of the stuck session")
+        logout = first(stuck_engine.lines(), e="logout")
+        assert logout is not None and "gateway sent nothing" in logout["text"], logout
+        detection = logout["t"] - stopped
+    else:
+        ended = stack.wait(lambda: first(stuck_gateway.lines(), closed=stuck_conn) is not None,
+                           LIVENESS_S + 20, "the end of the stuck session's connection")
+        # Its gateway may not read the Logout: the simulator reads nothing while it waits to
+        # write, and fixproxy does not read a gateway while the engine's output is full, so
+        # fixproxy waits logout_wait for the answer and closes. Its log says what it sent.
+        assert LOGOUT_SENT_FOR_ENGINE in stack.fixproxy_log(), stack.logs()
+        logout = first(stuck_gateway.lines(), conn=stuck_conn, dir="in", type="5")
+        assert logout is None or "engine sent nothing" in (logout["text"] or ""), logout
+        detection = (logout["t"] if logout is not None else ended - LOGOUT_WAIT_S) - stopped
+    assert LIVENESS_S - 1.0 <= detection <= LIVENESS_S + DETECTION_SLACK_S, detection
+    peak = stack.rss_peak_kib
+    assert peak <= _rss_bound(baseline), (peak, baseline)
+    victim.cont_signal()
+
+    # The healthy session traded throughout, in order, with no long pause.
+    during = [line for line in _reports(healthy_engine) if stopped <= line["t"] <= ended]
+    assert len(during) > 10, "the healthy session stalled while the other one was stuck"
+    numbers = [line["n"] for line in during]
+    assert numbers == sorted(numbers) and len(set(numbers)) == len(numbers), \
+        "the healthy session's reports came out of order"
+    moments = [stopped, *(line["t"] for line in during), ended]
+    longest = max(later - earlier for earlier, later in itertools.pairwise(moments))
+    assert longest <= GAP_LIMIT_S, longest
+    # It still trades after the end of the stuck one, and the first session never stopped.
+    count = len(_reports(healthy_engine))
+    stack.wait(lambda: len(_reports(healthy_engine)) > count + 50, 10.0,
+               "orders answered after the stuck session ended")
+    assert first(healthy_engine.lines(), e="eof") is None
+    assert first(first_engine.lines(), e="eof") is None
+    assert len(_reports(first_engine)) > 0
+    print(f"shared plane, {stopped_peer} stopped: healthy session answered {len(during)} "
+          f"orders in the {ended - stopped:.2f} s stop, longest pause {longest * 1000:.0f} ms; "
+          f"stuck session ended after {detection:.2f} s (rule {LIVENESS_S} s); RSS baseline "
+          f"{baseline} KiB, peak {peak} KiB, bound {_rss_bound(baseline)} KiB; shared "
+          f"gateway took {sum(1 for x in shared_gateway.lines() if x.get('type') == 'D')} "
+          f"orders")

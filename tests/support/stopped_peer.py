@@ -161,6 +161,10 @@ class Stack:
             time.sleep(POLL_S)
         return peak
 
+    def fixproxy_log(self) -> str:
+        assert self.fixproxy is not None
+        return self.fixproxy.log.read_text(errors="replace")
+
     def logs(self) -> str:
         parts = []
         for child in self.children:
