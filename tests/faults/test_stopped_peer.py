@@ -44,6 +44,9 @@ ALLOCATOR_MARGIN_KIB: Final = 8 * 1024
 parsed messages in flight. Unbounded buffering of a pipelined engine grows by megabytes a
 second, far past it in the seconds of a stop."""
 WARM_UP_ORDERS: Final = 300
+ENGINE_WINDOW: Final = 300
+"""Unanswered orders of the engine frozen alone: about 100 KiB of reports, under the 128 KiB a
+loopback socket's receive buffer starts with."""
 LOGOUT_WAIT_S: Final = 2.0
 """``logout_wait``'s default: how long fixproxy waits for the answer to its Logout."""
 LOGOUT_SENT_FOR_ENGINE: Final = ("sending Logout to the gateway: the engine sent nothing for "
@@ -127,7 +130,11 @@ def test_engine_stopped_under_load(stack: Stack) -> None:
     account = stack.material.accounts[0]
     gateway, gateway_port = stack.gateway("gateway", [account])
     [port] = stack.start_fixproxy([(account, gateway_port)], liveness_grace=GRACE)
-    engine = stack.engine("engine", port, account)
+    # At most ENGINE_WINDOW orders in flight: their reports fit in the frozen engine's socket
+    # buffers, so fixproxy keeps reading the gateway and gets the answer to its Logout. The
+    # shared-plane test below freezes an engine with no such limit, whose reports back up
+    # into fixproxy and hold the gateway off.
+    engine = stack.engine("engine", port, account, window=ENGINE_WINDOW)
     baseline = _warm_up(stack, engine)
     conn = _logon_conn(gateway)
 
@@ -139,6 +146,8 @@ def test_engine_stopped_under_load(stack: Stack) -> None:
     logout = first(lines, conn=conn, dir="in", type="5")
     assert logout is not None, "fixproxy closed the gateway's connection without a Logout"
     assert "engine sent nothing" in (logout["text"] or ""), logout
+    assert first(lines, conn=conn, dir="out", type="5") is not None, "the Logout went unanswered"
+    assert "logging_out -> closed on gateway_logout" in stack.fixproxy_log(), stack.logs()
     detection = logout["t"] - stopped
     assert LIVENESS_S - 1.0 <= detection <= LIVENESS_S + DETECTION_SLACK_S, detection
     # The gateway kept answering the orders in flight and heartbeating until then.
