@@ -242,4 +242,4 @@ def test_a_stopped_peer_does_not_hold_up_the_shared_plane(stack: Stack,
           f"stuck session ended after {detection:.2f} s (rule {LIVENESS_S} s); RSS baseline "
           f"{baseline} KiB, peak {peak} KiB, bound {_rss_bound(baseline)} KiB; shared "
           f"gateway took {sum(1 for x in shared_gateway.lines() if x.get('type') == 'D')} "
-          f"orders")
+          f"orders; the stuck session's Logout read by its peer: {logout is not None}")

@@ -4,7 +4,7 @@ of its own so that a test can SIGSTOP and SIGCONT it.
 
 :class:`Stack` starts them and stops every one of them when it closes, continuing a stopped
 process first so that its SIGTERM is delivered. The peers report through JSON-lines files
-(:func:`read_lines`); :meth:`Stack.wait` polls them, and fixproxy's resident set size, until a
+(:meth:`Peer.lines`); :meth:`Stack.wait` polls them, and fixproxy's resident set size, until a
 condition holds or a bound passes. The certificates, keys and the process handling are the
 benchmark's (:mod:`bench.middle`, :mod:`bench.proc`).
 """
@@ -33,24 +33,27 @@ _PROCS: Final = "support.stopped_peer_procs"
 _ENV: Final = {"PYTHONPATH": str(REPO_ROOT / "tests")}
 
 
-def read_lines(path: Path) -> list[dict[str, Any]]:
-    """The complete JSON lines written to ``path`` so far (a line being written is left)."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return []
-    return [json.loads(line) for line in text.split("\n")[:-1] if line]
-
-
 @dataclass(slots=True)
 class Peer:
     """A gateway or engine process and the file it reports to."""
 
     child: Child
     out: Path
+    _lines: list[dict[str, Any]] = field(default_factory=list)
+    _offset: int = 0
 
     def lines(self) -> list[dict[str, Any]]:
-        return read_lines(self.out)
+        """Every complete line so far (read on from where the last call stopped)."""
+        try:
+            with self.out.open("rb") as file:
+                file.seek(self._offset)
+                data = file.read()
+        except FileNotFoundError:
+            return []
+        end = data.rfind(b"\n") + 1
+        self._lines.extend(json.loads(line) for line in data[:end].splitlines() if line)
+        self._offset += end
+        return list(self._lines)
 
     def stop_signal(self) -> None:
         os.kill(self.child.pid, signal.SIGSTOP)
