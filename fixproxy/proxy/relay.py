@@ -381,7 +381,11 @@ class SessionRelay:
         if deadline is None or now >= deadline:
             self._deadline = None
             if self.closing_since is None:
-                due = self.machine.check_timers(now)
+                # A side is held off while the other one takes none of its pending output;
+                # its silence is then the other side's (see SessionMachine.check_timers).
+                due = self.machine.check_timers(
+                    now, engine_held=engine.readable and len(gateway.pending) >= MAX_PENDING_BYTES,
+                    gateway_held=gateway.readable and len(engine.pending) >= MAX_PENDING_BYTES)
                 if due is not None:
                     self._event(due)
             self._check_closed(now)

@@ -17,9 +17,10 @@ can happen. Who started a Logout decides what follows, so there is one state per
   whose Text says why.
 
 Liveness (FIX: a peer silent for longer than HeartBtInt is probed, then dropped): either leg
-silent for ``2 x HeartBtInt + grace`` ends the session. Only terminal Logouts are ever
-injected, so a session that needs no sequence translation stays byte-for-byte: an injected
-TestRequest would shift every later sequence number.
+silent for ``2 x HeartBtInt + grace`` ends the session; a leg fixproxy is not reading because
+the other peer stopped taking its pending output counts as that other peer's silence. Only
+terminal Logouts are ever injected, so a session that needs no sequence translation stays
+byte-for-byte: an injected TestRequest would shift every later sequence number.
 
 Sequence numbers: the relay notes the last MsgSeqNum seen in each direction (one ``find`` per
 read, not per message), and the machine alone hands out the numbers of fixproxy's own Logouts
@@ -278,16 +279,26 @@ class SessionMachine:
             return self.since + self.logout_wait
         return None
 
-    def check_timers(self, now: float) -> Event | None:
-        """The timer event due at ``now``, if any (the caller then passes it to handle)."""
+    def check_timers(self, now: float, *, engine_held: bool = False,
+                     gateway_held: bool = False) -> Event | None:
+        """The timer event due at ``now``, if any (the caller then passes it to handle).
+
+        ``engine_held`` (``gateway_held``): the relay is not reading that side now because the
+        other one has stopped taking what is already pending for it. The held side's silence
+        is then the other side's doing, and is reported as the other side's: a gateway that
+        stops reading under a pipelining engine holds the engine off, and it is the gateway
+        that has gone, not the engine.
+        """
         self.now = max(self.now, now)
         if self.state is State.LOGON_SENT and now >= self.since + self.logon_wait:
             return Event.GATEWAY_SILENT
         if self.state is State.ACTIVE:
             if now >= self.gateway_seen + self.silence_limit:
-                return Event.GATEWAY_SILENT
+                return Event.ENGINE_SILENT if gateway_held and not engine_held \
+                    else Event.GATEWAY_SILENT
             if now >= self.engine_seen + self.silence_limit:
-                return Event.ENGINE_SILENT
+                return Event.GATEWAY_SILENT if engine_held and not gateway_held \
+                    else Event.ENGINE_SILENT
         if self.state in (State.ENGINE_LOGGING_OUT, State.GATEWAY_LOGGING_OUT,
                           State.LOGGING_OUT) and now >= self.since + self.logout_wait:
             return Event.LOGOUT_TIMEOUT

@@ -211,6 +211,41 @@ def test_a_gateway_that_stops_reading_stops_the_engine_being_read(harness: Harne
     assert sent > MAX_PENDING_BYTES
 
 
+def test_an_engine_held_off_by_a_stopped_gateway_is_not_the_one_blamed(
+        harness: Harness) -> None:
+    log_on(harness)
+    harness.engine.sock.setblocking(False)
+    order = encode([(35, "D"), (49, API_KEY), (56, "KalshiNR"), (34, 2),
+                    (52, utc_timestamp()), (58, "x" * 1000)])
+    view = memoryview(order * 64)
+    for _ in range(100_000):
+        _, writable, _ = select.select([], [harness.engine.sock], [], HELD_BACK)
+        if not writable:
+            break
+        try:
+            harness.engine.sock.send(view)
+        except BlockingIOError:
+            continue
+    else:
+        pytest.fail("the engine was never held back")
+    harness.engine.sock.settimeout(PEER_TIMEOUT)
+    # The gateway's last word comes after fixproxy stopped reading the engine, so the engine
+    # is the side fixproxy heard from longest ago; but it is held off, not silent.
+    harness.clock.now += 10
+    beat = harness.gateway.send(tags.MT_HEARTBEAT)
+    relayed = harness.engine.receive()
+    assert relayed is not None and relayed.encode() == beat
+    harness.clock.now += SILENCE - 5
+    harness.relay.check_timers()
+    downstream = harness.engine.receive()
+    assert downstream is not None and downstream.msg_type == tags.MT_LOGOUT
+    assert "gateway sent nothing" in (downstream.get_str(tags.TEXT) or "")
+    # The session is over (the relay only waits, bounded, to close a gateway that reads
+    # nothing; the fixture aborts that wait).
+    assert harness.relay.machine.state is State.CLOSED
+    assert harness.relay.machine.close_reason == "gateway_silent"
+
+
 def test_the_first_gateway_message_answers_the_logon_even_after_an_engine_logout(
         harness: Harness) -> None:
     logon = harness.gateway.receive()

@@ -460,3 +460,25 @@ def test_the_machine_numbers_fixproxys_own_logouts() -> None:
     # A later message from the peer never goes back below a number already handed out.
     machine.engine_activity(T0, 8)
     assert machine.engine_last_seq == 9
+
+
+def test_a_held_engine_is_the_stopped_gateway_silence() -> None:
+    # The gateway stopped reading: fixproxy holds the engine off, so the engine is heard from
+    # last; its silence is reported as the gateway's, which is the side that went away.
+    session = session_in(S.ACTIVE, heart_bt_int=4.0, grace=0.5)
+    session.gateway_activity(T0 + 2, 5)
+    session.engine_activity(T0 + 1, 5)
+    assert session.check_timers(T0 + 9.5, engine_held=True) is E.GATEWAY_SILENT
+    assert session.check_timers(T0 + 9.5) is E.ENGINE_SILENT
+    assert session.check_timers(T0 + 9.4, engine_held=True) is None
+
+
+def test_a_held_gateway_is_the_stopped_engine_silence() -> None:
+    session = session_in(S.ACTIVE, heart_bt_int=4.0, grace=0.5)
+    session.engine_activity(T0 + 2, 5)
+    session.gateway_activity(T0 + 1, 5)
+    assert session.check_timers(T0 + 9.5, gateway_held=True) is E.ENGINE_SILENT
+    assert session.check_timers(T0 + 9.5) is E.GATEWAY_SILENT
+    # Both held off: nobody to blame but the side that is silent.
+    assert session.check_timers(T0 + 9.5, engine_held=True, gateway_held=True) \
+        is E.GATEWAY_SILENT
