@@ -123,6 +123,16 @@ def memory_kib(pid: int) -> dict[str, int]:
     return found
 
 
+def open_fds(pid: int) -> int:
+    """How many file descriptors process ``pid`` holds open."""
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def thread_count(pid: int) -> int:
+    """How many threads process ``pid`` has."""
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
 def _tail(path: Path, lines: int = 40) -> str:
     try:
         text = path.read_text(errors="replace")
