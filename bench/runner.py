@@ -77,7 +77,7 @@ from bench.scenarios import (
     run_many_sessions,
     run_under_control_load,
 )
-from bench.storm import STORM_CONNECTIONS, format_storm, run_scenario
+from bench.storm import STORM_CONNECTIONS, STORM_EVERY_S, format_storm, run_scenario
 from fixproxy.cli.main import DEFAULT_SWITCH_INTERVAL, ENV_SWITCH_INTERVAL
 from fixproxy.errors import FixProxyError
 from fixproxy.fix.logon import LogonPolicy
@@ -584,7 +584,8 @@ def _storm(settings: Settings, path: Path) -> int:
         FixProxyError: a process failed or T's open loop failed.
     """
     result = run_scenario(settings.messages, settings.rate, settings.rounds,
-                          settings.storm_connections, settings.switch_interval, _progress)
+                          settings.storm_connections, STORM_EVERY_S, settings.switch_interval,
+                          _progress)
     result["settings"] = asdict(settings)
     result["machine"] = _machine()
     try:

@@ -16,10 +16,12 @@ admission path, so that is the storm chosen.
 
 Meanwhile session T runs the load engine's open loop (latency from each order's scheduled
 send time, so a stall is counted for every order it delays). Each round runs the open loop
-twice on T, quiet and then under the storm, with the same rate and count; the storm runs wave
-after wave (300 connections each, the next once every one of the last is answered and closed)
-for as long as the loaded open loop lasts, so the whole loaded run is under the storm. The
-figure is T's p99 under the storm over the quiet p99, pooled over the rounds; the target is 2x.
+twice on T, quiet and then under the storm, with the same rate and count; during the loaded
+run a wave of 300 connections starts every second (the first at its start; a wave still
+running when the next is due delays it, and a late wave is not made up for), so the storm's
+weight per second is the same however fast fixproxy answers, and a faster admission shows as
+a lower ratio rather than as more waves. The figure is T's p99 under the storm over the quiet
+p99, pooled over the rounds; the target is 2x.
 
 The storm is driven from this process (the orchestrator) with non-blocking sockets and one
 selector, so it is cheap next to what it causes. Each connection's fate is recorded: the first
@@ -53,6 +55,8 @@ from fixproxy.fix import tags
 from fixproxy.fix.codec import SendingTimeClock
 
 STORM_CONNECTIONS: Final = 300
+STORM_EVERY_S: Final = 1.0
+"""A wave starts this often during the loaded run (or as soon as the last one ends)."""
 STORM_TARGET: Final = 2.0
 """T's open-loop p99 during the storm, at most this many times the quiet p99."""
 WAVE_TIMEOUT_S: Final = 60.0
@@ -253,8 +257,10 @@ def settle(pid: int, fds: int, threads: int, timeout: float = SETTLE_TIMEOUT_S
 
 
 def run_storm(engine: Worker, target: StormTarget, orders: int, rate: float, rounds: int,
-              connections: int, progress: Callable[[str], None]) -> dict[str, Any]:
-    """``rounds`` rounds of T's open loop, quiet and then under the storm; raw results.
+              connections: int, every: float, progress: Callable[[str], None]
+              ) -> dict[str, Any]:
+    """``rounds`` rounds of T's open loop, quiet and then under a wave of ``connections``
+    Logons every ``every`` seconds; the summary.
 
     Raises:
         BenchError: T's open loop failed (an order unanswered, answered twice or out of
@@ -274,14 +280,19 @@ def run_storm(engine: Worker, target: StormTarget, orders: int, rate: float, rou
         waves: list[Wave] = []
         peak_fds, peak_threads = fds, threads
         loaded: dict[str, Any] | None = None
+        next_wave = time.monotonic()
         while loaded is None:
-            waves.append(storm_wave(target.storm_port, target.storm_api_key, connections))
-            peak_fds = max(peak_fds, open_fds(pid))
-            peak_threads = max(peak_threads, thread_count(pid))
-            # poll_line reads only while its wait lasts: give it a moment.
-            loaded = engine.poll_answer("open_loop", 0.001)
+            if time.monotonic() >= next_wave:
+                waves.append(storm_wave(target.storm_port, target.storm_api_key, connections))
+                peak_fds = max(peak_fds, open_fds(pid))
+                peak_threads = max(peak_threads, thread_count(pid))
+                while next_wave <= time.monotonic():  # a late wave is not made up for
+                    next_wave += every
             if target.middle.process.poll() is not None:
                 raise target.middle.failure("exited during the storm")
+            # poll_line reads only while its wait lasts: at least a moment.
+            loaded = engine.poll_answer("open_loop",
+                                        max(0.001, next_wave - time.monotonic()))
         end_fds, end_threads, waited = settle(pid, fds, threads)
         results.append({
             "round": number, "quiet_latency_ns": quiet["latency_ns"],
@@ -292,11 +303,11 @@ def run_storm(engine: Worker, target: StormTarget, orders: int, rate: float, rou
             "threads": {"before": threads, "after": end_threads, "peak_seen": peak_threads},
             "settle_s": round(waited, 3),
         })
-    return summarize_storm(results, orders, rate, connections)
+    return summarize_storm(results, orders, rate, connections, every)
 
 
 def summarize_storm(results: list[dict[str, Any]], orders: int, rate: float,
-                    connections: int) -> dict[str, Any]:
+                    connections: int, every: float) -> dict[str, Any]:
     """Percentiles pooled over the rounds, the ratio, the per-round figures and the checks."""
     quiet = [ns for result in results for ns in result["quiet_latency_ns"]]
     storm = [ns for result in results for ns in result["storm_latency_ns"]]
@@ -324,6 +335,7 @@ def summarize_storm(results: list[dict[str, Any]], orders: int, rate: float,
     ratio = storm_p["p99"] / quiet_p["p99"] if quiet_p["p99"] else None
     return {
         "orders_per_run": orders, "rate": rate, "connections_per_wave": connections,
+        "wave_every_s": every,
         "rounds": len(results), "waves": len(waves),
         "connections": sum(wave["connections"] for wave in waves),
         "wave_seconds": [wave["elapsed_s"] for wave in waves],
@@ -342,7 +354,9 @@ def format_storm(summary: dict[str, Any]) -> str:
     lines = [
         f"connection storm: {summary['rounds']} rounds, {summary['orders_per_run']} orders "
         f"at {summary['rate']:g}/s per run; {summary['waves']} waves of "
-        f"{summary['connections_per_wave']} connections ({summary['connections']} in all)",
+        f"{summary['connections_per_wave']} connections, one every "
+        f"{summary['wave_every_s']:g} s ({summary['connections']} in all; a wave took "
+        f"{min(summary['wave_seconds']):.2f}-{max(summary['wave_seconds']):.2f} s)",
         f"  {'':8}{'p50':>10}{'p90':>10}{'p99':>10}{'p99.9':>10}{'max':>10}   (us)",
     ]
     for label, key in (("quiet", "quiet_us"), ("storm", "storm_us")):
@@ -364,7 +378,7 @@ def format_storm(summary: dict[str, Any]) -> str:
 
 
 
-def run_scenario(orders: int, rate: float, rounds: int, connections: int,
+def run_scenario(orders: int, rate: float, rounds: int, connections: int, every: float,
                  switch_interval: float | None, progress: Callable[[str], None]
                  ) -> dict[str, Any]:
     """The whole scenario with processes of its own: a gateway, the load engine, and one
@@ -389,7 +403,7 @@ def run_scenario(orders: int, rate: float, rounds: int, connections: int,
                                      stormed.api_key)
                 try:
                     summary = run_storm(engine, target, orders, rate, rounds, connections,
-                                        progress)
+                                        every, progress)
                 except BenchError as exc:
                     raise child.failure(f"the storm scenario failed: {exc}") from exc
                 engine.request("close", timeout=15.0, name="storm-trader")
