@@ -319,6 +319,8 @@ def summarize_storm(results: list[dict[str, Any]], orders: int, rate: float,
         s99 = percentiles(result["storm_latency_ns"])["p99"]
         per_round.append({"round": result["round"], "quiet_p99_us": q99,
                           "storm_p99_us": s99, "ratio": s99 / q99 if q99 else None,
+                          "orders_answered": {"quiet": len(result["quiet_latency_ns"]),
+                                              "storm": len(result["storm_latency_ns"])},
                           "waves": len(result["waves"]), "fds": result["fds"],
                           "threads": result["threads"], "settle_s": result["settle_s"]})
     waves = [wave for result in results for wave in result["waves"]]
@@ -336,7 +338,7 @@ def summarize_storm(results: list[dict[str, Any]], orders: int, rate: float,
     return {
         "orders_per_run": orders, "rate": rate, "connections_per_wave": connections,
         "wave_every_s": every,
-        "rounds": len(results), "waves": len(waves),
+        "rounds": len(results), "waves": len(waves), "wave_results": waves,
         "connections": sum(wave["connections"] for wave in waves),
         "wave_seconds": [wave["elapsed_s"] for wave in waves],
         "quiet_us": quiet_p, "storm_us": storm_p,
