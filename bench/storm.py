@@ -2,17 +2,18 @@
 
 Theory of operation
 -------------------
-A fleet of engines restarting together (a deploy, a host reboot, a network flap) reconnects
-all at once. fixproxy admits engine connections in its trio thread, while the live sessions
-relay in the data plane's thread; both want the one interpreter, so a burst of admission work
-is latency on every other session. The scenario makes that burst as heavy as one listener can
-see: ``--storm-connections`` (300) TCP connections to session S's listener at once, each
-sending a Logon with S's API key. Every one of them is read, parsed, checked against the
-window, the backoff and the one-connection-per-key claim, and answered: one wins (TLS to the
-gateway, a signature, the gateway's answer; it is logged out again at once) and the rest get
-the duplicate-key Logout. A storm of silent connections would cost fixproxy an accept and a
-timer each and nothing else until ``logon_timeout``; a Logon makes each one go the whole
-admission path, so that is the storm chosen.
+A fleet of engines restarting together (a deploy, a host reboot, a network flap) reconnects all
+at once. fixproxy admits engine connections in its trio thread, while the live sessions relay
+in the data plane's thread; both want the one interpreter, so a burst of admission work is
+latency on every other session. The scenario makes that burst as heavy as one listener can see:
+``--storm-connections`` (300) TCP connections to session S's listener at once, each sending a
+Logon with S's API key. Every one of them is read, parsed, checked against the window, the
+backoff and the one-connection- per-key claim, and answered: one wins (TLS to the gateway, a
+signature, the gateway's answer; it holds the key until every other connection of the wave has
+its answer, then logs out) and the other 299 get the duplicate-key Logout. A storm of silent
+connections would cost fixproxy an accept and a timer each and nothing else until
+``logon_timeout``; a Logon makes each one go the whole admission path, so that is the storm
+chosen.
 
 Meanwhile session T runs the load engine's open loop (latency from each order's scheduled
 send time, so a stall is counted for every order it delays). Each round runs the open loop
@@ -90,7 +91,8 @@ class Wave:
 
     connections: int
     logged_on: int
-    """Answered with a Logon (the key was free), then logged out."""
+    """Answered with a Logon (the key was free), then logged out once every other connection
+    of the wave had its answer: one, unless a connection ended before fixproxy read it."""
     refused_duplicate: int
     refused_other: int
     unanswered: int
@@ -105,7 +107,7 @@ class Wave:
     @property
     def ok(self) -> bool:
         """Every connection was answered and closed, and no refusal but the duplicate key."""
-        return (self.logged_on >= 1 and self.unanswered == 0 and self.not_closed == 0
+        return (self.logged_on == 1 and self.unanswered == 0 and self.not_closed == 0
                 and self.errors == 0 and self.refused_other == 0
                 and self.logged_on + self.refused_duplicate == self.connections)
 
@@ -121,7 +123,8 @@ class Wave:
 def storm_wave(port: int, api_key: str, count: int,
                timeout: float = WAVE_TIMEOUT_S) -> Wave:
     """Open ``count`` connections to ``port`` at once, each sending a Logon for ``api_key``;
-    read each answer, log out any that was logged on, and wait until fixproxy closes each."""
+    read each answer; once every one has its answer, log out the one that won the key; wait
+    until fixproxy has closed each."""
     stamp = SendingTimeClock()
     hello = logon(api_key, stamp(), None)
     selector = selectors.DefaultSelector()
@@ -142,13 +145,19 @@ def storm_wave(port: int, api_key: str, count: int,
             selector.register(sock, selectors.EVENT_WRITE, conn)
         deadline = time.monotonic() + timeout
         live = sum(1 for conn in conns if not conn.closed)
+        waiting = live  # connections without an answer; the winner holds the key till 0
         while live and time.monotonic() < deadline:
             for key, _ in selector.select(max(0.0, deadline - time.monotonic())):
                 conn = key.data
+                had_answer = conn.answer is not None
                 if not conn.connected:
                     _on_connected(conn, selector, hello)
                 else:
-                    _on_readable(conn, api_key, stamp())
+                    _on_readable(conn)
+                if not had_answer and (conn.answer is not None or conn.closed):
+                    waiting -= 1
+                    if not waiting:
+                        _log_out_winners(conns, api_key, stamp())
                 if conn.closed:
                     selector.unregister(conn.sock)
                     conn.sock.close()
@@ -178,7 +187,7 @@ def _on_connected(conn: _Connection, selector: selectors.BaseSelector, hello: by
     selector.modify(conn.sock, selectors.EVENT_READ, conn)
 
 
-def _on_readable(conn: _Connection, api_key: str, sending_time: bytes) -> None:
+def _on_readable(conn: _Connection) -> None:
     try:
         chunk = conn.sock.recv(RECEIVE_SIZE)
     except OSError as exc:
@@ -195,13 +204,21 @@ def _on_readable(conn: _Connection, api_key: str, sending_time: bytes) -> None:
             conn.answer = msg_type
             conn.text = (wire_field(conn.data, b"58", start, end) or b"").decode(
                 "ascii", "replace")
-            if msg_type == tags.MT_LOGON:
-                conn.logout_sent = True
-                conn.sock.sendall(logout(api_key, ENDPOINT, 2, sending_time))
         elif conn.logout_sent and msg_type == tags.MT_LOGOUT:
             conn.logout_answered = True
     if found:
         conn.data = conn.data[found[-1][1]:]
+
+
+def _log_out_winners(conns: list[_Connection], api_key: str, sending_time: bytes) -> None:
+    """Every connection of the wave has its answer: the one logged on lets the key go."""
+    for conn in conns:
+        if conn.answer == tags.MT_LOGON and not conn.closed and not conn.logout_sent:
+            conn.logout_sent = True
+            try:
+                conn.sock.sendall(logout(api_key, ENDPOINT, 2, sending_time))
+            except OSError as exc:
+                conn.error = f"send: {exc}"
 
 
 def _summarize(conns: list[_Connection], elapsed: float) -> Wave:
