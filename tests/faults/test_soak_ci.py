@@ -10,7 +10,8 @@ installed package, so it runs from the repository root as a subprocess. The base
 after a 30 s warm-up (faults for 18 s, then 12 s without) with all ten sessions logged on; the
 end from 12 s into a 20 s tail without faults, again with all ten logged on.
 
-Tolerances: threads and file descriptors must be back at the baseline exactly; RSS may end at
+Tolerances: threads and file descriptors must be back at the baseline exactly, except that
+one session may or may not relay in a thread of its own (counted apart, at most one); RSS may end at
 most 10 % plus 4 MiB above it (allocator noise over a short run; a leak of a few hundred bytes
 per order crosses it). Orders: none lost; in doubt only on connections the gateway dropped
 (the classification of bench/soak_support.py).
@@ -94,7 +95,11 @@ def test_threads_fds_and_rss_are_back_at_the_baseline(
         record_property(f"baseline_{name}", base[name])
         record_property(f"end_{name}", end[name])
     print(f"\n{stdout}")
-    assert end["threads"] <= base["threads"], (base, end)
+    # One session may relay in a thread of its own (the first to log on when none was live;
+    # the rest share the data plane's thread), so that one is counted apart: the rest exactly.
+    assert end["threads"] - end["session_threads"] <= base["threads"] - base["session_threads"], \
+        (base, end)
+    assert end["session_threads"] <= 1, (base, end)
     assert end["fds"] <= base["fds"], (base, end)
     bound = result["rss_bound"]
     assert end["rss_kib"] <= base["rss_kib"] * (1 + bound["growth"]) + bound["slack_kib"], \
