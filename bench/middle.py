@@ -13,19 +13,20 @@ endpoint stays on (on a free port), as in production, and each fixproxy process 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
 import subprocess
 import sys
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 from bench import BenchError
-from bench.proc import Child, free_port
+from bench.proc import Child, Worker, free_port
 from bench.wire import ENDPOINT
 from fixproxy.cli.main import ENV_SWITCH_INTERVAL
 from fixproxy.config.loader import load_config
@@ -220,3 +221,27 @@ def start_fixproxy(material: Material, gateway_port: int, accounts: Sequence[Acc
         child.stop()
         raise
     return child, config
+
+
+@contextlib.contextmanager
+def start_workers(material: Material) -> Iterator[tuple[Worker, Worker, int]]:
+    """The benchmark's gateway and load engine, set up for ``material``'s accounts; both
+    stopped on exit. Yields them and the gateway's port."""
+    from bench.gateway import GatewaySpec
+
+    spec_path = material.workdir / "gateway.json"
+    GatewaySpec(material.certs.leaf_cert, material.certs.leaf_key,
+                {account.api_key: account.public_key for account in material.accounts}
+                ).dump(spec_path)
+    with contextlib.ExitStack() as stack:
+        gateway = stack.enter_context(Worker("gateway", "bench.gateway", [str(spec_path)],
+                                             material.workdir / "gateway.log"))
+        first = gateway.read_line(30.0)
+        if "port" not in first:
+            raise BenchError(f"gateway: {first.get('error', first)}")
+        engine = stack.enter_context(Worker("engine", "bench.engine", [],
+                                            material.workdir / "engine.log"))
+        engine.request("setup", timeout=30.0, ca=str(material.certs.ca_cert),
+                       keys={account.api_key: str(account.private_key)
+                             for account in material.accounts})
+        yield gateway, engine, int(first["port"])

@@ -123,6 +123,26 @@ def memory_kib(pid: int) -> dict[str, int]:
     return found
 
 
+def open_fds(pid: int) -> int:
+    """How many file descriptors process ``pid`` holds open."""
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def thread_count(pid: int) -> int:
+    """How many threads process ``pid`` has."""
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+def thread_names(pid: int) -> list[str]:
+    """The OS name of each thread of process ``pid`` (at most 15 bytes each); a thread that
+    ends while they are read is left out."""
+    names = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError):
+            names.append(Path(f"/proc/{pid}/task/{task}/comm").read_text().strip())
+    return names
+
+
 def _tail(path: Path, lines: int = 40) -> str:
     try:
         text = path.read_text(errors="replace")

@@ -42,7 +42,7 @@ import ssl
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import FrameType
@@ -63,6 +63,7 @@ from bench.middle import (
     start_python_relay,
     start_stunnel,
     start_trio_relay,
+    start_workers,
     state_dir,
     stunnel_binary,
     stunnel_version,
@@ -76,6 +77,7 @@ from bench.scenarios import (
     run_many_sessions,
     run_under_control_load,
 )
+from bench.storm import STORM_CONNECTIONS, STORM_EVERY_S, format_storm, run_scenario
 from fixproxy.cli.main import DEFAULT_SWITCH_INTERVAL, ENV_SWITCH_INTERVAL
 from fixproxy.errors import FixProxyError
 from fixproxy.fix.logon import LogonPolicy
@@ -127,6 +129,9 @@ class Settings:
     switch_interval: float
     """The GIL switch interval fixproxy and python-relay run with, in seconds."""
     switch_interval_source: str
+    scenario: str = "all"
+    """``all``: everything above; ``storm``: only the connection storm (bench/storm.py)."""
+    storm_connections: int = STORM_CONNECTIONS
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +215,13 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Settings, Path | None]:
                         help="pin every process of the run to these CPUs (e.g. 0, or 0-1); by "
                              "default the scheduler places them, which on some virtual "
                              "machines makes closed-loop RTTs bimodal (see bench/README.md)")
+    parser.add_argument("--scenario", choices=("all", "storm"), default="all",
+                        help="all: the whole benchmark; storm: only the connection storm "
+                             "(session T's open loop, quiet and while waves of "
+                             "--storm-connections Logons hit session S's listener; "
+                             "--rounds [3; quick: 1], --messages and --rate apply) [all]")
+    parser.add_argument("--storm-connections", type=_positive_int, default=STORM_CONNECTIONS,
+                        help=f"connections per wave of the storm [{STORM_CONNECTIONS}]")
     parser.add_argument("--json", type=Path, dest="json_path",
                         help="where to write the JSON result [bench/results/<timestamp>.json]")
     args = parser.parse_args(argv)
@@ -218,8 +230,9 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Settings, Path | None]:
     many_rounds = 1 if quick else MANY_ROUNDS
     many_seconds = args.many_seconds or (2.0 if quick else MANY_SECONDS)
     switch_interval, source = _switch_interval(args.switch_interval, parser)
+    default_rounds = (1 if quick else 3) if args.scenario == "storm" else (1 if quick else 10)
     settings = Settings(
-        rounds=args.rounds or (1 if quick else 10),
+        rounds=args.rounds or default_rounds,
         messages=messages,
         pipelined=PIPELINED_FACTOR * messages,
         rate=args.rate,
@@ -236,6 +249,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Settings, Path | None]:
         many_rounds=many_rounds,
         switch_interval=switch_interval,
         switch_interval_source=source,
+        scenario=args.scenario,
+        storm_connections=args.storm_connections,
     )
     return settings, args.json_path
 
@@ -351,29 +366,6 @@ def _versions(stunnel: str) -> dict[str, str]:
             "cryptography_openssl": openssl_backend.openssl_version_text(),
             "ssl_openssl": ssl.OPENSSL_VERSION, "fixproxy": fixproxy.__version__,
             **stunnel_version(stunnel)}
-
-
-@contextlib.contextmanager
-def _workers(material: Material) -> Iterator[tuple[Worker, Worker, int]]:
-    """The gateway and the engine, set up; both stopped on exit."""
-    from bench.gateway import GatewaySpec
-
-    spec_path = material.workdir / "gateway.json"
-    GatewaySpec(material.certs.leaf_cert, material.certs.leaf_key,
-                {account.api_key: account.public_key for account in material.accounts}
-                ).dump(spec_path)
-    with contextlib.ExitStack() as stack:
-        gateway = stack.enter_context(Worker("gateway", "bench.gateway", [str(spec_path)],
-                                             material.workdir / "gateway.log"))
-        first = gateway.read_line(30.0)
-        if "port" not in first:
-            raise BenchError(f"gateway: {first.get('error', first)}")
-        engine = stack.enter_context(Worker("engine", "bench.engine", [],
-                                            material.workdir / "engine.log"))
-        engine.request("setup", timeout=30.0, ca=str(material.certs.ca_cert),
-                       keys={account.api_key: str(account.private_key)
-                             for account in material.accounts})
-        yield gateway, engine, int(first["port"])
 
 
 def _check(configs: Mapping[str, Any], rounds: Mapping[str, Sequence[Mapping[str, Any]]],
@@ -527,7 +519,7 @@ def run(settings: Settings) -> dict[str, Any]:
         _progress("timing the Logon rewrite in process")
         logon_rewrite = signbench.measure(account, _logon_policy(material, account),
                                           settings.sign_repeats, settings.sign_calls)
-        with _workers(material) as (gateway, engine, gateway_port):
+        with start_workers(material) as (gateway, engine, gateway_port):
             after_load = _measure_rounds(material, gateway, engine, gateway_port, settings,
                                          rounds)
             for kind, figures in after_load.items():
@@ -580,9 +572,31 @@ def _logon_policy(material: Material, account: Account) -> LogonPolicy:
     return config.sessions[0].logon_policy()
 
 
-def _default_json_path(started: float) -> Path:
+def _default_json_path(started: float, prefix: str = "") -> Path:
     stamp = dt.datetime.fromtimestamp(started, dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    return RESULTS_DIR / f"{stamp}.json"
+    return RESULTS_DIR / f"{prefix}{stamp}.json"
+
+
+def _storm(settings: Settings, path: Path) -> int:
+    """Only the connection storm; 0 unless something did not work (a MISS is not a failure).
+
+    Raises:
+        FixProxyError: a process failed or T's open loop failed.
+    """
+    result = run_scenario(settings.messages, settings.rate, settings.rounds,
+                          settings.storm_connections, STORM_EVERY_S, settings.switch_interval,
+                          _progress)
+    result["settings"] = asdict(settings)
+    result["machine"] = _machine()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2) + "\n")
+    except OSError as exc:
+        print(f"bench: error: cannot write {path}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(format_storm(result))
+    print(f"\nJSON: {path}")
+    return 0 if result["ok"] else EXIT_FAILED
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -594,6 +608,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.sched_setaffinity(0, settings.cpus)
     started = time.time()
     try:
+        if settings.scenario == "storm":
+            return _storm(settings, json_path or _default_json_path(started, "storm-"))
         result = run(settings)
     except FixProxyError as exc:
         print(f"bench: error: {exc}", file=sys.stderr)

@@ -166,12 +166,17 @@ async def _serve_connection(engine: trio.abc.Stream, runtime: SessionRuntime,
         logon_received = time.monotonic()
         wall = datetime.now(UTC)
         _check_window_and_backoff(runtime, wall)
+        # The claim comes before the rewrite, which signs: a duplicate connection is refused
+        # for the cost of a dictionary look-up, not of an RSA signature in trio's thread,
+        # which a storm of reconnecting engines would turn into data-plane latency. Nothing
+        # awaits until the key is released or the session starts, so a Logon refused below
+        # never makes another connection see the key as held.
+        _claim_key(runtime, conn_id)
+        claimed = True
         rewritten = _rewrite(first, runtime, force_reset=runtime.manager.reset_due(
             runtime.policy.api_key, wall))
         log.info("engine Logon accepted locally: %s", render(first.raw))
         translator = _translator_for(rewritten, runtime, log)
-        _claim_key(runtime, conn_id)
-        claimed = True
         status.connection_started(conn_id, time.time())
         _note_clock_skew(status, "engine", rewritten.sending_time, wall.timestamp(), log)
         try:

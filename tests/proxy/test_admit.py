@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -64,9 +64,10 @@ class Relay:
 
 
 def start_relay(nursery: trio.Nursery, engine_end: trio.abc.Stream, key: rsa.RSAPrivateKey,
-                connect_error: Exception | None = None) -> Relay:
+                connect_error: Exception | None = None,
+                sign: Callable[[bytes], bytes] | None = None) -> Relay:
     """Relay ``engine_end``; opening the gateway raises ``connect_error`` (default: the test
-    fails if the relay tries)."""
+    fails if the relay tries); ``sign`` replaces the signer made from ``key``."""
     config = session_config(name=SESSION)
 
     async def connect() -> tuple[trio.abc.Stream, HandshakeInfo]:
@@ -74,7 +75,7 @@ def start_relay(nursery: trio.Nursery, engine_end: trio.abc.Stream, key: rsa.RSA
         raise connect_error if connect_error is not None else GatewayNotExpected
 
     relay = Relay(SessionRuntime(config=config, policy=config.logon_policy(),
-                                 sign=LogonSigner(key), connect=connect,
+                                 sign=sign or LogonSigner(key), connect=connect,
                                  metrics=Metrics(CollectorRegistry()), manager=SessionManager()))
 
     async def run() -> None:
@@ -226,3 +227,29 @@ def test_a_held_logon_is_told_whole_seconds_rounded_up(wait: float, now: datetim
                                                        seconds: int, when: str) -> None:
     text = held_text(wait, now)
     assert f"holds new attempts for {seconds} s more; retry after {when} UTC" in text
+
+
+async def test_a_duplicate_is_refused_before_its_logon_is_signed(
+        rsa_key: rsa.RSAPrivateKey) -> None:
+    """A second connection with a held key costs no signature: in a storm of reconnecting
+    engines, each one would hold the interpreter that the live sessions relay with."""
+    signed: list[bytes] = []
+    signer = LogonSigner(rsa_key)
+
+    def counting_signer(data: bytes) -> bytes:
+        signed.append(data)
+        return signer(data)
+
+    with trio.fail_after(GUARD):
+        async with tcp_pair() as (engine_stream, accepted), trio.open_nursery() as nursery:
+            relay = start_relay(nursery, accepted, rsa_key, sign=counting_signer)
+            assert relay.runtime.manager.claim(API_KEY, "other", 99) is None
+            engine = ScriptedEngine(engine_stream, sender=API_KEY, target="KalshiNR")
+            await engine.send(tags.MT_LOGON, LOGON_FIELDS)
+            [logout] = await read_to_end(engine_stream)
+            await relay.done.wait()
+    assert_refusal(logout, sender="KalshiNR", target=API_KEY,
+                   text=f"the API key {API_KEY} is already in use by session 'other'")
+    assert signed == []
+    assert relay.connects == 0
+    assert relay.sample("fixproxy_engine_connections_total", result="duplicate_key") == 1
