@@ -58,6 +58,7 @@ from fixproxy.fix.logon import RewrittenLogon, rewrite_logon
 from fixproxy.net.streams import NonBlockingSocketStream, RawSocketStream
 from fixproxy.net.tls import HandshakeInfo
 from fixproxy.ops.journal import open_journal
+from fixproxy.ops.liveseq import LiveSequences
 from fixproxy.ops.seqstore import SessionSequences
 from fixproxy.ops.status import SessionStatus
 from fixproxy.proxy.handover import RelayResult
@@ -263,9 +264,10 @@ def _translator_for(rewritten: RewrittenLogon, runtime: SessionRuntime,
     source = "its Logon's NextExpectedMsgSeqNum (789)"
     try:
         if next_in is None and runtime.sequences is not None:
-            saved = runtime.sequences.load(cfg.name, cfg.api_key, cfg.endpoint.target_comp_id)
-            if saved is not None:
-                next_in, source = saved.engine_next_in, "the state saved by the last connection"
+            found = runtime.sequences.load_engine_next_in(cfg.name, cfg.api_key,
+                                                          cfg.endpoint.target_comp_id)
+            if found is not None:
+                next_in, source = found
         if next_in is None:
             next_in, source = 1, "no saved state: assuming it reset its inbound numbers"
         translator = SequenceTranslator.for_logon(rewritten.msg_seq_num, next_in)
@@ -546,6 +548,7 @@ async def _run_session(engine: trio.abc.Stream, engine_framer: FixFramer,
     status.session_started(conn_id, machine, translated=translator is not None)
     control = _TrioControl(runtime, status, conn_id, log, rewritten.raw)
     tracker = recovery_tracker(runtime, log)
+    live = _open_live(runtime, translator, log)
     relay = SessionRelay(
         engine=_socket_of(engine), gateway=_socket_of(gateway), logon=rewritten.raw,
         engine_framer=engine_framer, machine=machine, translator=translator,
@@ -556,7 +559,8 @@ async def _run_session(engine: trio.abc.Stream, engine_framer: FixFramer,
         control=control, log=log, conn_id=conn_id,
         gateway_ids=(runtime.policy.api_key.encode(), runtime.policy.target_comp_id.encode()),
         engine_ids=_counterparty_ids(None, runtime), logon_received=logon_received,
-        clock=clock, recovery=tracker, recovery_plane=control if tracker is not None else None)
+        clock=clock, recovery=tracker, recovery_plane=control if tracker is not None else None,
+        live=live)
     runtime.manager.register(conn_id, relay.shutdown)
     # The counters are the session's, across its connections: this one's are the difference.
     counted_before = _traffic_totals(relay)
@@ -575,6 +579,8 @@ async def _run_session(engine: trio.abc.Stream, engine_framer: FixFramer,
             nursery.cancel_scope.cancel()
     finally:
         relay.close()
+        if live is not None:
+            live.close()
         control.finish()
         runtime.manager.unregister(conn_id)
         if result is not None and result.logged_on:
@@ -660,6 +666,25 @@ def _socket_of(stream: trio.abc.Stream) -> socket.socket:
     if not isinstance(stream, NonBlockingSocketStream):
         raise FixProxyError(f"the session relay needs socket streams, not {stream!r}")
     return stream.socket
+
+
+def _open_live(runtime: SessionRuntime, translator: SequenceTranslator | None,
+               log: _ConnectionLog) -> LiveSequences | None:
+    """The live record a renumbered connection keeps current (:mod:`fixproxy.ops.liveseq`);
+    None for other connections, or if it cannot be opened (logged: the number is then saved
+    only when the connection ends, as without it)."""
+    store = runtime.sequences
+    if translator is None or store is None:
+        return None
+    cfg = runtime.config
+    try:
+        live = store.open_live(cfg.name, cfg.api_key, cfg.endpoint.target_comp_id)
+    except FixProxyError as exc:
+        text = f"{exc}; were fixproxy killed now, the engine's next number would be stale"
+        log.error("%s", text)  # noqa: TRY400  the message says it all
+        return None
+    live.store(translator.in_offset + 1)
+    return live
 
 
 def _save_sequences(runtime: SessionRuntime, machine: SessionMachine,
