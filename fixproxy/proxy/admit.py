@@ -257,9 +257,17 @@ def _note_clock_skew(status: SessionStatus, source: str, sending_time: bytes | N
 def _translator_for(rewritten: RewrittenLogon, runtime: SessionRuntime,
                     log: _ConnectionLog) -> SequenceTranslator | None:
     """The renumbering for an engine that kept its numbers while the gateway leg resets."""
-    if not rewritten.translated:
-        return None
     cfg = runtime.config
+    if not rewritten.translated:
+        if rewritten.reset_forced and rewritten.msg_seq_num == 1 and cfg.translate_sequence \
+                and runtime.sequences is not None:
+            # An engine that keeps its numbers, starting afresh: nothing to renumber yet, but
+            # its inbound count is kept as for any renumbered connection, or a crash now
+            # would leave its next Logon nothing (or an older connection's number) to go on.
+            log.info("engine started its sequence numbers afresh (34=1) without asking for "
+                     "a reset; keeping count of them for its next Logon")
+            return SequenceTranslator(0, 0)
+        return None
     next_in = rewritten.engine_next_expected
     source = "its Logon's NextExpectedMsgSeqNum (789)"
     try:
