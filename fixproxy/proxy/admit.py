@@ -58,14 +58,13 @@ from fixproxy.fix.logon import RewrittenLogon, rewrite_logon
 from fixproxy.net.streams import NonBlockingSocketStream, RawSocketStream
 from fixproxy.net.tls import HandshakeInfo
 from fixproxy.ops.journal import open_journal
-from fixproxy.ops.liveseq import LiveSequences
-from fixproxy.ops.seqstore import SessionSequences
 from fixproxy.ops.status import SessionStatus
 from fixproxy.proxy.handover import RelayResult
 from fixproxy.proxy.manager import SessionManager
 from fixproxy.proxy.recovery import ended_cleanly, recover_session, recovery_tracker, save_recovery
 from fixproxy.proxy.relay import CLOSE_TIMEOUT, SessionRelay
 from fixproxy.proxy.runtime import SessionRuntime, declare_status
+from fixproxy.proxy.seqstate import open_live, save_sequences
 from fixproxy.session.explain import clock_skew_warning, describe_bad_start
 from fixproxy.session.machine import Direction, Event, SessionMachine
 from fixproxy.session.recovery import ExecId, RecoveryState, report_format_flags
@@ -556,7 +555,7 @@ async def _run_session(engine: trio.abc.Stream, engine_framer: FixFramer,
     status.session_started(conn_id, machine, translated=translator is not None)
     control = _TrioControl(runtime, status, conn_id, log, rewritten.raw)
     tracker = recovery_tracker(runtime, log)
-    live = _open_live(runtime, translator, log)
+    live = open_live(runtime, translator, log)
     relay = SessionRelay(
         engine=_socket_of(engine), gateway=_socket_of(gateway), logon=rewritten.raw,
         engine_framer=engine_framer, machine=machine, translator=translator,
@@ -593,7 +592,7 @@ async def _run_session(engine: trio.abc.Stream, engine_framer: FixFramer,
         runtime.manager.unregister(conn_id)
         if result is not None and result.logged_on:
             # The relay's translator: recovery shifts the gateway's numbers past its reports.
-            _save_sequences(runtime, machine, relay.translator, log)
+            save_sequences(runtime, machine, relay.translator, log)
             if tracker is not None:
                 save_recovery(runtime, tracker.snapshot(
                     time.time(), clean_end=ended_cleanly(machine)), log)
@@ -674,42 +673,6 @@ def _socket_of(stream: trio.abc.Stream) -> socket.socket:
     if not isinstance(stream, NonBlockingSocketStream):
         raise FixProxyError(f"the session relay needs socket streams, not {stream!r}")
     return stream.socket
-
-
-def _open_live(runtime: SessionRuntime, translator: SequenceTranslator | None,
-               log: _ConnectionLog) -> LiveSequences | None:
-    """The live record a renumbered connection keeps current (:mod:`fixproxy.ops.liveseq`);
-    None for other connections, or if it cannot be opened (logged: the number is then saved
-    only when the connection ends, as without it)."""
-    store = runtime.sequences
-    if translator is None or store is None:
-        return None
-    cfg = runtime.config
-    try:
-        live = store.open_live(cfg.name, cfg.api_key, cfg.endpoint.target_comp_id)
-    except FixProxyError as exc:
-        text = f"{exc}; were fixproxy killed now, the engine's next number would be stale"
-        log.error("%s", text)  # noqa: TRY400  the message says it all
-        return None
-    live.store(translator.in_offset + 1)
-    return live
-
-
-def _save_sequences(runtime: SessionRuntime, machine: SessionMachine,
-                    translator: SequenceTranslator | None, log: _ConnectionLog) -> None:
-    store = runtime.sequences
-    cfg = runtime.config
-    if store is None or not cfg.translate_sequence:
-        return
-    in_offset = translator.in_offset if translator is not None else 0
-    sequences = SessionSequences(
-        api_key=cfg.api_key, endpoint=cfg.endpoint.target_comp_id,
-        engine_next_out=machine.engine_last_seq + 1,
-        engine_next_in=machine.gateway_last_seq + 1 + in_offset)
-    try:
-        store.save(cfg.name, sequences)
-    except FixProxyError as exc:
-        log.error("%s", exc)  # noqa: TRY400  the message says it all
 
 
 def _count_end(runtime: SessionRuntime, result: RelayResult, log: _ConnectionLog) -> None:
