@@ -29,7 +29,9 @@ ExecutionReports and the engine's orders (35=D/F/G), which update its
 :class:`~fixproxy.session.recovery.RecoveryTracker` and then pass with the rest of their chunk;
 once Kalshi accepts the Logon, the relay waits for the control plane's replay before it writes
 the answer, then writes the recovered reports and renumbers the gateway's after them. Other
-sessions look at nothing more.
+sessions look at nothing more. A renumbered session also stores the engine's next inbound
+number in its live record before each write to the engine (:mod:`fixproxy.ops.liveseq`), and
+answers a ResendRequest for numbers from before the reset with a gap fill itself.
 
 The planes meet at a named rule each (the types are in :mod:`fixproxy.proxy.handover`).
 trio -> thread: :meth:`SessionRelay.shutdown` and :meth:`SessionRelay.abort` put a command on a
@@ -638,7 +640,7 @@ class SessionRelay:
         elif msg_type == tags.MT_LOGOUT:
             self._event(Event.GATEWAY_LOGOUT, "the gateway refused the Logon")
         counters.bytes += len(data) + sum(map(len, recovered))
-        if self.live is not None:
+        if accepted and self.live is not None:
             self._store_engine_next()
         if self._send(self.engine, b"".join([data, *recovered]), time.perf_counter()) \
                 and self.journal is not None:
