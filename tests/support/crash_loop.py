@@ -35,6 +35,7 @@ from typing import Final
 
 from fixproxy.fix import tags
 from fixproxy.ops import liveseq
+from fixproxy.ops.journal import CUT_SHORT
 from fixproxy.ops.recoverystore import RecoveryStore
 from fixproxy.ops.seqstore import SequenceStore
 from fixproxy.session.machine import Direction
@@ -208,12 +209,13 @@ def check_journal(journal_dir: Path) -> int:
     """Every journal line up to the last is whole and well formed; the number of lines.
 
     A line is ``<UTC time> <connection id> <direction> <message>``; the message ends with its
-    CheckSum field. The very last line of a file may be cut short by the kill.
+    CheckSum field. The very last line of a file may be cut short by the kill; a line an
+    earlier kill cut short was closed by the next process with the journal's marker.
     """
     count = 0
     for path, number, line, complete in journal_lines(journal_dir):
-        if not complete:
-            continue  # the kill's: nothing follows it
+        if not complete or line.endswith(CUT_SHORT.rstrip(b"\n")):
+            continue  # the kill's: nothing follows it, or the next process closed it
         text = line.decode("ascii")
         stamp, conn_id, direction, message = text.split(" ", 3)
         assert stamp.endswith("Z") or "T" in stamp, f"{path}:{number}: {text!r}"
