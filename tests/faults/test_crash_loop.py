@@ -20,7 +20,10 @@ After the loop the engine logs on once more and trades, and the run must show:
 * no order silently lost: every order QuickFIX sent has its ExecutionReport, or was in flight
   when the connection it was sent on was cut by a kill (recorded per kill).
 
-The seed is printed; set FIXPROXY_CRASH_SEED to replay a run's kill instants.
+The seed is printed; set FIXPROXY_CRASH_SEED to replay a run's kill instants, and
+FIXPROXY_CRASH_ITERATIONS to change the plain loop's length (50). A kill "during the Logon" is
+one before QuickFIX had its Logon answer; the printed summary says how many there were, and
+how many orders each kill cut off.
 """
 
 from __future__ import annotations
@@ -108,6 +111,8 @@ class LoopRun:
 
 @dataclass(frozen=True, slots=True)
 class Variant:
+    """How many kills, and which optional state fixproxy keeps meanwhile."""
+
     iterations: int
     journal: bool = False
     recovery: bool = False
