@@ -75,6 +75,12 @@ class ConnectError(UpstreamError):
     result = "refused"
 
 
+class OutOfDescriptors(ConnectError):
+    """No socket could be made for the gateway: fixproxy is at its open-file limit."""
+
+    result = "fd_limit"
+
+
 class ConnectTimeout(ConnectError):
     """TCP connect or TLS handshake did not finish within connect_timeout."""
 

@@ -15,19 +15,32 @@ longer than :data:`HTTP_REQUEST_LIMIT` bytes is refused (431), and the whole exc
 :data:`HTTP_TIMEOUT` seconds. Routes are plain synchronous callables that read values already
 in memory (the registry, the status board), so an answer never waits on I/O; one that raises
 answers 500 and is logged, and the endpoint carries on.
+
+Out of file descriptors, Linux's accept(2) fails before it looks at the queue, and trio's
+``serve_listeners`` would log a traceback every 0.1 s for as long as the shortage lasts once
+one scrape arrived. The accept loop here logs it once and answers each waiting scrape with a
+descriptor held in reserve (:class:`~fixproxy.net.listen.DescriptorReserve`), one at a time:
+the metrics are most wanted while something is wrong.
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Final
 
 import trio
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from fixproxy.net.listen import address_of, open_listeners
+from fixproxy.errors import FixProxyError
+from fixproxy.net.listen import (
+    DESCRIPTOR_ERRNOS,
+    DescriptorReserve,
+    address_of,
+    open_listeners,
+)
 from fixproxy.ops.metrics import Metrics
 
 # The server's logger: operators' log filters select the endpoint's lines by this name.
@@ -37,6 +50,10 @@ HTTP_REQUEST_LIMIT: Final = 8192
 """Largest HTTP request head read by the metrics endpoint; scrapers send a few hundred bytes."""
 HTTP_TIMEOUT: Final = 5.0
 """Seconds a metrics client has to send its request and read the answer."""
+ACCEPT_CAPACITY_ERRNOS: Final = frozenset({*DESCRIPTOR_ERRNOS, errno.ENOMEM, errno.ENOBUFS})
+"""accept(2) errors that mean "out of resources for now": wait, never stop serving."""
+ACCEPT_RETRY_DELAY: Final = 0.1
+"""Seconds between accepts while memory is short (or no descriptor is in reserve)."""
 
 
 Route = Callable[[], tuple[int, str, bytes]]
@@ -60,8 +77,53 @@ async def serve_metrics(host: str, port: int, metrics: Metrics, *,
     listeners = await open_listeners(host, port, "metrics")
     logger.info("metrics on http://%s:%d/metrics", *address_of(listeners[0]))
     task_status.started(address_of(listeners[0]))
-    await trio.serve_listeners(functools.partial(_http_connection, routes=all_routes),
-                               listeners)
+    handler = functools.partial(_http_connection, routes=all_routes)
+    reserve = DescriptorReserve()
+    try:
+        async with trio.open_nursery() as nursery:
+            for listener in listeners:
+                nursery.start_soon(_accept_scrapes, listener, handler, nursery, reserve)
+    finally:
+        reserve.close()
+        for listener in listeners:
+            await trio.aclose_forcefully(listener)
+
+
+async def _accept_scrapes(listener: trio.SocketListener,
+                          handler: Callable[[trio.SocketStream], Awaitable[None]],
+                          nursery: trio.Nursery, reserve: DescriptorReserve) -> None:
+    """Accept scrapes into ``nursery``; through a shortage of descriptors, one at a time
+    with the one in ``reserve``."""
+    shortage: str | None = None
+    while True:
+        try:
+            stream = await listener.accept()
+        except OSError as exc:
+            if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
+                raise FixProxyError(f"metrics: accept failed: {exc.strerror or exc}") from exc
+            if shortage is None:
+                shortage = exc.strerror or str(exc)
+                # An operator's condition, said once: a traceback would add nothing.
+                logger.error("metrics endpoint: accept failed (%s); scrapes are answered "  # noqa: TRY400
+                             "one at a time until resources free up", shortage)
+            if exc.errno not in DESCRIPTOR_ERRNOS or not reserve.refill():
+                await trio.sleep(ACCEPT_RETRY_DELAY)
+                continue
+            await trio.lowlevel.wait_readable(listener.socket)
+            reserve.release()
+            try:
+                try:
+                    stream = await listener.accept()
+                except OSError:
+                    continue  # the next accept says what it is
+                await handler(stream)
+            finally:
+                reserve.refill()
+            continue
+        if shortage is not None:
+            logger.warning("metrics endpoint: accepting again after a shortage (%s)", shortage)
+            shortage = None
+        nursery.start_soon(handler, stream)
 
 
 async def _http_connection(stream: trio.SocketStream, routes: Mapping[str, Route]) -> None:

@@ -62,8 +62,10 @@ from fixproxy.errors import (
     ConfigError,
     ConnectError,
     ConnectTimeout,
+    OutOfDescriptors,
     TLSHandshakeError,
 )
+from fixproxy.net.listen import out_of_descriptors
 from fixproxy.net.pins import (
     CertificateInfo,
     ChainReport,
@@ -292,6 +294,9 @@ async def _connect_tls(host: str, port: int, server_name: str, context: ssl.SSLC
         try:
             tcp = await trio.open_tcp_stream(host, port)
         except OSError as exc:
+            if out_of_descriptors(exc):
+                raise OutOfDescriptors(f"cannot connect to {peer}: {_os_reason(exc)}"
+                                       ) from exc
             raise ConnectError(f"cannot connect to {peer}: {_os_reason(exc)}") from exc
         connected = trio.current_time()
         phase = "TLS handshake"

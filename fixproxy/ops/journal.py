@@ -24,9 +24,17 @@ A kill can cut the last line short (a write interrupted between pages); the next
 closes such a line with :data:`CUT_SHORT` before it appends, so the damage stays one line.
 
 A journal must never stop trading: every ``OSError`` (a full disk, a removed directory, a
-permission change) is logged once at ERROR and the journal switches itself off for the rest
-of the process; :meth:`SessionJournal.record` and :meth:`SessionJournal.close` never raise.
-The files hold order flow, so the directory is created 0700 and the files 0600.
+permission change) switches the journal off and is counted in
+``fixproxy_state_write_errors_total{store="journal"}``; :meth:`SessionJournal.record` and
+:meth:`SessionJournal.close` never raise. The log hears of it once per run of failures, across
+the session's connections (:class:`~fixproxy.ops.statewrites.StateWriteErrors`): an ERROR
+when writing starts to fail, a WARNING, with how many messages are missing, when a write works
+again. A write cut short by a full disk is truncated back to the last whole line, so the file
+never holds a partial line. While off, the journal tries to reopen its file every
+:data:`RETRY_INTERVAL` seconds as messages come (one ``open`` per interval), so an operator
+who frees the disk gets the journal back without reconnecting the engine (the alternative,
+off for the rest of the connection, leaves a day-long session unjournalled after a brief
+shortage). The files hold order flow, so the directory is created 0700 and the files 0600.
 """
 
 from __future__ import annotations
@@ -46,6 +54,7 @@ from fixproxy.config.model import ProxyConfig
 from fixproxy.errors import FixProxyError, FramingError
 from fixproxy.fix import tags
 from fixproxy.fix.codec import iter_fields
+from fixproxy.ops.statewrites import StateWriteErrors
 from fixproxy.session.machine import Direction
 
 logger = logging.getLogger("fixproxy.journal")
@@ -56,6 +65,8 @@ interval, and a crash loses at most this much of the journal."""
 MAX_BUFFERED_BYTES: Final = 256 * 1024
 """Bytes of lines held before a write regardless of time, so a burst cannot grow memory
 without bound."""
+RETRY_INTERVAL: Final = 5.0
+"""Seconds between attempts to reopen a journal that a write error switched off."""
 DIRECTORY_MODE: Final = 0o700
 FILE_MODE: Final = 0o600
 SUFFIX: Final = ".log"
@@ -73,16 +84,17 @@ _SECRET_FIELD: Final = re.compile(
 _SESSION_FILE_NAME: Final = re.compile(r"[A-Za-z0-9_.-]+")
 
 
-def open_journal(config: ProxyConfig, session: str) -> SessionJournal | None:
+def open_journal(config: ProxyConfig, session: str,
+                 errors: StateWriteErrors | None = None) -> SessionJournal | None:
     """The journal of ``session`` as ``[proxy]`` configures it, or None when it is off.
 
     The caller closes it (:meth:`SessionJournal.close`). Never raises for file problems:
-    see :class:`SessionJournal`.
+    see :class:`SessionJournal`; ``errors`` counts them.
     """
     if config.journal_dir is None:
         return None
     return SessionJournal(config.journal_dir, session, max_bytes=config.journal_max_bytes,
-                          backups=config.journal_backups)
+                          backups=config.journal_backups, errors=errors)
 
 
 def render_message(frame: bytes | bytearray) -> bytes:
@@ -131,14 +143,17 @@ class SessionJournal:
     id). It is synchronous and not thread-safe: the relay's tasks share one trio thread.
     """
 
-    __slots__ = ("_backups", "_buffer", "_buffered", "_clock", "_fd", "_flush_interval",
-                 "_last_flush", "_max_bytes", "_size", "_stamp", "_wall", "directory",
+    __slots__ = ("_backups", "_buffer", "_buffered", "_clock", "_closed", "_errors", "_fd",
+                 "_flush_interval", "_last_flush", "_max_bytes", "_missing",
+                 "_retry_at", "_retry_interval", "_size", "_stamp", "_wall", "directory",
                  "path", "session")
 
     def __init__(self, directory: Path, session: str, *, max_bytes: int, backups: int,
                  flush_interval: float = FLUSH_INTERVAL,
                  clock: Callable[[], float] = time.monotonic,
-                 wall: Callable[[], float] = time.time) -> None:
+                 wall: Callable[[], float] = time.time,
+                 retry_interval: float = RETRY_INTERVAL,
+                 errors: StateWriteErrors | None = None) -> None:
         """Open (creating as needed) the session's journal file.
 
         A directory or file that cannot be created or opened is logged once at ERROR and
@@ -151,8 +166,11 @@ class SessionJournal:
                 into a file of its own).
             backups: how many rotated files to keep (``.1`` newest); 0 keeps none.
             flush_interval: seconds between writes while messages keep coming.
-            clock: monotonic seconds, for the flush interval.
+            clock: monotonic seconds, for the flush and retry intervals.
             wall: seconds since the epoch, for the timestamps.
+            retry_interval: seconds between attempts to reopen after a write error.
+            errors: counts each failed write or reopen and decides what is logged; the
+                process's (shared by every session and connection), or one of its own.
         Raises:
             FixProxyError: a session name that is not a plain file name, or non-positive
                 ``max_bytes``, or negative ``backups`` (the configuration loader rules
@@ -177,6 +195,13 @@ class SessionJournal:
         self._size = 0
         self._fd: int | None = None
         self._last_flush = clock()
+        self._retry_interval = retry_interval
+        self._errors = errors if errors is not None else StateWriteErrors()
+        self._retry_at: float | None = None
+        """When to try to reopen; None unless a write error switched the journal off."""
+        self._missing = 0
+        """Messages not journalled since the journal was switched off."""
+        self._closed = False
         try:
             directory.mkdir(mode=DIRECTORY_MODE, parents=True, exist_ok=True)
             self._open()
@@ -197,7 +222,8 @@ class SessionJournal:
             frames: the messages, each one whole frame, in relay order.
             conn_id: the connection id the relay's log lines carry.
         """
-        if self._fd is None:
+        if self._fd is None and not self._resume():
+            self._missing += sum(1 for _ in frames)
             return
         head = b"%s %d %s " % (self._stamp(self._wall()), conn_id, direction.value.encode())
         for frame in frames:
@@ -224,11 +250,19 @@ class SessionJournal:
         try:
             self._write_lines(lines)
         except OSError as exc:
+            self._missing += len(lines)  # some may be in a file rotated out meanwhile
             self._fail("cannot write", exc)
+            return
+        if self._errors.succeeded(self.session, "journal"):
+            logger.warning("journal of session %s is written again, to %s; %d messages of "
+                           "this connection relayed while it was off are missing from it",
+                           self.session, self.path, self._missing)
+            self._missing = 0
 
     def close(self) -> None:
         """Flush and close the file; further records are dropped. Never raises."""
         self.flush()
+        self._closed = True
         fd, self._fd = self._fd, None
         if fd is not None:
             try:
@@ -284,12 +318,22 @@ class SessionJournal:
             self._write(b"".join(chunk))
 
     def _write(self, data: bytes) -> None:
-        assert self._fd is not None
+        fd = self._fd
+        assert fd is not None
+        start = self._size
         view = memoryview(data)
-        while view:
-            written = os.write(self._fd, view)
-            self._size += written
-            view = view[written:]
+        try:
+            while view:
+                written = os.write(fd, view)
+                self._size += written
+                view = view[written:]
+        except OSError:
+            # A full disk takes part of a write before it refuses the rest: cut the file
+            # back to its last whole line, or the next line written would continue it.
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, start)
+                self._size = start
+            raise
 
     def _rotate(self) -> None:
         """``<session>.log`` becomes ``.1``, ``.1`` becomes ``.2`` ... the last one is
@@ -310,9 +354,15 @@ class SessionJournal:
         self._open()
 
     def _fail(self, what: str, exc: OSError) -> None:
-        """Switch the journal off for good, saying why once."""
-        logger.error("journal of session %s switched off: %s %s (%s); trading continues "
-                     "without it", self.session, what, self.path, exc.strerror or exc)
+        """Switch the journal off until the next retry; say why if writing just began to
+        fail."""
+        if self._errors.failed(self.session, "journal"):
+            logger.error("journal of session %s switched off: %s %s (%s); trading continues "
+                         "without it, and fixproxy tries to reopen it every %g s",
+                         self.session, what, self.path, exc.strerror or exc,
+                         self._retry_interval)
+        self._retry_at = self._clock() + self._retry_interval
+        self._missing += len(self._buffer)
         self._buffer = []
         self._buffered = 0
         fd, self._fd = self._fd, None
@@ -320,3 +370,16 @@ class SessionJournal:
             # Already failing: the error above is the one worth reporting.
             with contextlib.suppress(OSError):
                 os.close(fd)
+
+    def _resume(self) -> bool:
+        """Reopen a journal switched off by an error, once its retry time has come; True if
+        it is open again (the next successful write says so in the log)."""
+        if self._closed or self._retry_at is None or self._clock() < self._retry_at:
+            return False
+        try:
+            self._open()
+        except OSError as exc:
+            self._fail("cannot reopen", exc)
+            return False
+        self._retry_at = None
+        return True

@@ -40,6 +40,7 @@ from prometheus_client.registry import Collector
 from fixproxy import __version__
 from fixproxy.fix.framer import SCANNER
 from fixproxy.kalshi import KNOWN_MSG_TYPES
+from fixproxy.ops.statewrites import StateWriteErrors
 from fixproxy.ops.status import SKEW_SOURCES, STATES, Clocks, StatusBoard
 from fixproxy.session.machine import RELAY_DIRECTIONS, Direction
 
@@ -262,6 +263,11 @@ class Metrics:
         self.recovered_reports = Counter(
             "fixproxy_recovered_reports", "Execution reports recovered through the drop copy "
             "and delivered to the engine (97=Y).", ["session"], registry=r)
+        self.state_write_errors = Counter(
+            "fixproxy_state_write_errors", "Failed writes of fixproxy's own files, by store: "
+            "journal (the message journal), sequences and recovery (the state kept in "
+            "state_dir); trading goes on without them.", ["session", "store"], registry=r)
+        self.state_writes = StateWriteErrors(self.state_write_errors)
         self._traffic: dict[tuple[str, Direction], TrafficCounters] = {}
         r.register(_TrafficCollector(self._traffic))
         self._status_watched = False

@@ -14,6 +14,7 @@ own order state.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -74,4 +75,7 @@ class RecoveryStore:
                 os.fsync(out.fileno())
             os.replace(temporary, path)
         except OSError as exc:
+            # The saved file is untouched; a half-written temporary must not stay behind.
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
             raise FixProxyError(f"cannot write recovery state {path}: {exc.strerror}") from exc

@@ -24,6 +24,7 @@ cannot lend the new state its mode.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -178,6 +179,9 @@ class SequenceStore:
                 os.fsync(out.fileno())
             os.replace(temporary, path)
         except OSError as exc:
+            # The saved file is untouched; a half-written temporary must not stay behind.
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
             raise FixProxyError(f"cannot write sequence state {path}: {exc.strerror}") from exc
 
     def ensure_directory(self) -> None:

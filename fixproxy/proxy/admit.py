@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import math
 import socket
 import threading
 import time
@@ -47,6 +48,7 @@ from fixproxy.errors import (
     FixProxyError,
     FramingError,
     LogonRefused,
+    OutOfDescriptors,
     PinMismatchError,
     UpstreamError,
 )
@@ -55,6 +57,7 @@ from fixproxy.fix import tags
 from fixproxy.fix.codec import FixMessage, parse_utc_timestamp, render
 from fixproxy.fix.framer import FixFramer, Frame
 from fixproxy.fix.logon import RewrittenLogon, rewrite_logon
+from fixproxy.net.listen import open_file_limit
 from fixproxy.net.streams import NonBlockingSocketStream, RawSocketStream
 from fixproxy.net.tls import HandshakeInfo
 from fixproxy.ops.journal import open_journal
@@ -65,7 +68,11 @@ from fixproxy.proxy.recovery import ended_cleanly, recover_session, recovery_tra
 from fixproxy.proxy.relay import CLOSE_TIMEOUT, SessionRelay
 from fixproxy.proxy.runtime import SessionRuntime, declare_status
 from fixproxy.proxy.seqstate import open_live, save_sequences
-from fixproxy.session.explain import clock_skew_warning, describe_bad_start
+from fixproxy.session.explain import (
+    clock_skew_warning,
+    describe_bad_start,
+    descriptor_shortage_text,
+)
 from fixproxy.session.machine import Direction, Event, SessionMachine
 from fixproxy.session.recovery import ExecId, RecoveryState, report_format_flags
 from fixproxy.session.sequence import SequenceTranslator
@@ -310,11 +317,19 @@ def _check_window_and_backoff(runtime: SessionRuntime, now: datetime) -> None:
     clock = trio.current_time()
     if not manager.backoff.allowed(api_key, clock):
         retry_at = manager.backoff.retry_at(api_key) or clock
-        wait = retry_at - clock
-        when = (now + timedelta(seconds=wait)).strftime("%H:%M:%S UTC")
-        raise _Refusal(f"the last Logon attempt with this API key failed and Kalshi rate-limits "
-                       f"Logons, so fixproxy holds new attempts for {wait:.0f} s more; retry "
-                       f"after {when}", "backoff")
+        raise _Refusal(held_text(retry_at - clock, now), "backoff")
+
+
+def held_text(wait: float, now: datetime) -> str:
+    """What an engine held by the backoff is told: whole seconds, rounded up, so an engine
+    that retries at the time it is given is not held again."""
+    seconds = max(1, math.ceil(wait))
+    when = now + timedelta(seconds=wait)
+    if when.microsecond:
+        when = when.replace(microsecond=0) + timedelta(seconds=1)
+    return (f"the last Logon attempt with this API key failed and Kalshi rate-limits Logons, "
+            f"so fixproxy holds new attempts for {seconds} s more; retry after "
+            f"{when.strftime('%H:%M:%S UTC')}")
 
 
 def _rewrite(first: Frame, runtime: SessionRuntime, *, force_reset: bool) -> RewrittenLogon:
@@ -347,6 +362,11 @@ async def _open_gateway(runtime: SessionRuntime,
             f"none of the configured pins (presented: {', '.join(exc.presented)}). If Kalshi "
             f"rotated its certificate, verify the new one and update pins or pinned_cert "
             f"(fixproxy pin {cfg.host}:{cfg.port} prints them)", exc.result) from exc
+    except OutOfDescriptors as exc:
+        metrics.upstream_connects.labels(session=cfg.name, result=exc.result).inc()
+        raise _Refusal(descriptor_shortage_text(
+            open_file_limit(), f"a connection to the Kalshi gateway {cfg.host}:{cfg.port}"),
+            exc.result) from exc
     except UpstreamError as exc:
         metrics.upstream_connects.labels(session=cfg.name, result=exc.result).inc()
         raise _Refusal(
@@ -358,6 +378,27 @@ async def _open_gateway(runtime: SessionRuntime,
     metrics.set_certificate_expiry(cfg.name, info.leaf_subject,
                                    info.leaf_not_after.timestamp())
     return gateway, info
+
+
+async def refuse_for_descriptors(engine: trio.SocketStream, runtime: SessionRuntime) -> None:
+    """Answer an engine accepted with the spare descriptor while fixproxy has none left:
+    counted as ``fixproxy_engine_connections_total{result="fd_limit"}``, a Logout saying so
+    (its CompIDs the session's, since its Logon is not read), then a clean close."""
+    name = runtime.config.name
+    runtime.metrics.engine_connections.labels(session=name, result="fd_limit").inc()
+    peers = runtime.config.allow_peers
+    if not peers.unrestricted:
+        try:
+            host = str(engine.socket.getpeername()[0])
+        except OSError:
+            host = ""
+        if not peers.allows(host):
+            # Its Logon is not read, so there is nothing to mirror: a peer not allowed must
+            # not learn the session's CompIDs (the API key).
+            await engine.aclose()
+            return
+    text = descriptor_shortage_text(open_file_limit(), "this connection")
+    await _refuse(engine, runtime, None, text)
 
 
 async def _refuse_peer(engine: trio.abc.Stream, runtime: SessionRuntime, text: str) -> None:
@@ -560,7 +601,8 @@ async def _run_session(engine: trio.abc.Stream, engine_framer: FixFramer,
         engine=_socket_of(engine), gateway=_socket_of(gateway), logon=rewritten.raw,
         engine_framer=engine_framer, machine=machine, translator=translator,
         reset_forced=rewritten.reset_forced,
-        journal=None if runtime.proxy is None else open_journal(runtime.proxy, cfg.name),
+        journal=None if runtime.proxy is None else open_journal(
+            runtime.proxy, cfg.name, runtime.metrics.state_writes),
         to_gateway=runtime.metrics.traffic(cfg.name, Direction.ENGINE_TO_GATEWAY),
         to_engine=runtime.metrics.traffic(cfg.name, Direction.GATEWAY_TO_ENGINE),
         control=control, log=log, conn_id=conn_id,

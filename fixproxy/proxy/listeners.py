@@ -17,9 +17,20 @@ address a new or moved session asks for is handed over rather than closed and re
 a rename, or two sessions trading addresses, never meets "address in use". A closed
 listener refuses new connections; the connections it accepted carry on.
 
-accept(2) failing for want of descriptors or memory is waited out and retried, because
-stopping would refuse every later engine of the session over a shortage that passes; any
-other accept error is raised and ends the serving.
+accept(2) failing for want of descriptors or memory never stops the serving, because that
+would refuse every later engine of the session over a shortage that passes; any other accept
+error is raised and ends the serving. For descriptors (EMFILE, ENFILE), leaving the engine in
+the kernel's backlog would have it hang until its own timeout, so one descriptor is held in
+reserve (:class:`~fixproxy.net.listen.DescriptorReserve`). Linux's accept(2) fails with
+EMFILE before it looks at the queue, so on EMFILE the loop first waits for a connection (the
+spare held, nothing spinning), tries a plain accept again (descriptors may have freed), and
+only then gives the spare up, accepts the connection with it, hands it to the refusal handler
+(a Logout saying fixproxy is out of descriptors, then a close, within
+:data:`REFUSAL_TIMEOUT`) and takes the spare back. When the spare cannot be taken back, and
+for a shortage of memory, accepting is retried after :data:`ACCEPT_RETRY_DELAY`. Either way
+the log says so once when a shortage begins (at most once per
+:data:`SHORTAGE_LOG_INTERVAL`) and once when accepting succeeds again; nothing is logged per
+refused connection.
 """
 
 from __future__ import annotations
@@ -33,8 +44,16 @@ from typing import Final
 import trio
 
 from fixproxy.errors import FixProxyError
-from fixproxy.net.listen import Address, address_of, open_listeners
+from fixproxy.net.listen import (
+    DESCRIPTOR_ERRNOS,
+    Address,
+    DescriptorReserve,
+    address_of,
+    open_file_limit,
+    open_listeners,
+)
 from fixproxy.proxy.runtime import SessionRuntime
+from fixproxy.session.explain import descriptor_shortage_log
 
 # The name these lines have always been logged under: operators' log filters match it.
 logger = logging.getLogger("fixproxy.reload")
@@ -45,6 +64,14 @@ ACCEPT_CAPACITY_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENO
 is broken: wait and try again rather than stop serving every session."""
 ACCEPT_RETRY_DELAY: Final = 0.1
 """Seconds to wait before accepting again after one of those errors."""
+SHORTAGE_LOG_INTERVAL: Final = 60.0
+"""Seconds within which a new shortage is not logged again at ERROR (a process at its limit
+may run out, recover and run out again with every connection)."""
+
+REFUSAL_TIMEOUT: Final = 0.5
+"""Seconds at most spent answering one engine while out of descriptors, its Logout included:
+the spare is out meanwhile, and the next engine waits in the backlog. An engine on loopback
+reads the Logout and closes well within it; one that does not is closed regardless."""
 
 ConnectionHandler = Callable[[trio.SocketStream, SessionRuntime], Awaitable[None]]
 
@@ -92,10 +119,28 @@ class SessionListeners:
     """Every session's listener, and the runtime each newly accepted connection is given."""
 
     def __init__(self, runtimes: Mapping[str, SessionRuntime],
-                 handler: ConnectionHandler) -> None:
+                 handler: ConnectionHandler,
+                 refuse_for_descriptors: ConnectionHandler | None = None) -> None:
+        """Args:
+            runtimes: session name -> runtime, for the sessions to listen for.
+            handler: serves an accepted connection with the runtime in force.
+            refuse_for_descriptors: answers a connection accepted with the spare descriptor
+                while the process is out of them (counts it, says why, closes); None just
+                closes it.
+        """
         self.runtimes: Mapping[str, SessionRuntime] = dict(runtimes)
         """Session name -> the runtime of the configuration in force; replaced whole."""
         self._handler = handler
+        self._refuse_for_descriptors = refuse_for_descriptors
+        self._reserve: DescriptorReserve | None = None
+        self._shortage: str | None = None
+        """The accept error of the shortage under way (its strerror), None when there is none."""
+        self.refused_for_descriptors = 0
+        """Connections answered with the spare descriptor, since start."""
+        self._refused_in_shortage = 0
+        self._shortage_said: float | None = None
+        """When a shortage was last logged at ERROR (trio's clock)."""
+        self._shortage_loud = False
         self._listeners: dict[str, _Listener] = {}
         self._nursery: trio.Nursery | None = None
         self._connections: trio.Nursery | None = None
@@ -120,6 +165,7 @@ class SessionListeners:
         Raises:
             FixProxyError: a listen address cannot be bound.
         """
+        self._reserve = DescriptorReserve()
         staged = await self.stage(self.runtimes)
         try:
             async with trio.open_nursery() as nursery:
@@ -132,6 +178,7 @@ class SessionListeners:
             staged.discard()
             self.stop()
             self._nursery = None
+            self._reserve.close()
 
     def stop(self) -> None:
         """Close every listener; connections already accepted carry on."""
@@ -221,6 +268,8 @@ class SessionListeners:
                       ) -> None:
         connections = self._connections
         assert connections is not None  # set before any listener task starts
+        pending = False  # a connection was seen waiting since accept last failed for want
+        # of descriptors
         while True:
             try:
                 stream = await socket_listener.accept()
@@ -231,11 +280,26 @@ class SessionListeners:
                     raise FixProxyError(f"session {listener.session!r}: accept failed on "
                                         f"{listener.bound[0]}:{listener.bound[1]}: "
                                         f"{exc.strerror or exc}") from exc
-                # A traceback per retry would flood the log while the shortage lasts.
-                logger.error("session %s: accept failed (%s); retrying in %g s",  # noqa: TRY400
-                             listener.session, exc.strerror, ACCEPT_RETRY_DELAY)
-                await trio.sleep(ACCEPT_RETRY_DELAY)
+                self._shortage_began(listener, exc)
+                reserve = self._reserve
+                try:
+                    if exc.errno not in DESCRIPTOR_ERRNOS or reserve is None \
+                            or not reserve.refill():
+                        await trio.sleep(ACCEPT_RETRY_DELAY)
+                    elif not pending:
+                        # Linux's accept(2) fails with EMFILE before it looks at the queue:
+                        # wait for a connection (the spare stays held, nothing spins), then
+                        # try a plain accept again, as descriptors may have freed meanwhile.
+                        await trio.lowlevel.wait_readable(socket_listener.socket)
+                        pending = True
+                    else:
+                        pending = False
+                        await self._answer_with_spare(listener, socket_listener, reserve)
+                except trio.ClosedResourceError:
+                    return
                 continue
+            pending = False
+            self._shortage_ended()
             # No checkpoint between the accept and this lookup: the runtime is the one in
             # force when the connection arrived, and the connection keeps it to the end.
             runtime = self.runtimes.get(listener.session)
@@ -243,6 +307,65 @@ class SessionListeners:
                 await trio.aclose_forcefully(stream)
                 continue
             connections.start_soon(self._run_handler, stream, runtime)
+
+    def _shortage_began(self, listener: _Listener, exc: OSError) -> None:
+        """Note a failed accept; say what it is and what to do when a shortage begins.
+
+        A process hovering at its limit starts one shortage after another: within
+        :data:`SHORTAGE_LOG_INTERVAL` of the last ERROR a new one stays quiet (its end too),
+        until it has lasted past that interval, when it is said after all.
+        """
+        if self._shortage is None:
+            self._shortage = exc.strerror or str(exc)
+            self._refused_in_shortage = 0
+            self._shortage_loud = False
+        if self._shortage_loud:
+            return
+        now = trio.current_time()
+        if self._shortage_said is not None and now - self._shortage_said < \
+                SHORTAGE_LOG_INTERVAL:
+            return
+        self._shortage_said = now
+        self._shortage_loud = True
+        if exc.errno in DESCRIPTOR_ERRNOS:
+            logger.error("session %s: accept failed (%s): %s", listener.session,
+                         self._shortage, descriptor_shortage_log(open_file_limit()))
+        else:
+            logger.error("session %s: accept failed (%s); engines wait in the backlog and "
+                         "accepting is retried every %g s until memory frees up",
+                         listener.session, self._shortage, ACCEPT_RETRY_DELAY)
+
+    def _shortage_ended(self) -> None:
+        if self._shortage is None:
+            return
+        if not self._shortage_loud:
+            self._shortage = None
+            return
+        logger.warning("accepting engine connections again after a shortage (%s); %d "
+                       "connections were refused meanwhile", self._shortage,
+                       self._refused_in_shortage)
+        self._shortage = None
+
+    async def _answer_with_spare(self, listener: _Listener,
+                                 socket_listener: trio.SocketListener,
+                                 reserve: DescriptorReserve) -> None:
+        """Give up the spare descriptor, accept the waiting connection with it, refuse it
+        (bounded by :data:`REFUSAL_TIMEOUT`) and take the spare back."""
+        reserve.release()
+        try:
+            try:
+                stream = await socket_listener.accept()
+            except OSError:
+                return  # the loop's next accept says what it is
+            self.refused_for_descriptors += 1
+            self._refused_in_shortage += 1
+            runtime = self.runtimes.get(listener.session)
+            with trio.move_on_after(REFUSAL_TIMEOUT):
+                if runtime is not None and self._refuse_for_descriptors is not None:
+                    await self._refuse_for_descriptors(stream, runtime)
+            await trio.aclose_forcefully(stream)
+        finally:
+            reserve.refill()
 
     async def _run_handler(self, stream: trio.SocketStream, runtime: SessionRuntime) -> None:
         try:

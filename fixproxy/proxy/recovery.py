@@ -179,10 +179,14 @@ def save_recovery(runtime: SessionRuntime, state: RecoveryState,
     if recovery.store is None:
         recovery.memory[runtime.config.name] = state
         return
+    name = runtime.config.name
+    writes = runtime.metrics.state_writes
     try:
-        recovery.store.save(runtime.config.name, state)
+        recovery.store.save(name, state)
     except FixProxyError as exc:
-        log.error("%s", exc)  # noqa: TRY400  the message says it all
+        writes.report(name, "recovery", str(exc), log)
+    else:
+        writes.recovered(name, "recovery", f"recovery state of session {name}", log)
 
 
 def ended_cleanly(machine: SessionMachine) -> bool:

@@ -99,6 +99,10 @@ def build_runtime(session: SessionConfig, metrics: Metrics,
     trust = pins.GatewayTrust.from_policy(session.tls)
     connect = functools.partial(tls.open_gateway_stream, session.host, session.port, trust,
                                 context, connect_timeout=session.connect_timeout)
+    stores = (("journal",) if proxy is not None and proxy.journal_dir is not None else ()) \
+        + (("sequences",) if sequences is not None and session.translate_sequence else ()) \
+        + (("recovery",) if sequences is not None and session.recovery is not None else ())
+    metrics.state_writes.declare(session.name, stores)
     return SessionRuntime(config=session, policy=session.logon_policy(), sign=signer,
                           connect=connect, metrics=metrics,
                           manager=manager if manager is not None else SessionManager(),

@@ -47,7 +47,10 @@ def save_sequences(runtime: SessionRuntime, machine: SessionMachine,
         api_key=cfg.api_key, endpoint=cfg.endpoint.target_comp_id,
         engine_next_out=machine.engine_last_seq + 1,
         engine_next_in=machine.gateway_last_seq + 1 + in_offset)
+    writes = runtime.metrics.state_writes
     try:
         store.save(cfg.name, sequences)
     except FixProxyError as exc:
-        log.error("%s", exc)  # noqa: TRY400  the message says it all
+        writes.report(cfg.name, "sequences", str(exc), log)
+    else:
+        writes.recovered(cfg.name, "sequences", f"sequence state of session {cfg.name}", log)

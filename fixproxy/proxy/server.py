@@ -34,7 +34,7 @@ from fixproxy.net.http import serve_metrics
 from fixproxy.ops.control import PidFile, ReloadRecord, write_reload_record
 from fixproxy.ops.metrics import Metrics
 from fixproxy.ops.seqstore import SequenceStore
-from fixproxy.proxy.admit import relay_engine_connection
+from fixproxy.proxy.admit import refuse_for_descriptors, relay_engine_connection
 from fixproxy.proxy.dataplane import DataPlane
 from fixproxy.proxy.health import Health
 from fixproxy.proxy.listeners import SessionListeners
@@ -85,7 +85,7 @@ class ProxyServer:
                                   sequences=sequences, proxy=config.proxy)
         self.listeners = SessionListeners(
             {session.name: build(session) for session in config.sessions},
-            relay_engine_connection)
+            relay_engine_connection, refuse_for_descriptors)
         self.reloader = ConfigReloader(config, self.listeners, build, metrics, self.manager)
         # Reads the runtimes on every pass, so it follows a reload that replaces them.
         self.health = Health(self.manager, lambda: list(self.runtimes.values()), metrics,

@@ -129,3 +129,23 @@ def stale_resend_text(begin: int, end: int, endpoint: str, first_in: int) -> str
             f"{endpoint} cannot retransmit, so fixproxy answers with a gap fill to {first_in}. "
             f"Reports among them come back through drop-copy recovery ([session.recovery]) "
             f"or Kalshi's REST API")
+
+
+def descriptor_shortage_text(limit: int | None, what: str) -> str:
+    """What an engine is told when fixproxy has no file descriptor left for ``what`` (this
+    connection, or the connection to the gateway); ``limit`` is the open-file limit, if any.
+    """
+    where = f"its limit of {limit} open files" if limit is not None else "its open-file limit"
+    return (f"fixproxy is out of file descriptors ({where}) and cannot open {what}; raise "
+            f"the limit (LimitNOFILE= in fixproxy's systemd unit, ulimit -n in the shell that "
+            f"starts it, or the container's nofile ulimit), or find what holds the "
+            f"descriptors (ls /proc/<fixproxy pid>/fd), then reconnect")
+
+
+def descriptor_shortage_log(limit: int | None) -> str:
+    """The one log line that opens a shortage of descriptors at accept(2)."""
+    where = f"its limit of {limit} open files" if limit is not None else "its open-file limit"
+    return (f"fixproxy is out of file descriptors ({where}): engines connecting now are "
+            f"answered with a Logout saying so and closed, until descriptors free up. Raise "
+            f"the limit (LimitNOFILE= in the systemd unit, ulimit -n) or find what holds them "
+            f"(ls /proc/<pid>/fd)")

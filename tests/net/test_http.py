@@ -6,12 +6,15 @@ reads: split heads, bare LF line ends, oversized heads and silent clients includ
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
+import os
 import socket
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import cast
 
 import pytest
 import trio
@@ -20,7 +23,15 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from fixproxy.errors import FixProxyError
-from fixproxy.net.http import HTTP_REQUEST_LIMIT, HTTP_TIMEOUT, Route, serve_metrics
+from fixproxy.net.http import (
+    HTTP_REQUEST_LIMIT,
+    HTTP_TIMEOUT,
+    Route,
+    _accept_scrapes,
+    _http_connection,
+    serve_metrics,
+)
+from fixproxy.net.listen import DescriptorReserve, open_listeners
 from fixproxy.ops.metrics import Metrics
 
 GUARD = 10.0
@@ -220,3 +231,62 @@ async def test_a_port_in_use_is_a_fixproxy_error() -> None:
         port = taken.getsockname()[1]
         with pytest.raises(FixProxyError, match=f"metrics: cannot listen on 127.0.0.1:{port}"):
             await serve_metrics("127.0.0.1", port, Metrics(CollectorRegistry()))
+
+
+class _ShortListener:
+    """A real listening socket whose accept fails with EMFILE while the spare descriptor is
+    held: a process at its open-file limit, as the kernel sees it."""
+
+    def __init__(self, real: trio.SocketListener, reserve: DescriptorReserve) -> None:
+        self.real = real
+        self.socket = real.socket
+        self.reserve = reserve
+        self.accepts = 0
+
+    async def accept(self) -> trio.SocketStream:
+        self.accepts += 1
+        if self.reserve.held:
+            await trio.lowlevel.checkpoint()
+            raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+        return await self.real.accept()
+
+
+async def test_scrapes_are_answered_with_the_spare_while_out_of_descriptors(
+        caplog: pytest.LogCaptureFixture) -> None:
+    [real] = await open_listeners("127.0.0.1", 0, "metrics")
+    host, port = real.socket.getsockname()[:2]
+    reserve = DescriptorReserve()
+    short = _ShortListener(real, reserve)
+    handler = functools.partial(_http_connection,
+                                routes={"/healthz": lambda: (200, "text/plain", b"ok\n")})
+
+    async def get() -> bytes:
+        stream = await trio.open_tcp_stream(host, port)
+        try:
+            await stream.send_all(b"GET /healthz HTTP/1.0\r\n\r\n")
+            received = b""
+            while chunk := await stream.receive_some(1000):
+                received += chunk
+            return received
+        finally:
+            await stream.aclose()
+
+    try:
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_accept_scrapes, cast(trio.SocketListener, short), handler,
+                                   nursery, reserve)
+                for _ in range(3):
+                    assert (await get()).endswith(b"\r\n\r\nok\n")
+                await trio.testing.wait_all_tasks_blocked()
+                assert reserve.held
+                accepts = short.accepts
+                await trio.sleep(0.2)  # a window in which a retrying loop would accept again
+                assert short.accepts == accepts
+                nursery.cancel_scope.cancel()
+    finally:
+        reserve.close()
+        await real.aclose()
+    errors = [record.getMessage() for record in caplog.records
+              if record.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "metrics endpoint: accept failed" in errors[0]

@@ -24,10 +24,12 @@ from fixproxy.fix.codec import encode
 from fixproxy.ops.journal import (
     CUT_SHORT,
     MAX_BUFFERED_BYTES,
+    RETRY_INTERVAL,
     SessionJournal,
     open_journal,
     render_message,
 )
+from fixproxy.ops.statewrites import StateWriteErrors
 from fixproxy.session.machine import Direction
 
 EPOCH = 1_700_000_000.25
@@ -50,10 +52,11 @@ class FakeClock:
 
 def _journal(directory: Path, *, max_bytes: int = 1 << 20, backups: int = 3,
              clock: Callable[[], float] | None = None,
-             flush_interval: float = 0.0) -> SessionJournal:
+             flush_interval: float = 0.0,
+             errors: StateWriteErrors | None = None) -> SessionJournal:
     return SessionJournal(directory, "s1", max_bytes=max_bytes, backups=backups,
                           flush_interval=flush_interval, clock=clock or FakeClock(),
-                          wall=lambda: EPOCH)
+                          wall=lambda: EPOCH, errors=errors)
 
 
 def _order(make_frame: MakeFrame, number: int) -> bytes:
@@ -396,3 +399,82 @@ def test_impossible_arguments_are_refused(tmp_path: Path, session: str, max_byte
     with pytest.raises(FixProxyError):
         SessionJournal(tmp_path, session, max_bytes=max_bytes, backups=backups)
     assert list(tmp_path.iterdir()) == []
+
+
+def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [record.getMessage() for record in caplog.records
+            if record.name == "fixproxy.journal" and record.levelno == logging.WARNING]
+
+
+def test_a_write_cut_short_by_a_full_disk_leaves_no_partial_line(
+        tmp_path: Path, make_frame: MakeFrame, monkeypatch: pytest.MonkeyPatch) -> None:
+    journal = _journal(tmp_path)
+    journal.record(Direction.ENGINE_TO_GATEWAY, [_order(make_frame, 1)], 1)
+    real_write = os.write
+
+    def half_then_full(fd: int, data: bytes | memoryview) -> int:
+        if len(data) > 10:
+            return real_write(fd, bytes(data[: len(data) // 2]))
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "write", half_then_full)
+    journal.record(Direction.ENGINE_TO_GATEWAY, [_order(make_frame, 2), _order(make_frame, 3)],
+                   1)
+    monkeypatch.undo()
+    assert not journal.enabled
+    raw = journal.path.read_text()
+    assert raw.endswith("\n")
+    assert all(LINE.fullmatch(line) for line in raw.splitlines())
+    assert [line.split("|11=")[1][:12] for line in raw.splitlines()] == ["order-000001"]
+
+
+def test_the_journal_reopens_after_the_retry_interval_and_says_what_is_missing(
+        tmp_path: Path, make_frame: MakeFrame, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    clock = FakeClock()
+    errors = StateWriteErrors()
+    journal = _journal(tmp_path, clock=clock, errors=errors)
+    journal.record(Direction.ENGINE_TO_GATEWAY, [_order(make_frame, 1)], 1)
+
+    def disk_full(fd: int, data: object) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "write", disk_full)
+    journal.record(Direction.ENGINE_TO_GATEWAY, [_order(make_frame, 2)], 1)
+    clock.now += RETRY_INTERVAL  # the disk is still full at the first retry: silent
+    journal.record(Direction.ENGINE_TO_GATEWAY, [_order(make_frame, 3)], 1)
+    monkeypatch.undo()
+    journal.record(Direction.ENGINE_TO_GATEWAY, [_order(make_frame, 4)], 1)  # not yet due
+    assert not journal.enabled
+    clock.now += RETRY_INTERVAL
+    journal.record(Direction.ENGINE_TO_GATEWAY, [_order(make_frame, 5)], 1)
+    assert journal.enabled
+    journal.close()
+    numbers = [int(line.split("|11=order-")[1][:6]) for line in _lines(journal.path)]
+    assert numbers == [1, 5]
+    [error] = _errors(caplog)
+    assert "tries to reopen it every" in error.getMessage()
+    [warning] = _warnings(caplog)
+    assert "written again" in warning and "3 messages" in warning
+
+
+def test_journals_of_one_session_share_one_error_per_run_of_failures(
+        tmp_path: Path, make_frame: MakeFrame, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    errors = StateWriteErrors()
+
+    def disk_full(fd: int, data: object) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "write", disk_full)
+    for connection in (1, 2, 3):  # one journal per connection, as the relay opens them
+        journal = _journal(tmp_path, errors=errors)
+        journal.record(Direction.ENGINE_TO_GATEWAY, [_order(make_frame, 1)], connection)
+        journal.close()
+    monkeypatch.undo()
+    assert len(_errors(caplog)) == 1
+    journal = _journal(tmp_path, errors=errors)
+    journal.record(Direction.ENGINE_TO_GATEWAY, [_order(make_frame, 2)], 4)
+    journal.close()
+    assert len(_warnings(caplog)) == 1
+    assert len(_lines(journal.path)) == 1

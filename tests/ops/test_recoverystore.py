@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import stat
 from pathlib import Path
 
@@ -48,3 +50,19 @@ def test_a_directory_others_may_write_is_refused(tmp_path: Path) -> None:
     directory.chmod(0o777)
     with pytest.raises(FixProxyError, match="chmod 700"):
         RecoveryStore(directory).save("nr", STATE)
+
+
+def test_a_failed_save_keeps_the_saved_state_and_leaves_no_temporary(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = RecoveryStore(tmp_path)
+    store.save("s", STATE)
+
+    def disk_full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(FixProxyError, match="No space left on device"):
+        store.save("s", RecoveryState(API_KEY, "KalshiNR", clean_end=False))
+    monkeypatch.undo()
+    assert store.load("s", API_KEY, "KalshiNR") == STATE
+    assert [path.name for path in tmp_path.iterdir()] == ["s.recovery.json"]

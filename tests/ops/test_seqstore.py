@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -282,3 +283,19 @@ def test_check_directory_before_creation(tmp_path: Path) -> None:
     assert store.check_directory() is False
     store.save(SESSION, SAVED)
     assert store.check_directory() is True
+
+
+def test_a_failed_save_keeps_the_saved_numbers_and_leaves_no_temporary(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = SequenceStore(tmp_path / "state")
+    store.save(SESSION, SAVED)
+
+    def disk_full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(FixProxyError, match="No space left on device"):
+        store.save(SESSION, SessionSequences(API_KEY, "KalshiNR", 99, 98))
+    monkeypatch.undo()
+    assert store.load(SESSION, API_KEY, "KalshiNR") == SAVED
+    assert sorted(path.name for path in (tmp_path / "state").iterdir()) == [f"{SESSION}.json"]

@@ -17,6 +17,7 @@ import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Final
 
 import pytest
@@ -31,7 +32,7 @@ from fixproxy.fix.codec import FixMessage
 from fixproxy.fix.framer import FixFramer
 from fixproxy.net.tls import HandshakeInfo
 from fixproxy.ops.metrics import Metrics
-from fixproxy.proxy.admit import DRAIN_TIMEOUT, RECEIVE_SIZE, relay_engine_connection
+from fixproxy.proxy.admit import DRAIN_TIMEOUT, RECEIVE_SIZE, held_text, relay_engine_connection
 from fixproxy.proxy.manager import SessionManager
 from fixproxy.proxy.runtime import SessionRuntime
 from fixproxy.signing import LogonSigner
@@ -212,3 +213,16 @@ async def test_a_fault_while_opening_the_gateway_gives_the_key_back(
             await relay.done.wait()
     assert relay.connects == 1
     assert relay.runtime.manager.claim(API_KEY, "again", 99) is None
+
+
+@pytest.mark.parametrize(("wait", "now", "seconds", "when"), [
+    # Under a second left: never "0 s more", and the time given is not already past.
+    (0.3, datetime(2026, 12, 4, 20, 39, 47, 800_000, tzinfo=UTC), 1, "20:39:49"),
+    (0.3, datetime(2026, 12, 4, 20, 39, 47, 500_000, tzinfo=UTC), 1, "20:39:48"),
+    (2.0, datetime(2026, 12, 4, 20, 39, 47, tzinfo=UTC), 2, "20:39:49"),
+    (59.2, datetime(2026, 12, 4, 23, 59, 30, tzinfo=UTC), 60, "00:00:30"),
+])
+def test_a_held_logon_is_told_whole_seconds_rounded_up(wait: float, now: datetime,
+                                                       seconds: int, when: str) -> None:
+    text = held_text(wait, now)
+    assert f"holds new attempts for {seconds} s more; retry after {when} UTC" in text

@@ -6,7 +6,12 @@ import pytest
 from support.frames import MakeFrame
 
 from fixproxy.fix import tags
-from fixproxy.session.explain import END_CAUSES, classify_gateway_answer
+from fixproxy.session.explain import (
+    END_CAUSES,
+    classify_gateway_answer,
+    descriptor_shortage_log,
+    descriptor_shortage_text,
+)
 from fixproxy.session.machine import Event
 
 
@@ -47,3 +52,12 @@ def test_a_clean_engine_logout_is_normal_and_faults_are_not() -> None:
     others = {cause for event, cause in END_CAUSES.items() if event is not Event.ENGINE_LOGOUT}
     assert ("engine", "normal") not in others
     assert END_CAUSES[Event.ENGINE_ERROR] == ("engine", "other")
+
+
+def test_a_descriptor_shortage_says_the_limit_and_how_to_raise_it() -> None:
+    text = descriptor_shortage_text(64, "this connection")
+    assert "out of file descriptors (its limit of 64 open files)" in text
+    assert "cannot open this connection" in text
+    assert "LimitNOFILE=" in text and "ulimit -n" in text
+    assert "its open-file limit" in descriptor_shortage_text(None, "a connection")
+    assert "LimitNOFILE=" in descriptor_shortage_log(64)

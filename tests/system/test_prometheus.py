@@ -50,7 +50,7 @@ from support.prometheus import (
 )
 from support.recovery_stack import dead_port
 
-from fixproxy.config.model import RecoveryConfig
+from fixproxy.config.model import ProxyConfig, RecoveryConfig
 from fixproxy.fix import tags
 from fixproxy.fix.codec import FixMessage, utc_timestamp
 from fixproxy.session.schedule import ALL_DAYS, MaintenanceSchedule
@@ -143,6 +143,8 @@ class _FleetThread:
 
     async def _serve(self) -> None:
         material = self.material
+        blocker = material.workdir / "silent-journal-parent"
+        blocker.write_bytes(b"")
         settings: dict[str, dict[str, Any]] = {
             # The gateway drops TCP on the first message after the traffic: session down. Its
             # drop copy is unreachable, so the Logon after that fails to recover.
@@ -152,8 +154,13 @@ class _FleetThread:
                             host="127.0.0.1", port=dead_port(), tls=material.tls_policy(),
                             timeout=2.0)}},
             "pin": {"tls": material.tls_policy(pins=(WRONG_PIN,))},
+            # Its state on disk, and a journal directory that cannot be made (its parent is
+            # a file): the journal fails, and the failed-write alert fires.
             "silent": {"faults": SimFaults(silent_after_messages=0),
-                       "session_overrides": {"liveness_grace": SILENT_GRACE}},
+                       "session_overrides": {"liveness_grace": SILENT_GRACE},
+                       "config_overrides": {"proxy": ProxyConfig(
+                           state_dir=material.workdir / "silent-state",
+                           journal_dir=blocker / "journal")}},
             "maintenance": {"config_overrides": {"maintenance": _maintenance_now()}},
         }
         async with AsyncExitStack() as stack:
@@ -572,6 +579,7 @@ def test_alerts_fire(fleet: Fleet) -> None:
 
     wait_firing("FixproxyPinMismatch", "pin")
     wait_firing("FixproxyHeartbeatTimeouts", "silent")
+    wait_firing("FixproxyStateWriteFailing", "silent")
     wait_firing("FixproxySessionDown", "pin")
 
     # The traffic session is up: no alert about it, rejects other than 380=8 included.
@@ -583,7 +591,7 @@ def test_alerts_fire(fleet: Fleet) -> None:
                         lambda: _evaluated_after(prometheus, seen_up), timeout=PROM_TIMEOUT)
     assert prometheus.query(f'fixproxy_rejects_total{{instance="{traffic}"}}')
     for alert in ("FixproxySessionDown", "FixproxyPinMismatch", "FixproxyHeartbeatTimeouts",
-                  "FixproxyRateLimited"):
+                  "FixproxyRateLimited", "FixproxyStateWriteFailing"):
         assert _active(prometheus, alert, traffic) == [], alert
 
     # The gateway drops the connection, outside maintenance: the session is down.
