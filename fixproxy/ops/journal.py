@@ -20,6 +20,9 @@ writer thread was rejected for the shared state and shutdown ordering it brings.
 rotation (``<session>.log``, ``.1`` ... ``.N``) bounds the disk used to ``max_bytes`` times
 ``backups + 1`` per session.
 
+A kill can cut the last line short (a write interrupted between pages); the next process
+closes such a line with :data:`CUT_SHORT` before it appends, so the damage stays one line.
+
 A journal must never stop trading: every ``OSError`` (a full disk, a removed directory, a
 permission change) switches the journal off and is counted in
 ``fixproxy_state_write_errors_total{store="journal"}``; :meth:`SessionJournal.record` and
@@ -68,6 +71,9 @@ DIRECTORY_MODE: Final = 0o700
 FILE_MODE: Final = 0o600
 SUFFIX: Final = ".log"
 REDACTED: Final = b"<redacted>"
+CUT_SHORT: Final = b" <cut short: fixproxy stopped while writing this line>\n"
+"""Closes a last line a killed process left incomplete, before the next process appends:
+only that line is lost, and the next one starts on a line of its own."""
 
 _SOH_TO_BAR: Final = bytes.maketrans(b"\x01", b"|")
 _SECRET_FIELD_START: Final = re.compile(
@@ -283,6 +289,14 @@ class SessionJournal:
             raise
         self._fd = fd
         self._size = info.st_size
+        if info.st_size and not self._ends_a_line():
+            self._write(CUT_SHORT)
+
+    def _ends_a_line(self) -> bool:
+        """True if the file's last byte ends a line (a kill mid-write may have cut one)."""
+        with self.path.open("rb") as existing:
+            existing.seek(-1, os.SEEK_END)
+            return existing.read(1) == b"\n"
 
     def _write_lines(self, lines: list[bytes]) -> None:
         pending = sum(len(line) for line in lines)

@@ -6,7 +6,10 @@ after the last one it received. When fixproxy forces a reset on the gateway leg,
 that number even if the engine's Logon does not say it (789) and even if fixproxy restarted in
 between, so it is written here when each connection ends: one small JSON file per session,
 replaced atomically (write a temporary file, fsync, rename), in a directory created 0700 with
-files 0600.
+files 0600. A connection that is renumbered also keeps the number current while it lives, in
+``<session>.live`` (:mod:`fixproxy.ops.liveseq`), so a killed fixproxy resumes from it; every
+save stores the same number there before the JSON file is replaced, so the live record is
+never older than the JSON file and is the one read when it is valid.
 
 The files hold no secret (an API key ID and two numbers), but fixproxy acts on them: a saved
 number decides how a live trading session is renumbered. So the directory's mode is checked
@@ -31,6 +34,8 @@ from pathlib import Path
 from typing import Final
 
 from fixproxy.errors import FixProxyError
+from fixproxy.ops import liveseq
+from fixproxy.ops.liveseq import LiveSequences
 
 logger = logging.getLogger("fixproxy.seqstore")
 
@@ -92,6 +97,45 @@ class SequenceStore:
     def _path(self, session: str) -> Path:
         return self.directory / f"{session}.json"
 
+    def live_path(self, session: str) -> Path:
+        """Where the live record of ``session`` is kept."""
+        return self.directory / f"{session}.live"
+
+    def open_live(self, session: str, api_key: str, endpoint: str) -> LiveSequences:
+        """Map the live record of ``session`` for a renumbered connection.
+
+        Raises:
+            FixProxyError: the directory is unsafe, or the file cannot be created or mapped.
+        """
+        path = self.live_path(session)
+        try:
+            self.ensure_directory()
+            return LiveSequences.open(path, api_key, endpoint)
+        except OSError as exc:
+            raise FixProxyError(f"cannot open sequence state {path}: {exc.strerror}") from exc
+
+    def load_engine_next_in(self, session: str, api_key: str,
+                            endpoint: str) -> tuple[int, str] | None:
+        """The number the engine expects next from the gateway, and where it was found: the
+        live record when it holds one for this key and endpoint (never older than the JSON
+        file), else the numbers saved when the last connection ended; None if neither.
+
+        Raises:
+            FixProxyError: as :meth:`load`, or the live record cannot be read.
+        """
+        saved = self.load(session, api_key, endpoint)  # checks the directory too
+        path = self.live_path(session)
+        try:
+            live = liveseq.load(path, api_key, endpoint)
+        except OSError as exc:
+            raise FixProxyError(f"cannot read sequence state {path}: {exc.strerror}; remove "
+                                f"the file to start afresh") from exc
+        if live is not None:
+            return live, "the state kept while the last connection lived"
+        if saved is not None:
+            return saved.engine_next_in, "the state saved by the last connection"
+        return None
+
     def load(self, session: str, api_key: str, endpoint: str) -> SessionSequences | None:
         """The saved numbers of ``session``, or None if none are saved for this key and
         endpoint (a changed key or endpoint starts afresh)."""
@@ -117,6 +161,14 @@ class SequenceStore:
         try:
             if not self.check_directory():
                 self._create_directory()
+            if self.live_path(session).exists():
+                # First the live record: a kill between the two leaves it the newer one.
+                live = LiveSequences.open(self.live_path(session), sequences.api_key,
+                                          sequences.endpoint)
+                try:
+                    live.store(sequences.engine_next_in)
+                finally:
+                    live.close()
             fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW,
                          FILE_MODE)
             with os.fdopen(fd, "w") as out:

@@ -61,13 +61,13 @@ from fixproxy.net.listen import open_file_limit
 from fixproxy.net.streams import NonBlockingSocketStream, RawSocketStream
 from fixproxy.net.tls import HandshakeInfo
 from fixproxy.ops.journal import open_journal
-from fixproxy.ops.seqstore import SessionSequences
 from fixproxy.ops.status import SessionStatus
 from fixproxy.proxy.handover import RelayResult
 from fixproxy.proxy.manager import SessionManager
 from fixproxy.proxy.recovery import ended_cleanly, recover_session, recovery_tracker, save_recovery
 from fixproxy.proxy.relay import CLOSE_TIMEOUT, SessionRelay
 from fixproxy.proxy.runtime import SessionRuntime, declare_status
+from fixproxy.proxy.seqstate import open_live, save_sequences
 from fixproxy.session.explain import (
     clock_skew_warning,
     describe_bad_start,
@@ -268,16 +268,25 @@ def _note_clock_skew(status: SessionStatus, source: str, sending_time: bytes | N
 def _translator_for(rewritten: RewrittenLogon, runtime: SessionRuntime,
                     log: _ConnectionLog) -> SequenceTranslator | None:
     """The renumbering for an engine that kept its numbers while the gateway leg resets."""
-    if not rewritten.translated:
-        return None
     cfg = runtime.config
+    if not rewritten.translated:
+        if rewritten.reset_forced and rewritten.msg_seq_num == 1 and cfg.translate_sequence \
+                and runtime.sequences is not None:
+            # An engine that keeps its numbers, starting afresh: nothing to renumber yet, but
+            # its inbound count is kept as for any renumbered connection, or a crash now
+            # would leave its next Logon nothing (or an older connection's number) to go on.
+            log.info("engine started its sequence numbers afresh (34=1) without asking for "
+                     "a reset; keeping count of them for its next Logon")
+            return SequenceTranslator(0, 0)
+        return None
     next_in = rewritten.engine_next_expected
     source = "its Logon's NextExpectedMsgSeqNum (789)"
     try:
         if next_in is None and runtime.sequences is not None:
-            saved = runtime.sequences.load(cfg.name, cfg.api_key, cfg.endpoint.target_comp_id)
-            if saved is not None:
-                next_in, source = saved.engine_next_in, "the state saved by the last connection"
+            found = runtime.sequences.load_engine_next_in(cfg.name, cfg.api_key,
+                                                          cfg.endpoint.target_comp_id)
+            if found is not None:
+                next_in, source = found
         if next_in is None:
             next_in, source = 1, "no saved state: assuming it reset its inbound numbers"
         translator = SequenceTranslator.for_logon(rewritten.msg_seq_num, next_in)
@@ -592,6 +601,7 @@ async def _run_session(engine: trio.abc.Stream, engine_framer: FixFramer,
     status.session_started(conn_id, machine, translated=translator is not None)
     control = _TrioControl(runtime, status, conn_id, log, rewritten.raw)
     tracker = recovery_tracker(runtime, log)
+    live = open_live(runtime, translator, log)
     relay = SessionRelay(
         engine=_socket_of(engine), gateway=_socket_of(gateway), logon=rewritten.raw,
         engine_framer=engine_framer, machine=machine, translator=translator,
@@ -603,7 +613,8 @@ async def _run_session(engine: trio.abc.Stream, engine_framer: FixFramer,
         control=control, log=log, conn_id=conn_id,
         gateway_ids=(runtime.policy.api_key.encode(), runtime.policy.target_comp_id.encode()),
         engine_ids=_counterparty_ids(None, runtime), logon_received=logon_received,
-        clock=clock, recovery=tracker, recovery_plane=control if tracker is not None else None)
+        clock=clock, recovery=tracker, recovery_plane=control if tracker is not None else None,
+        live=live)
     runtime.manager.register(conn_id, relay.shutdown)
     # The counters are the session's, across its connections: this one's are the difference.
     counted_before = _traffic_totals(relay)
@@ -622,11 +633,13 @@ async def _run_session(engine: trio.abc.Stream, engine_framer: FixFramer,
             nursery.cancel_scope.cancel()
     finally:
         relay.close()
+        if live is not None:
+            live.close()
         control.finish()
         runtime.manager.unregister(conn_id)
         if result is not None and result.logged_on:
             # The relay's translator: recovery shifts the gateway's numbers past its reports.
-            _save_sequences(runtime, machine, relay.translator, log)
+            save_sequences(runtime, machine, relay.translator, log)
             if tracker is not None:
                 save_recovery(runtime, tracker.snapshot(
                     time.time(), clean_end=ended_cleanly(machine)), log)
@@ -707,26 +720,6 @@ def _socket_of(stream: trio.abc.Stream) -> socket.socket:
     if not isinstance(stream, NonBlockingSocketStream):
         raise FixProxyError(f"the session relay needs socket streams, not {stream!r}")
     return stream.socket
-
-
-def _save_sequences(runtime: SessionRuntime, machine: SessionMachine,
-                    translator: SequenceTranslator | None, log: _ConnectionLog) -> None:
-    store = runtime.sequences
-    cfg = runtime.config
-    if store is None or not cfg.translate_sequence:
-        return
-    in_offset = translator.in_offset if translator is not None else 0
-    sequences = SessionSequences(
-        api_key=cfg.api_key, endpoint=cfg.endpoint.target_comp_id,
-        engine_next_out=machine.engine_last_seq + 1,
-        engine_next_in=machine.gateway_last_seq + 1 + in_offset)
-    writes = runtime.metrics.state_writes
-    try:
-        store.save(cfg.name, sequences)
-    except FixProxyError as exc:
-        writes.report(cfg.name, "sequences", str(exc), log)
-    else:
-        writes.recovered(cfg.name, "sequences", f"sequence state of session {cfg.name}", log)
 
 
 def _count_end(runtime: SessionRuntime, result: RelayResult, log: _ConnectionLog) -> None:

@@ -29,7 +29,9 @@ ExecutionReports and the engine's orders (35=D/F/G), which update its
 :class:`~fixproxy.session.recovery.RecoveryTracker` and then pass with the rest of their chunk;
 once Kalshi accepts the Logon, the relay waits for the control plane's replay before it writes
 the answer, then writes the recovered reports and renumbers the gateway's after them. Other
-sessions look at nothing more.
+sessions look at nothing more. A renumbered session also stores the engine's next inbound
+number in its live record before each write to the engine (:mod:`fixproxy.ops.liveseq`), and
+answers a ResendRequest for numbers from before the reset with a gap fill itself.
 
 The planes meet at a named rule each (the types are in :mod:`fixproxy.proxy.handover`).
 trio -> thread: :meth:`SessionRelay.shutdown` and :meth:`SessionRelay.abort` put a command on a
@@ -71,13 +73,14 @@ from fixproxy.fix.framer import FixFramer
 from fixproxy.fix.logon import strip_forced_reset
 from fixproxy.fix.logout import logout
 from fixproxy.ops.journal import SessionJournal
+from fixproxy.ops.liveseq import LiveSequences
 from fixproxy.ops.metrics import KNOWN_TYPES, OTHER_MSG_TYPE, TrafficCounters
 from fixproxy.proxy.handover import Command, ControlPlane, RecoveryPlane, RelayResult
 from fixproxy.proxy.legs import MAX_PENDING_BYTES, Leg
 from fixproxy.session.explain import END_CAUSES, classify_gateway_answer, event_text
 from fixproxy.session.machine import Action, Direction, Event, SessionMachine, State
 from fixproxy.session.recovery import ORDER_MSG_TYPES, RecoveryTracker, deliver_recovered
-from fixproxy.session.sequence import SequenceTranslator, read_seq_num
+from fixproxy.session.sequence import SequenceTranslator, answer_stale_resend, read_seq_num
 
 CLOSE_TIMEOUT: Final = 2.0
 """Seconds a closing session keeps writing what it accepted before the sockets are closed."""
@@ -88,6 +91,8 @@ _GONE: Final = select.POLLERR | select.POLLHUP | select.POLLNVAL
 _NOTED_TYPES: Final = frozenset({tags.MT_LOGOUT, tags.MT_REJECT, tags.MT_BUSINESS_REJECT,
                                  tags.MT_HEARTBEAT})
 """MsgTypes the relay looks into; every other message passes without a second look."""
+_TRACKED_TYPES: Final = ORDER_MSG_TYPES | {tags.MT_EXECUTION_REPORT}
+"""MsgTypes looked into for drop-copy recovery only."""
 
 
 class _EveryType:
@@ -115,7 +120,8 @@ class SessionRelay:
                  engine_ids: tuple[bytes, bytes], logon_received: float,
                  clock: Callable[[], float], wall: Callable[[], float] = time.time,
                  recovery: RecoveryTracker | None = None,
-                 recovery_plane: RecoveryPlane | None = None) -> None:
+                 recovery_plane: RecoveryPlane | None = None,
+                 live: LiveSequences | None = None) -> None:
         """Take over a session whose TLS to the gateway is open and pinned; the relay writes
         the signed Logon first.
 
@@ -134,6 +140,8 @@ class SessionRelay:
             clock: the machine's monotonic clock (trio's, so deadlines agree).
             recovery: the session's drop-copy state, for a session with recovery configured
                 (with the ``recovery_plane`` it reports to); None: nothing more is looked into.
+            live: where a renumbered session keeps the engine's next inbound number current,
+                stored before each write to the engine (:mod:`fixproxy.ops.liveseq`).
         """
         self.engine = Leg.over(engine, engine_framer, "engine")
         self._engine_fd = engine.fileno()
@@ -178,6 +186,12 @@ class SessionRelay:
         if self.recovery is not None:
             self._noted_from_engine = _NOTED_TYPES | ORDER_MSG_TYPES
             self._noted_from_gateway = _NOTED_TYPES | {tags.MT_EXECUTION_REPORT}
+        self.live = live if translator is not None else None
+        self.first_in = 1 if translator is None else translator.in_offset + 1
+        """The engine's number of the gateway's first message on this connection."""
+        if translator is not None:
+            # A ResendRequest may ask for numbers from before the reset: answered here.
+            self._noted_from_engine = self._noted_from_engine | {tags.MT_RESEND_REQUEST}
 
     # --- the control plane's side ---------------------------------------------------------
 
@@ -491,7 +505,7 @@ class SessionRelay:
             if msg_type in noted:
                 # Recovery only (35=8 in, 35=D/F/G out): recorded, then relayed with the rest
                 # of the chunk, unless a live report repeats a recovered one: held back.
-                tracked = noted is plain and msg_type not in _NOTED_TYPES
+                tracked = noted is plain and msg_type in _TRACKED_TYPES
                 if not tracked or self._recovery_note(now, raw, order=from_engine):
                     self._forward(src, dst, parts, last, now, read_at, counters, whole=False)
                     parts, last, whole_chunk = [], -1, False
@@ -500,8 +514,9 @@ class SessionRelay:
                     if not src.readable or self.closing_since is not None:
                         return  # fixproxy logged out for this side, or the session is closing
                     noted = _EVERY_TYPE if self.awaiting_answer and not from_engine else plain
-                    if self.recovery is not None and self.translator is not None:
-                        # Recovery renumbers from the Logon answer on, and again per repeat.
+                    if self.translator is not None:
+                        # Recovery renumbers from the Logon answer on, and again per repeat;
+                        # a gap fill answered for the engine shifts its numbers.
                         translate = self.translator.to_gateway if from_engine \
                             else self.translator.to_engine
                     fast = self._runs_pass and noted is plain
@@ -547,6 +562,8 @@ class SessionRelay:
         else:
             self.machine.gateway_activity(now, seq)
             direction = Direction.GATEWAY_TO_ENGINE
+            if self.live is not None:
+                self._store_engine_next()
         if self._send(dst, out, read_at) and self.journal is not None:
             self.journal.record(direction, parts, self.conn_id)
 
@@ -558,6 +575,8 @@ class SessionRelay:
             return self._logon_answer(raw, msg_type, now, counters)
         if msg_type == tags.MT_LOGOUT:
             return self._logout(src, dst, raw, now, counters)
+        if msg_type == tags.MT_RESEND_REQUEST and from_engine and self._fill_stale(raw, now):
+            return True
         if msg_type == tags.MT_HEARTBEAT:
             self._note_skew("engine" if from_engine else "gateway", raw)
         elif not from_engine:
@@ -587,6 +606,8 @@ class SessionRelay:
         if not self._event(event, self.logout_cause):
             data = self._translated(raw, from_engine)
             counters.bytes += len(data)
+            if self.live is not None and not from_engine:
+                self._store_engine_next()
             if self._send(dst, data, time.perf_counter()) and self.journal is not None:
                 self.journal.record(Direction.ENGINE_TO_GATEWAY if from_engine
                                     else Direction.GATEWAY_TO_ENGINE, [data], self.conn_id)
@@ -606,6 +627,7 @@ class SessionRelay:
                 data = strip_forced_reset(data)
             if self.translator is not None:
                 data = self.translator.to_engine(data)
+                self.first_in = self.translator.engine_seq_for_gateway(read_seq_num(raw) or 1)
             self.log.info("gateway accepted the Logon: %s", render(raw))
         else:
             self.log.warning("gateway answered the Logon with: %s", render(raw))
@@ -622,6 +644,8 @@ class SessionRelay:
         elif msg_type == tags.MT_LOGOUT:
             self._event(Event.GATEWAY_LOGOUT, "the gateway refused the Logon")
         counters.bytes += len(data) + sum(map(len, recovered))
+        if accepted and self.live is not None:
+            self._store_engine_next()
         if self._send(self.engine, b"".join([data, *recovered]), time.perf_counter()) \
                 and self.journal is not None:
             self.journal.record(Direction.GATEWAY_TO_ENGINE, [data], self.conn_id)
@@ -673,6 +697,33 @@ class SessionRelay:
         if self.translator is not None:
             self.translator = self.translator.shifted_in(-1)
         self.log.info("held back a live report already recovered: %s", render(raw))
+        return True
+
+    # --- renumbered sessions only ---------------------------------------------------------
+
+    def _store_engine_next(self) -> None:
+        """Record the engine's next inbound number before the bytes it counts are written."""
+        assert self.live is not None and self.translator is not None
+        self.live.store(self.machine.gateway_last_seq + 1 + self.translator.in_offset)
+
+    def _fill_stale(self, raw: bytes, now: float) -> bool:
+        """Answer the engine's ResendRequest for numbers from before this connection with a
+        gap fill, instead of passing it on; True if it was one (or broke FIX)."""
+        try:
+            answer = answer_stale_resend(raw, self.translator, self.first_in, now=self.wall(),
+                                         ids=self.engine_ids, endpoint=self.gateway_ids[1])
+        except SessionError as exc:
+            self._invalid(self.engine, exc)
+            return True
+        if answer is None:
+            return False
+        self.machine.engine_activity(now, read_seq_num(raw))
+        self.translator = answer.translator
+        self.log.warning("%s", answer.warning)
+        self.to_engine.count(tags.MT_SEQUENCE_RESET)
+        self.to_engine.bytes += len(answer.fill)
+        if self._send(self.engine, answer.fill, time.perf_counter()) and self.journal:
+            self.journal.record(Direction.PROXY_TO_ENGINE, [answer.fill], self.conn_id)
         return True
 
     def _translated(self, raw: bytes, from_engine: bool) -> bytes:
@@ -787,6 +838,8 @@ class SessionRelay:
     def _own_logout(self, dst: Leg, text: str) -> None:
         to_gateway = dst is self.gateway
         message = self._logout_to(dst, text if to_gateway else f"fixproxy: {text}")
+        if self.live is not None and not to_gateway:
+            self._store_engine_next()
         self.log.info("sending Logout to the %s: %s", dst.name, text)
         if self._send(dst, message, time.perf_counter()) and self.journal is not None:
             self.journal.record(Direction.PROXY_TO_GATEWAY if to_gateway
@@ -845,5 +898,7 @@ class SessionRelay:
         if not dst.writable:
             return
         message = self._logout_to(dst, text)
+        if self.live is not None and dst is self.engine:
+            self._store_engine_next()
         with contextlib.suppress(OSError):  # TLS's want-read/want-write are OSErrors too
             dst.send(dst.pending + message)

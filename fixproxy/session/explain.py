@@ -121,6 +121,16 @@ def classify_gateway_answer(raw: bytes) -> GatewayAnswer:
     return GatewayAnswer("other", own, None)
 
 
+def stale_resend_text(begin: int, end: int, endpoint: str, first_in: int) -> str:
+    """The warning when fixproxy answers the engine's ResendRequest for numbers from before
+    this connection with a gap fill (:func:`fixproxy.session.sequence.stale_resend_gap`)."""
+    return (f"the engine asked for a resend of {begin}..{end}, numbers from before this "
+            f"connection (fixproxy was likely stopped abruptly while they were on the way); "
+            f"{endpoint} cannot retransmit, so fixproxy answers with a gap fill to {first_in}. "
+            f"Reports among them come back through drop-copy recovery ([session.recovery]) "
+            f"or Kalshi's REST API")
+
+
 def descriptor_shortage_text(limit: int | None, what: str) -> str:
     """What an engine is told when fixproxy has no file descriptor left for ``what`` (this
     connection, or the connection to the gateway); ``limit`` is the open-file limit, if any.

@@ -31,6 +31,14 @@ Translated messages are re-encoded (BodyLength and CheckSum recomputed); with bo
 nothing is translated and messages pass byte for byte. A number that would fall below 1 is a
 :class:`~fixproxy.errors.SessionError`: the engine asked about a message from before this
 connection, which Kalshi cannot know.
+
+One such question is expected, and answered rather than refused: after fixproxy was killed,
+the number it kept for the engine may be ahead of what the engine received (see
+:mod:`fixproxy.ops.liveseq`), so the engine asks for a resend of numbers from before this
+connection. Kalshi's resetting endpoints have no retransmission, and those messages were the
+previous connection's; :func:`stale_resend_gap` says which part of a ResendRequest is such,
+and the relay answers it itself with a SequenceReset-GapFill up to this connection's first
+message, which the engine then reads on from (missed reports are drop-copy recovery's).
 """
 
 from __future__ import annotations
@@ -41,6 +49,8 @@ from typing import Final
 from fixproxy.errors import SessionError
 from fixproxy.fix import tags
 from fixproxy.fix.codec import FixMessage, header_value, parse_uint
+from fixproxy.fix.logout import gap_fill
+from fixproxy.session.explain import stale_resend_text
 
 # Tags holding the sender's own sequence numbers, and those holding the receiver's.
 _SENDER_SEQ_TAGS: Final = frozenset({tags.MSG_SEQ_NUM, tags.NEW_SEQ_NO})
@@ -83,6 +93,11 @@ class SequenceTranslator:
         than the gateway sent (reports fixproxy injected; negative: messages it held back)."""
         return SequenceTranslator(self.out_offset, self.in_offset + delta)
 
+    def shifted_out(self, delta: int) -> SequenceTranslator:
+        """The same translation with ``delta`` more messages in the engine's outbound stream
+        than the gateway receives (messages of the engine that fixproxy answered itself)."""
+        return SequenceTranslator(self.out_offset + delta, self.in_offset)
+
     def engine_seq_for_gateway(self, gateway_seq: int) -> int:
         """The number the engine sees for the gateway's message ``gateway_seq``."""
         return gateway_seq + self.in_offset
@@ -121,6 +136,55 @@ def _shift(tag: int, value: bytes, delta: int) -> int:
             f"tag {tag}={value.decode()} refers to a message from before this connection's "
             f"sequence reset; it cannot be translated")
     return shifted
+
+
+def stale_resend_gap(raw: bytes, first_in: int) -> tuple[int, int] | None:
+    """For the engine's ResendRequest ``raw``: (BeginSeqNo, ``first_in`` - 1) when it asks
+    for numbers from before this connection, whose first message to the engine carried
+    ``first_in``; None when it asks only for this connection's (renumbered and passed on).
+
+    Raises:
+        SessionError: BeginSeqNo (7) is missing or not a sequence number.
+    """
+    begin = parse_uint(FixMessage.parse(raw).get(tags.BEGIN_SEQ_NO))
+    if begin is None or begin < 1:
+        raise SessionError("ResendRequest without a valid BeginSeqNo (7)")
+    if begin >= first_in:
+        return None
+    return begin, first_in - 1
+
+
+@dataclass(frozen=True, slots=True)
+class StaleResendAnswer:
+    """What the relay does with a ResendRequest for numbers from before this connection."""
+
+    fill: bytes
+    """The gap fill to write to the engine, instead of passing the request on."""
+    translator: SequenceTranslator
+    """The translation from now on: the gateway never sees the request's number."""
+    warning: str
+    """For the operator's log."""
+
+
+def answer_stale_resend(raw: bytes, translator: SequenceTranslator | None, first_in: int, *,
+                        now: float, ids: tuple[bytes, bytes],
+                        endpoint: bytes) -> StaleResendAnswer | None:
+    """The answer to the engine's ResendRequest ``raw`` when it asks for numbers from before
+    this connection (whose first message to the engine was ``first_in``): a gap fill from
+    its BeginSeqNo to ``first_in``, from ``ids`` = (sender, target); None otherwise (or
+    when nothing is renumbered): the request is passed on.
+
+    Raises:
+        SessionError: BeginSeqNo (7) is missing or not a sequence number.
+    """
+    if translator is None:
+        return None
+    gap = stale_resend_gap(raw, first_in)
+    if gap is None:
+        return None
+    fill = gap_fill(sender=ids[0], target=ids[1], seq=gap[0], new_seq=first_in, now=now)
+    return StaleResendAnswer(fill, translator.shifted_out(1),
+                             stale_resend_text(*gap, endpoint.decode(), first_in))
 
 
 def read_seq_num(raw: bytes, start: int = 0, end: int | None = None) -> int | None:

@@ -22,6 +22,7 @@ from fixproxy.errors import FixProxyError
 from fixproxy.fix import tags
 from fixproxy.fix.codec import encode
 from fixproxy.ops.journal import (
+    CUT_SHORT,
     MAX_BUFFERED_BYTES,
     RETRY_INTERVAL,
     SessionJournal,
@@ -267,6 +268,30 @@ def test_an_existing_journal_is_appended_to_and_counted(tmp_path: Path,
     second.close()
     assert len(_lines(tmp_path / "s1.log.1")) == 3
     assert len(_lines(tmp_path / "s1.log")) == 1
+
+
+def test_a_line_a_kill_cut_short_is_closed_before_the_next_process_appends(
+        tmp_path: Path, make_frame: MakeFrame) -> None:
+    """A process killed in the middle of a write leaves an incomplete last line; the next
+    one closes it with a marker, so its own first line is whole and on a line of its own."""
+    first = _journal(tmp_path)
+    first.record(Direction.ENGINE_TO_GATEWAY, [_order(make_frame, 1)], 1)
+    first.close()
+    path = tmp_path / "s1.log"
+    whole = path.read_bytes()
+    path.write_bytes(whole + whole[:30])  # the kill's: part of a second line
+    second = _journal(tmp_path)
+    second.record(Direction.ENGINE_TO_GATEWAY, [_order(make_frame, 2)], 2)
+    second.close()
+    lines = path.read_bytes().split(b"\n")
+    assert lines[0] + b"\n" == whole
+    assert lines[1] == whole[:30] + CUT_SHORT.rstrip(b"\n")
+    assert lines[2].endswith(render_message(_order(make_frame, 2)))
+    assert lines[3:] == [b""]
+    # A file that ends a line is appended to as it is.
+    third = _journal(tmp_path)
+    third.close()
+    assert path.read_bytes().count(CUT_SHORT) == 1
 
 
 # --------------------------------------------------------------------------- modes

@@ -17,9 +17,11 @@ from typing import Final
 from fixproxy.fix import tags
 from fixproxy.fix.codec import FieldValue, FixMessage, encode, utc_timestamp
 from fixproxy.fix.framer import FixFramer
+from fixproxy.ops.liveseq import LiveSequences
 from fixproxy.ops.metrics import TrafficCounters
 from fixproxy.proxy.relay import SessionRelay
 from fixproxy.session.machine import Event, SessionMachine
+from fixproxy.session.sequence import SequenceTranslator
 
 API_KEY: Final = "3c9e1f0a-7b2d-4e6f-8a1c-5d0b9e2f4a7c"
 HEART_BT_INT: Final = 30
@@ -100,24 +102,27 @@ class RelayPair:
 
 
 def open_relay_pair(clock: ManualClock, control: RecordingControl, *,
-                    conn_id: int = 1) -> RelayPair:
-    """A relay in ``tls_ready`` between fresh socket pairs, as admission hands it over."""
+                    conn_id: int = 1, translator: SequenceTranslator | None = None,
+                    live: LiveSequences | None = None) -> RelayPair:
+    """A relay in ``tls_ready`` between fresh socket pairs, as admission hands it over
+    (renumbering with ``translator``, keeping ``live`` current, when given)."""
     proxy_engine, engine_end = socket.socketpair()
     proxy_gateway, gateway_end = socket.socketpair()
     for sock in (proxy_engine, proxy_gateway):
         sock.setblocking(False)
     machine = SessionMachine(now=clock(), heart_bt_int=HEART_BT_INT)
-    machine.engine_activity(clock(), 1)  # as admission does: the Logon was the engine's 34=1
+    # As admission does: the Logon was the engine's 34=1 (or 34=N when renumbered).
+    machine.engine_activity(clock(), 1 if translator is None else translator.out_offset + 1)
     machine.handle(Event.TLS_READY, clock())
     logon = encode([(35, "A"), (49, API_KEY), (56, "KalshiNR"), (34, 1),
                     (52, utc_timestamp()), (98, 0), (108, HEART_BT_INT), (141, "Y")])
     relay = SessionRelay(
         engine=proxy_engine, gateway=proxy_gateway, logon=logon, engine_framer=FixFramer(),
-        machine=machine, translator=None, reset_forced=False, journal=None,
+        machine=machine, translator=translator, reset_forced=False, journal=None,
         to_gateway=TrafficCounters(), to_engine=TrafficCounters(), control=control,
         log=logging.LoggerAdapter(logging.getLogger("fixproxy.relay"), {}), conn_id=conn_id,
         gateway_ids=(API_KEY.encode(), b"KalshiNR"), engine_ids=(b"KalshiNR", API_KEY.encode()),
-        logon_received=0.0, clock=clock)
+        logon_received=0.0, clock=clock, live=live)
     return RelayPair(relay, Peer(engine_end, API_KEY, "KalshiNR"),
                      Peer(gateway_end, "KalshiNR", API_KEY), (proxy_engine, proxy_gateway))
 
