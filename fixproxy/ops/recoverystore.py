@@ -14,13 +14,11 @@ own order state.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 from pathlib import Path
 
 from fixproxy.errors import FixProxyError
-from fixproxy.ops.seqstore import FILE_MODE, SequenceStore
+from fixproxy.ops.seqstore import SequenceStore, replace_json
 from fixproxy.session.recovery import RecoveryState
 
 
@@ -63,19 +61,8 @@ class RecoveryStore:
             FixProxyError: it cannot be written.
         """
         path = self.path(session)
-        temporary = path.with_suffix(".tmp")
         try:
             self._checks.ensure_directory()
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW,
-                         FILE_MODE)
-            with os.fdopen(fd, "w") as out:
-                os.fchmod(out.fileno(), FILE_MODE)  # O_CREAT's mode is only for new files
-                json.dump(state.to_json(), out)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(temporary, path)
+            replace_json(path, state.to_json())
         except OSError as exc:
-            # The saved file is untouched; a half-written temporary must not stay behind.
-            with contextlib.suppress(OSError):
-                os.unlink(temporary)
             raise FixProxyError(f"cannot write recovery state {path}: {exc.strerror}") from exc

@@ -46,6 +46,39 @@ _OTHERS_WRITE: Final = stat.S_IWGRP | stat.S_IWOTH
 _OTHERS_SEE: Final = stat.S_IRGRP | stat.S_IROTH | stat.S_IXGRP | stat.S_IXOTH
 
 
+
+def replace_json(path: Path, data: object) -> None:
+    """Replace ``path`` with ``data`` as JSON, whole or not at all, 0600.
+
+    Written to ``<path>.tmp``, flushed to disk, renamed over ``path``, and the rename made
+    durable by syncing the directory: a process killed at any instant leaves the old file or
+    the new one, never a part, and a failure (a full disk) leaves the old file and no
+    temporary behind.
+
+    Raises:
+        OSError: it could not be written; ``path`` is untouched.
+    """
+    temporary = path.with_suffix(".tmp")
+    try:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW,
+                     FILE_MODE)
+        with os.fdopen(fd, "w") as out:
+            # O_CREAT's mode applies only to a new file, and through the umask.
+            os.fchmod(out.fileno(), FILE_MODE)
+            json.dump(data, out)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
 @dataclass(frozen=True, slots=True)
 class SessionSequences:
     """The engine's view of one session's numbering when its last connection ended."""
@@ -157,7 +190,6 @@ class SequenceStore:
     def save(self, session: str, sequences: SessionSequences) -> None:
         """Replace the saved numbers of ``session`` atomically."""
         path = self._path(session)
-        temporary = path.with_suffix(".tmp")
         try:
             if not self.check_directory():
                 self._create_directory()
@@ -169,19 +201,8 @@ class SequenceStore:
                     live.store(sequences.engine_next_in)
                 finally:
                     live.close()
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW,
-                         FILE_MODE)
-            with os.fdopen(fd, "w") as out:
-                # O_CREAT's mode applies only to a new file, and through the umask.
-                os.fchmod(out.fileno(), FILE_MODE)
-                json.dump(asdict(sequences), out)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(temporary, path)
+            replace_json(path, asdict(sequences))
         except OSError as exc:
-            # The saved file is untouched; a half-written temporary must not stay behind.
-            with contextlib.suppress(OSError):
-                os.unlink(temporary)
             raise FixProxyError(f"cannot write sequence state {path}: {exc.strerror}") from exc
 
     def ensure_directory(self) -> None:
