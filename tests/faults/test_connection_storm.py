@@ -15,18 +15,14 @@ goals belong to the benchmark, which reports it against its 2x target.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
+from support.benchmark_run import run_benchmark
 
 pytestmark = [pytest.mark.faults]
 
-REPO = Path(__file__).resolve().parents[2]
 TIMEOUT_S = 240
 ORDERS = 3000
 RATE = 1000
@@ -37,17 +33,10 @@ CONNECTIONS = 300
 def storm(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, Any]]:
     """One storm run for the module: its stdout and its JSON."""
     out = tmp_path_factory.mktemp("storm") / "storm.json"
-    # subprocess.run kills the benchmark on its timeout; the benchmark's children die with it
-    # (parent-death signal) and are stopped by it on every other exit.
-    done = subprocess.run(
-        [sys.executable, "-m", "bench", "--scenario", "storm", "--rounds", "1",
-         "--messages", str(ORDERS), "--rate", str(RATE),
-         "--storm-connections", str(CONNECTIONS), "--json", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=TIMEOUT_S, check=False)
-    assert out.exists(), f"no result; stderr:\n{done.stderr[-4000:]}\nstdout:\n{done.stdout}"
-    result = json.loads(out.read_text())
-    assert done.returncode == (0 if result["ok"] else 1), done.stderr[-4000:]
-    return done.stdout, result
+    return run_benchmark(
+        ["bench", "--scenario", "storm", "--rounds", "1", "--messages", str(ORDERS),
+         "--rate", str(RATE), "--storm-connections", str(CONNECTIONS)],
+        out, TIMEOUT_S)
 
 
 def test_every_connection_is_answered_and_closed(storm: tuple[str, dict[str, Any]]) -> None:

@@ -19,18 +19,14 @@ per order crosses it). Orders: none lost; in doubt only on connections the gatew
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
+from support.benchmark_run import run_benchmark
 
 pytestmark = [pytest.mark.faults]
 
-REPO = Path(__file__).resolve().parents[2]
 SESSIONS = 10
 DURATION_S = 120
 RATE = 50
@@ -42,18 +38,11 @@ TIMEOUT_S = DURATION_S + 180
 def soak(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, Any]]:
     """One fleet soak for the module: its stdout and its JSON."""
     out = tmp_path_factory.mktemp("soak-fleet") / "soak.json"
-    # subprocess.run kills the driver on its timeout; fixproxy dies with it (parent-death
-    # signal) and is stopped by it on every other exit.
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.soak_fleet", "--sessions", str(SESSIONS),
-         "--duration", str(DURATION_S), "--rate", str(RATE), "--drop-every", "15",
-         "--reconnect-every", "4", "--reload-every", "6", "--scrape-every", "1",
-         "--warmup", "30", "--tail", "20", "--json", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=TIMEOUT_S, check=False)
-    assert out.exists(), f"no result; stderr:\n{done.stderr[-4000:]}\nstdout:\n{done.stdout}"
-    result = json.loads(out.read_text())
-    assert done.returncode == (0 if result["ok"] else 1), done.stderr[-4000:]
-    return done.stdout, result
+    return run_benchmark(
+        ["bench.soak_fleet", "--sessions", str(SESSIONS), "--duration", str(DURATION_S),
+         "--rate", str(RATE), "--drop-every", "15", "--reconnect-every", "4",
+         "--reload-every", "6", "--scrape-every", "1", "--warmup", "30", "--tail", "20"],
+        out, TIMEOUT_S)
 
 
 def test_no_order_is_lost(soak: tuple[str, dict[str, Any]]) -> None:
